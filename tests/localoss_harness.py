@@ -65,7 +65,9 @@ def start_localoss(root: Path, *args: str, port: int = 0) -> LocalOss:
     """Start ``python -m ossmodelconnector.localoss --root ROOT --port PORT ARGS...`` and wait until it serves."""
     root.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "ossmodelconnector.localoss", "--root", str(root), "--port", str(port), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    # The server always runs on the fastest CRC backend, even when a test run forces the Python twins.
+    env = {k: v for k, v in os.environ.items() if k != "OSSMODELCONNECTOR_PUREPYTHON"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env={**env, "PYTHONUNBUFFERED": "1"})
     assert proc.stdout is not None
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     line = b""
