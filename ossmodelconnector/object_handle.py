@@ -1,0 +1,287 @@
+"""Reading one registered object: wait for exactly the chunks a read covers, pin them, copy out.
+
+::
+
+    ObjectHandle.readinto / read_bytes / read_until / view
+        │ boost(span)            the scheduler moves the span to the front of its queue
+        │ acquire(chunk)         wait until READY (demanding it if EMPTY), pinned against eviction
+        │ copy out of the ChunkBuffer (one copy; view(): none)
+        └ unpin(chunk, consumed) a chunk the reader moved past may be released for read-ahead
+
+A read that lies inside one READY chunk takes a shortcut: it copies while holding the scheduler's lock,
+which is as safe as a pin (nothing can release the chunk meanwhile) and costs one lock round trip.
+
+The handle depends on the scheduler only through the small :class:`ChunkScheduler` protocol.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from ossmodelconnector.cache.chunk_buffer import ChunkBuffer
+from ossmodelconnector.objects import ObjectInfo
+from ossmodelconnector.ranges import chunk_span
+
+__all__ = ["DEFAULT_WAIT_TIMEOUT_S", "ChunkScheduler", "FetchInto", "ObjectHandle"]
+
+FetchInto = Callable[[int, int, memoryview], int]
+"""``fetch_into(start, end, dest) -> crc64``: write bytes ``[start, end)`` of one object version into
+``dest`` (``len(dest) == end - start``) and return their CRC-64; raise a ``ConnectorError`` on failure."""
+
+DEFAULT_WAIT_TIMEOUT_S = 600.0
+"""Seconds a reader waits for one chunk before ``RequestTimeoutError`` (``Config.wait_timeout_s``)."""
+
+# Reads up to this size from one READY chunk are copied under the scheduler lock, skipping the pin
+# protocol (a line costs ~1 us instead of ~10); larger copies pin instead, not to hold the lock long.
+_LOCKED_COPY_MAX = 256 * 1024
+
+
+class ChunkScheduler(Protocol):
+    """What an :class:`ObjectHandle` needs from the scheduler that fetches its chunks."""
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The lock guarding every buffer's state and the scheduler's bookkeeping."""
+        ...
+
+    def boost(self, handle: ObjectHandle, span: Iterable[int]) -> None:
+        """Move the EMPTY chunks of ``span`` to the front of the queue (within the budget)."""
+        ...
+
+    def acquire(self, handle: ObjectHandle, index: int, timeout_s: float) -> None:
+        """Wait until chunk ``index`` is READY, fetching it first if needed, and pin it."""
+        ...
+
+    def unpin(self, handle: ObjectHandle, index: int, *, consumed: bool) -> None:
+        """Undo :meth:`acquire`; ``consumed``: the reader moved past the chunk's end."""
+        ...
+
+    def touch(self, handle: ObjectHandle, index: int, *, consumed: bool) -> None:
+        """Record a read of a READY chunk made while holding :attr:`lock`."""
+        ...
+
+    def fits_at_once(self, length: int) -> bool:
+        """Whether ``length`` bytes may be held at once for one read."""
+        ...
+
+    def unregister(self, handle: ObjectHandle) -> None:
+        """Cancel the object's queued chunks and free its memory."""
+        ...
+
+
+class ObjectHandle:
+    """One registered object: its chunk buffer and the reads that wait for its chunks.
+
+    Made by :meth:`PrefetchScheduler.register`; the stream reads through it. Not thread-safe for
+    :meth:`view` called concurrently with :meth:`close`; the reads are.
+    """
+
+    def __init__(
+        self,
+        scheduler: ChunkScheduler,
+        handle_id: int,
+        info: ObjectInfo,
+        fetch_into: FetchInto,
+        chunk_size: int,
+    ) -> None:
+        self.id = handle_id
+        self.info = info
+        self.fetch_into = fetch_into
+        self.chunk_size = chunk_size
+        self.buffer = ChunkBuffer(info, chunk_size, lock=scheduler.lock)
+        self._scheduler = scheduler
+        self._view_pinned = False
+        self.closed = False
+
+    @property
+    def size(self) -> int:
+        """The object's size in bytes."""
+        return self.info.size
+
+    def readinto(self, start: int, dest: memoryview, timeout_s: float = DEFAULT_WAIT_TIMEOUT_S) -> int:
+        """Copy bytes from offset ``start`` into ``dest`` (one copy), waiting only for the chunks needed.
+
+        Args:
+            start: first byte, ``>= 0`` (at or past the end, nothing is read).
+            dest: a writable one-dimensional byte view; up to ``len(dest)`` bytes are written.
+            timeout_s: seconds to wait for each chunk.
+
+        Returns:
+            The number of bytes copied: ``min(len(dest), size - start)``, or 0 past the end.
+
+        Raises:
+            RequestTimeoutError: a chunk did not arrive within ``timeout_s``.
+            ClosedError: the handle or the scheduler was closed.
+            IntegrityError: the object's CRC-64 does not match.
+            ConnectorError: fetching the bytes failed (the worker's error is the ``__cause__``).
+        """
+        end = min(self.info.size, start + len(dest))
+        if end - start <= _LOCKED_COPY_MAX and self._copy_if_ready(start, end, dest):
+            return end - start
+        self.buffer.check_usable()
+        if end <= start:
+            return 0
+        span = chunk_span(start, end, self.chunk_size)
+        self._scheduler.boost(self, span)
+        for index in span:
+            chunk = self.buffer.chunk(index)
+            first, last = max(start, chunk.start), min(end, chunk.end)
+            self._scheduler.acquire(self, index, timeout_s)
+            try:
+                self.buffer.copy_into(first, dest[first - start : last - start])
+            finally:
+                self._scheduler.unpin(self, index, consumed=last == chunk.end)
+        self.buffer.check_usable()
+        return end - start
+
+    def read_bytes(self, start: int, end: int, timeout_s: float = DEFAULT_WAIT_TIMEOUT_S) -> bytes:
+        """The bytes ``[start, end)`` (clamped to the object) as ``bytes``, copied once when they fit.
+
+        Args:
+            start: first byte.
+            end: one past the last byte.
+            timeout_s: seconds to wait for each chunk.
+
+        Returns:
+            The bytes; shorter than asked only at the end of the object.
+
+        Raises:
+            Same as :meth:`readinto`.
+        """
+        end = min(end, self.info.size)
+        if end - start <= _LOCKED_COPY_MAX:
+            data = self._slice_if_ready(start, end, None)
+            if data is not None:
+                return data
+        self.buffer.check_usable()
+        if end <= start:
+            return b""
+        span = chunk_span(start, end, self.chunk_size)
+        if len(span) == 1 or self._scheduler.fits_at_once(end - start):
+            # Every chunk of the span held at once, then one copy out of the contiguous mapping.
+            self._pin_span(span, timeout_s)
+            try:
+                data = self.buffer.tobytes(start, end)
+            finally:
+                for index in span:
+                    self._scheduler.unpin(self, index, consumed=self.buffer.chunk(index).end <= end)
+        else:
+            # More than the budget: one chunk held at a time, at the price of a second copy.
+            staging = bytearray(end - start)
+            self.readinto(start, memoryview(staging), timeout_s)
+            data = bytes(staging)
+        self.buffer.check_usable()
+        return data
+
+    def read_until(self, start: int, end: int, byte: int, timeout_s: float = DEFAULT_WAIT_TIMEOUT_S) -> bytes:
+        """The bytes from ``start`` up to and including the first ``byte``, stopping at ``end``.
+
+        Args:
+            start: first byte.
+            end: stop before this offset (clamped to the object) when ``byte`` does not occur.
+            byte: the delimiter, e.g. ``0x0A`` for a line.
+            timeout_s: seconds to wait for each chunk.
+
+        Returns:
+            The bytes read; empty at or past the end.
+
+        Raises:
+            Same as :meth:`readinto`.
+        """
+        end = min(end, self.info.size)
+        line = self._slice_if_ready(start, end, byte)
+        if line is not None:
+            return line
+        self.buffer.check_usable()
+        pieces = []
+        position = start
+        for index in chunk_span(start, end, self.chunk_size) if start < end else ():
+            chunk = self.buffer.chunk(index)
+            last = min(end, chunk.end)
+            self._scheduler.acquire(self, index, timeout_s)
+            try:
+                found = self.buffer.find_byte(byte, position, last)
+                if found >= 0:
+                    last = found + 1
+                pieces.append(self.buffer.tobytes(position, last))
+            finally:
+                self._scheduler.unpin(self, index, consumed=last == chunk.end)
+            position = last
+            if found >= 0:
+                break
+        self.buffer.check_usable()
+        return b"".join(pieces)
+
+    def view(self, timeout_s: float = DEFAULT_WAIT_TIMEOUT_S) -> memoryview:
+        """A read-only view of the whole object, after waiting for all of it and checking its CRC-64.
+
+        The chunks stay pinned (never evicted, whatever the budget) until the handle is closed; the view
+        stays valid after that for as long as its holder keeps it.
+
+        Args:
+            timeout_s: seconds to wait for each chunk.
+
+        Returns:
+            A read-only ``memoryview`` of ``size`` bytes, no copy.
+
+        Raises:
+            Same as :meth:`readinto`.
+        """
+        self.buffer.check_usable()
+        if not self._view_pinned:
+            self._pin_span(range(self.buffer.count), timeout_s)
+            self._view_pinned = True
+        self.buffer.check_usable()
+        return self.buffer.readonly_view()
+
+    def close(self) -> None:
+        """Unregister: cancel the queued chunks and free the memory. Idempotent."""
+        self._scheduler.unregister(self)
+
+    def _slice_if_ready(self, start: int, end: int, delimiter: int | None) -> bytes | None:
+        # The fast path: everything wanted lies in one READY chunk, copied while holding the lock (so
+        # nothing can release it meanwhile). None: take the waiting path.
+        if start >= end:
+            return None
+        index = start // self.chunk_size
+        chunk_end = min((index + 1) * self.chunk_size, self.info.size)
+        with self._scheduler.lock:
+            if not self.buffer.readable_now(index):
+                return None
+            last = min(end, chunk_end)
+            found = -1 if delimiter is None else self.buffer.find_byte(delimiter, start, last)
+            if found >= 0:
+                last = found + 1
+            elif last < end:
+                return None  # more than this chunk is wanted
+            data = self.buffer.tobytes(start, last)
+            self._scheduler.touch(self, index, consumed=last == chunk_end)
+        return data
+
+    def _copy_if_ready(self, start: int, end: int, dest: memoryview) -> bool:
+        if start >= end:
+            return False
+        index = start // self.chunk_size
+        chunk_end = min((index + 1) * self.chunk_size, self.info.size)
+        if end > chunk_end:
+            return False
+        with self._scheduler.lock:
+            if not self.buffer.readable_now(index):
+                return False
+            self.buffer.copy_into(start, dest[: end - start])
+            self._scheduler.touch(self, index, consumed=end == chunk_end)
+        return True
+
+    def _pin_span(self, span: range, timeout_s: float) -> None:
+        self._scheduler.boost(self, span)
+        pinned: list[int] = []
+        try:
+            for index in span:
+                self._scheduler.acquire(self, index, timeout_s)
+                pinned.append(index)
+        except BaseException:
+            for index in pinned:
+                self._scheduler.unpin(self, index, consumed=False)
+            raise

@@ -1,0 +1,46 @@
+"""The record of one OSS object version: what a listing or a HEAD returns, and what a download pins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ObjectInfo"]
+
+_MAX_CRC64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One version of one object, as the server described it.
+
+    Args:
+        bucket: the bucket name.
+        key: the object key, taken literally (any UTF-8, no percent-decoding).
+        size: the object's length in bytes.
+        etag: the server's ``ETag`` (quotes included, as sent); downloads pin it with ``If-Match``.
+        last_modified: modification time, seconds since the epoch.
+        crc64: the server's ``x-oss-hash-crc64ecma`` (CRC-64/XZ of the whole object), when it sent one.
+
+    Raises:
+        ValueError: a negative size or a CRC outside ``[0, 2**64)``.
+    """
+
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    last_modified: float
+    crc64: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            raise ValueError(f"{self.uri}: size={self.size} is negative; an object size is a byte count >= 0")
+        if self.crc64 is not None and not 0 <= self.crc64 <= _MAX_CRC64:
+            raise ValueError(
+                f"{self.uri}: crc64={self.crc64} is not a CRC-64; pass int(x-oss-hash-crc64ecma) or None"
+            )
+
+    @property
+    def uri(self) -> str:
+        """The object's ``oss://bucket/key`` URI."""
+        return f"oss://{self.bucket}/{self.key}"

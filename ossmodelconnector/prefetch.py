@@ -1,0 +1,516 @@
+"""The prefetch scheduler: worker threads fetching chunks in reader-driven order within a memory budget.
+
+::
+
+    register(info, fetch_into) -> ObjectHandle: a ChunkBuffer + every chunk queued for read-ahead
+        │
+        v
+    priority queue ── DEMAND  (a reader is blocked on this chunk: may exceed the budget, evicting)
+        │             BOOST   (a reader asked for a span: front of the queue, within the budget)
+        │             AHEAD   (read-ahead: objects in registration order, chunks in file order)
+        v
+    workers (N threads, lazily per PID) ── fetch_into(start, end, chunk view) -> CRC ── ChunkBuffer
+                                                                                          │ notify
+    ObjectHandle (object_handle.py): reads wait per chunk, pin, copy <────────────────────┘
+
+Budget: the bytes of FETCHING and READY chunks across all objects stay within ``budget_bytes`` for
+read-ahead; when it is full, read-ahead pauses until a reader moves past chunks (those become reclaimable
+and are released for the next read-ahead) or a stream is closed. A chunk a reader is blocked on is
+always fetched, after releasing the least recently used READY chunks (reclaimable ones first) that no
+reader holds, so a reader makes progress even with a budget of one chunk.
+
+A worker's error is stored in the chunk (FAILED) and re-raised, with the original as ``__cause__``, to
+each reader of those bytes; other chunks keep going. Every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+import os
+import threading
+import time
+import traceback
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from ossmodelconnector.cache.chunk_buffer import ChunkState
+from ossmodelconnector.errors import ClosedError
+from ossmodelconnector.object_handle import DEFAULT_WAIT_TIMEOUT_S, FetchInto, ObjectHandle
+from ossmodelconnector.objects import ObjectInfo
+from ossmodelconnector.ranges import DEFAULT_CHUNK_SIZE
+
+__all__ = [
+    "DEFAULT_CLOSE_TIMEOUT_S",
+    "DEFAULT_CONNECTIONS",
+    "DEFAULT_WAIT_TIMEOUT_S",
+    "FetchInto",
+    "ObjectHandle",
+    "PrefetchScheduler",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONNECTIONS = 16
+"""Worker threads, hence concurrent ranged GETs, per scheduler."""
+
+DEFAULT_CLOSE_TIMEOUT_S = 2.0
+"""Seconds ``close()`` waits, in total, for the workers to exit."""
+
+_IDLE_WAIT_S = 1.0  # workers re-check their exit conditions at least this often
+
+# Queue tiers, best first.
+_DEMAND = 0
+_BOOST = 1
+_AHEAD = 2
+
+_ChunkKey = tuple[int, int]  # (handle id, chunk index)
+_JobKey = tuple[int, int, int, int]  # (tier, order, handle id, chunk index)
+
+
+class PrefetchScheduler:
+    """Fetch the chunks of registered objects with a pool of worker threads, within a memory budget.
+
+    Args:
+        connections: worker threads, hence concurrent ``fetch_into`` calls, ``>= 1``.
+        budget_bytes: the most bytes held in FETCHING and READY chunks for read-ahead, across all
+            objects; ``None`` for no limit. A chunk a reader waits for is fetched even when the budget is
+            full (after evicting what can be evicted), so a budget below one chunk disables read-ahead.
+        close_timeout_s: seconds :meth:`close` waits in total for the workers to exit.
+
+    Raises:
+        ValueError: ``connections < 1`` or a negative budget.
+
+    Example:
+        >>> with PrefetchScheduler(connections=8, budget_bytes=256 << 20) as scheduler:
+        ...     handle = scheduler.register(info, client.fetcher(info), chunk_size=8 << 20)
+        ...     data = handle.read_bytes(0, 1024)
+    """
+
+    def __init__(
+        self,
+        connections: int = DEFAULT_CONNECTIONS,
+        budget_bytes: int | None = None,
+        *,
+        close_timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S,
+    ) -> None:
+        if connections < 1:
+            raise ValueError(f"connections={connections} must be at least 1 (default {DEFAULT_CONNECTIONS})")
+        if budget_bytes is not None and budget_bytes < 0:
+            raise ValueError(f"budget_bytes={budget_bytes} must be >= 0 bytes, or None for no limit")
+        self.connections = connections
+        self.budget_bytes = budget_bytes
+        self.close_timeout_s = close_timeout_s
+        self._lock = threading.RLock()
+        self._work = threading.Condition(self._lock)
+        self._closed = False
+        self._pid = os.getpid()
+        self._generation = 0  # bumped at fork: a worker of an older generation exits
+        self._threads: list[threading.Thread] = []
+        self._thread_numbers = 0
+        self._handles: dict[int, ObjectHandle] = {}
+        self._next_id = 0
+        self._heap: list[_JobKey] = []
+        self._queued: dict[_ChunkKey, _JobKey] = {}
+        self._order = 0
+        self._ready: OrderedDict[_ChunkKey, None] = OrderedDict()  # READY chunks, least recently used first
+        self._reclaimable: set[_ChunkKey] = set()  # READY chunks every reader has moved past
+        self._held = 0
+        _SCHEDULERS.add(self)
+
+    # --- public --------------------------------------------------------------------------------------
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes in FETCHING and READY chunks of all objects (including fetches of closed objects that
+        have not returned yet, whose memory is still in use)."""
+        with self._lock:
+            return self._held
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run."""
+        return self._closed
+
+    def register(
+        self, info: ObjectInfo, fetch_into: FetchInto, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ) -> ObjectHandle:
+        """Start fetching an object: every chunk is queued for read-ahead after those registered before.
+
+        Args:
+            info: the object version (its size, name and CRC-64).
+            fetch_into: fetches a byte range of that version into a buffer and returns its CRC-64.
+            chunk_size: bytes per chunk, ``>= 1``.
+
+        Returns:
+            The handle to read through; close it (or the stream that owns it) to free the memory.
+
+        Raises:
+            ClosedError: the scheduler is closed.
+            ValueError: a chunk size below 1.
+        """
+        with self._lock:
+            self._check_open(info.uri)
+            handle = ObjectHandle(self, self._next_id, info, fetch_into, chunk_size)
+            self._next_id += 1
+            self._handles[handle.id] = handle
+            for index in range(handle.buffer.count):
+                self._queue(handle, index, _AHEAD, start=False)
+            if handle.buffer.count:
+                self._ensure_workers()
+                self._work.notify_all()
+            log.debug("registered %s: %d bytes in %d chunks", info.uri, info.size, handle.buffer.count)
+            return handle
+
+    def unregister(self, handle: ObjectHandle) -> None:
+        """Cancel an object's queued chunks and free its memory; its readers get ``ClosedError``. Idempotent.
+
+        Args:
+            handle: what :meth:`register` returned.
+        """
+        with self._lock:
+            self._unregister_locked(handle, "the stream was closed; open the object again to read it")
+
+    def close(self) -> None:
+        """Stop the workers and free every object's memory; waiting readers get ``ClosedError``. Idempotent.
+
+        Waits at most ``close_timeout_s`` for the workers; one stuck inside ``fetch_into`` exits as soon
+        as that call returns (it is a daemon thread and touches nothing after the close).
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for handle in list(self._handles.values()):
+                self._unregister_locked(
+                    handle, "the prefetch scheduler was closed while reading; read it with a new connector"
+                )
+            self._heap.clear()
+            self._queued.clear()
+            self._work.notify_all()
+            threads, self._threads = self._threads, []
+        deadline = time.monotonic() + self.close_timeout_s
+        current = threading.current_thread()
+        for thread in threads:
+            if thread is not current:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [thread.name for thread in threads if thread.is_alive() and thread is not current]
+        if stuck:
+            log.warning(
+                "prefetch scheduler closed with %d worker(s) still inside fetch_into (%s); they exit when "
+                "their request returns or times out",
+                len(stuck),
+                ", ".join(stuck),
+            )
+
+    def __enter__(self) -> PrefetchScheduler:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- the ChunkScheduler protocol, used by ObjectHandle ------------------------------------------
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The one lock over this scheduler's bookkeeping and every registered buffer."""
+        return self._lock
+
+    def boost(self, handle: ObjectHandle, span: Iterable[int]) -> None:
+        """Queue the EMPTY chunks of ``span`` ahead of read-ahead (still within the budget).
+
+        Args:
+            handle: the object.
+            span: chunk indexes a read is about to wait for, in file order.
+        """
+        with self._lock:
+            if self._closed or handle.closed:
+                return
+            order = self._next_order()
+            for index in span:
+                if handle.buffer.state(index) == ChunkState.EMPTY:
+                    self._queue(handle, index, _BOOST, order)
+
+    def acquire(self, handle: ObjectHandle, index: int, timeout_s: float) -> None:
+        """Wait until chunk ``index`` is READY, demanding it if EMPTY, and pin it; :meth:`unpin` it after.
+
+        Args:
+            handle: the object.
+            index: the chunk.
+            timeout_s: seconds to wait.
+
+        Raises:
+            RequestTimeoutError: not READY within ``timeout_s``.
+            ClosedError: the object or the scheduler was closed.
+            IntegrityError: the object's CRC-64 does not match.
+            ConnectorError: the chunk's fetch failed (the stored error's type, with it as the cause).
+        """
+        with self._lock:
+            self._check_open(handle.info.uri)
+            # Pinned while still waiting, so that once READY no other demand can evict it before we copy.
+            handle.buffer.pin(index)
+        try:
+            handle.buffer.wait_ready(index, timeout_s, on_empty=lambda i: self._demand(handle, i))
+        except BaseException:
+            handle.buffer.unpin(index)
+            raise
+        with self._lock:
+            self.touch(handle, index, consumed=False)
+
+    def unpin(self, handle: ObjectHandle, index: int, *, consumed: bool) -> None:
+        """Undo :meth:`acquire`.
+
+        Args:
+            handle: the object.
+            index: the chunk.
+            consumed: the reader moved past the chunk's end, so it may be released for read-ahead.
+        """
+        with self._lock:
+            handle.buffer.unpin(index)
+            if consumed:
+                self.touch(handle, index, consumed=True)
+
+    def touch(self, handle: ObjectHandle, index: int, *, consumed: bool) -> None:
+        """Record a read of a READY chunk (caller holds :attr:`lock`): most recently used now.
+
+        Args:
+            handle: the object.
+            index: the chunk.
+            consumed: the reader moved past the chunk's end, so it may be released for read-ahead.
+        """
+        key = (handle.id, index)
+        if key not in self._ready:
+            return
+        self._ready.move_to_end(key)
+        if not consumed:
+            self._reclaimable.discard(key)
+        elif not handle.buffer.pinned(index):
+            self._reclaimable.add(key)
+            if self._heap and self.budget_bytes is not None:
+                self._work.notify()  # read-ahead may be paused for exactly this room
+
+    def fits_at_once(self, length: int) -> bool:
+        """Whether one read may hold ``length`` bytes at once within the budget."""
+        return self.budget_bytes is None or length <= self.budget_bytes
+
+    # --- queue and budget (lock held) ----------------------------------------------------------------
+
+    def _check_open(self, name: str) -> None:
+        if self._closed:
+            raise ClosedError(f"{name}: the prefetch scheduler is closed; use a new connector to read it")
+
+    def _next_order(self) -> int:
+        self._order += 1
+        return self._order
+
+    def _queue(
+        self, handle: ObjectHandle, index: int, tier: int, order: int | None = None, *, start: bool = True
+    ) -> None:
+        chunk_key = (handle.id, index)
+        current = self._queued.get(chunk_key)
+        if current is not None and current[0] <= tier:
+            return
+        if order is None:
+            order = handle.id if tier == _AHEAD else self._next_order()
+        job = (tier, order, handle.id, index)
+        heapq.heappush(self._heap, job)
+        self._queued[chunk_key] = job
+        if start:
+            self._ensure_workers()
+            self._work.notify()
+
+    def _demand(self, handle: ObjectHandle, index: int) -> None:
+        self._check_open(handle.info.uri)
+        if not handle.closed:
+            self._queue(handle, index, _DEMAND)
+
+    def _next_job(self) -> tuple[ObjectHandle, int] | None:
+        while self._heap:
+            job = self._heap[0]
+            tier, _, handle_id, index = job
+            handle = self._handles.get(handle_id)
+            chunk_key = (handle_id, index)
+            if (
+                handle is None
+                or self._queued.get(chunk_key) != job
+                or handle.buffer.state(index) != ChunkState.EMPTY
+            ):
+                heapq.heappop(self._heap)
+                if self._queued.get(chunk_key) == job:
+                    del self._queued[chunk_key]
+                continue
+            if not self._make_room(len(handle.buffer.chunk(index)), exempt=tier == _DEMAND):
+                return None  # read-ahead paused until a reader frees room or demands a chunk
+            heapq.heappop(self._heap)
+            del self._queued[chunk_key]
+            return handle, index
+        return None
+
+    def _make_room(self, length: int, *, exempt: bool) -> bool:
+        budget = self.budget_bytes
+        if budget is None or self._held + length <= budget:
+            return True
+        self._evict(self._held + length - budget, reclaimable_only=True)
+        if self._held + length <= budget:
+            return True
+        if exempt:
+            self._evict(self._held + length - budget, reclaimable_only=False)
+        return exempt
+
+    def _evict(self, need: int, *, reclaimable_only: bool) -> None:
+        victims = []
+        freed = 0
+        for chunk_key in self._ready:
+            if freed >= need:
+                break
+            if reclaimable_only and chunk_key not in self._reclaimable:
+                continue
+            handle_id, index = chunk_key
+            handle = self._handles[handle_id]
+            if handle.buffer.pinned(index):
+                continue
+            victims.append((handle, index))
+            freed += len(handle.buffer.chunk(index))
+        for handle, index in victims:
+            self._release_ready(handle, index)
+        if victims:
+            log.debug("evicted %d chunk(s), %d bytes, to stay within the budget", len(victims), freed)
+
+    def _release_ready(self, handle: ObjectHandle, index: int) -> None:
+        chunk_key = (handle.id, index)
+        handle.buffer.release(index)
+        self._held -= len(handle.buffer.chunk(index))
+        del self._ready[chunk_key]
+        self._reclaimable.discard(chunk_key)
+
+    def _unregister_locked(self, handle: ObjectHandle, reason: str) -> None:
+        if handle.closed:
+            return
+        handle.closed = True
+        self._handles.pop(handle.id, None)
+        buffer = handle.buffer
+        for index in range(buffer.count):
+            chunk_key = (handle.id, index)
+            self._queued.pop(chunk_key, None)
+            self._reclaimable.discard(chunk_key)
+            if chunk_key in self._ready:
+                del self._ready[chunk_key]
+                self._held -= len(buffer.chunk(index))
+        if len(self._heap) > 2 * len(self._queued) + 64:
+            # Most entries are stale now; rebuilding keeps the queue proportional to the live work.
+            self._heap = list(self._queued.values())
+            heapq.heapify(self._heap)
+        # FETCHING chunks stay counted until their worker returns: it is still writing into the memory.
+        buffer.close(reason)
+        self._work.notify_all()
+        log.debug("unregistered %s (%s)", handle.info.uri, reason)
+
+    # --- workers -------------------------------------------------------------------------------------
+
+    def _ensure_workers(self) -> None:
+        if self._closed:
+            return
+        self._threads = [thread for thread in self._threads if thread.is_alive()]
+        while len(self._threads) < self.connections:
+            self._thread_numbers += 1
+            thread = threading.Thread(
+                target=self._worker,
+                args=(self._generation,),
+                name=f"ossmodelconnector-prefetch-{self._thread_numbers}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def _worker(self, generation: int) -> None:
+        while True:
+            with self._lock:
+                job = None
+                while job is None:
+                    if self._closed or self._generation != generation:
+                        return
+                    job = self._next_job()
+                    if job is None:
+                        self._work.wait(_IDLE_WAIT_S)
+                handle, index = job
+                length = handle.buffer.begin_fetch(index)
+                self._held += length
+                chunk = handle.buffer.chunk(index)
+                dest = handle.buffer.chunk_view(index)
+            try:
+                crc = handle.fetch_into(chunk.start, chunk.end, dest)
+            except BaseException as exc:
+                # The traceback's frames hold ``dest``; clearing them lets the mapping be unmapped.
+                traceback.clear_frames(exc.__traceback__)
+                _release_view(dest)
+                log.debug("fetching %s [%d, %d) failed: %r", handle.info.uri, chunk.start, chunk.end, exc)
+                with self._lock:
+                    if self._generation == generation:
+                        handle.buffer.fail(index, exc)
+                        self._held -= length
+                        self._work.notify_all()
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            _release_view(dest)
+            with self._lock:
+                if self._generation != generation:
+                    return
+                if handle.buffer.complete(index, crc):
+                    self._ready[(handle.id, index)] = None
+                else:
+                    self._held -= length
+                    self._work.notify_all()
+
+    def _reset_after_fork(self) -> None:
+        # Only the forking thread exists in the child: the workers are gone, their chunks never finish.
+        self._lock = threading.RLock()
+        self._work = threading.Condition(self._lock)
+        self._pid = os.getpid()
+        self._generation += 1
+        self._threads = []
+        for handle in self._handles.values():
+            handle.buffer.rebind_lock(self._lock)
+            for index in range(handle.buffer.count):
+                if handle.buffer.state(index) == ChunkState.FETCHING:
+                    self._held -= len(handle.buffer.chunk(index))
+                    handle.buffer.cancel(index)
+                    # Queued without starting threads: the child starts its own on its first read.
+                    self._queue(handle, index, _AHEAD, start=False)
+
+
+def _release_view(view: memoryview) -> None:
+    # fetch_into may have kept an export of it; then it goes when that does.
+    with contextlib.suppress(BufferError):
+        view.release()
+
+
+# Every live scheduler, so that fork can leave each one consistent: the locks are held across fork(),
+# and the child gets fresh locks and no workers.
+_SCHEDULERS: weakref.WeakSet[PrefetchScheduler] = weakref.WeakSet()
+_FORKING: list[PrefetchScheduler] = []
+
+
+def _before_fork() -> None:
+    _FORKING[:] = list(_SCHEDULERS)
+    for scheduler in _FORKING:
+        scheduler._lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    for scheduler in reversed(_FORKING):
+        scheduler._lock.release()
+    _FORKING.clear()
+
+
+def _after_fork_in_child() -> None:
+    for scheduler in _FORKING:
+        scheduler._reset_after_fork()  # closed ones too: the child must not inherit a held lock
+    _FORKING.clear()
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)

@@ -1,0 +1,660 @@
+"""The prefetch scheduler and the chunk buffer: order, demand boosts, budget, errors, integrity, lifecycle.
+
+No sockets: ``MemoryObject.fetch_into`` serves an in-memory ``bytes`` and can fail, block or lie about the
+CRC on chosen calls. Tests assert bytes, call orders and states, never durations.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from ossmodelconnector._fast import crc64
+from ossmodelconnector.cache import ChunkBuffer, ChunkState
+from ossmodelconnector.errors import (
+    ClosedError,
+    IntegrityError,
+    RequestTimeoutError,
+    RetriesExhaustedError,
+)
+from ossmodelconnector.objects import ObjectInfo
+from ossmodelconnector.prefetch import ObjectHandle, PrefetchScheduler
+
+THREAD_PREFIX = "ossmodelconnector-prefetch"
+LIVENESS_LIMIT_S = 30.0  # a bound for polling loops, so a bug fails the test instead of hanging it
+
+# hook(call_number, start, end) runs inside fetch_into before the bytes land: it may raise, block, or
+# return a CRC to report instead of the true one.
+Hook = Callable[[int, int, int], "int | None"]
+
+
+class MemoryObject:
+    """One object version held in memory, with a ``fetch_into`` over it that records every call."""
+
+    def __init__(
+        self, data: bytes, *, key: str = "model.bin", hook: Hook | None = None, crc: int | bool | None = True
+    ) -> None:
+        self.data = data
+        expected = crc64(data) if crc is True else (None if crc is False else crc)
+        self.info = ObjectInfo("bucket", key, len(data), '"etag"', 0.0, expected)
+        self.hook = hook
+        self.calls: list[tuple[int, int]] = []
+        self._lock = threading.Lock()
+
+    def fetch_into(self, start: int, end: int, dest: memoryview) -> int:
+        assert len(dest) == end - start and not dest.readonly
+        with self._lock:
+            number = len(self.calls)
+            self.calls.append((start, end))
+        reported = self.hook(number, start, end) if self.hook is not None else None
+        dest[:] = self.data[start:end]
+        actual = crc64(dest)
+        return actual if reported is None else reported
+
+
+class Gate:
+    """A fetch hook that blocks chosen calls until opened; ``entered`` tells which calls are blocked."""
+
+    def __init__(self, blocked: Callable[[int, int, int], bool]) -> None:
+        self.blocked = blocked
+        self.opened = threading.Event()
+        self.entered = threading.Semaphore(0)
+
+    def __call__(self, number: int, start: int, end: int) -> None:
+        if self.blocked(number, start, end):
+            self.entered.release()
+            assert self.opened.wait(LIVENESS_LIMIT_S), "gate never opened"
+
+    def wait_entered(self) -> None:
+        assert self.entered.acquire(timeout=LIVENESS_LIMIT_S), "no fetch reached the gate"
+
+
+def eventually(predicate: Callable[[], bool]) -> None:
+    """Poll until ``predicate()`` holds; fails (rather than hangs) past a generous bound."""
+    deadline = time.monotonic() + LIVENESS_LIMIT_S
+    while not predicate():
+        assert time.monotonic() < deadline, "condition never became true"
+        time.sleep(0.005)
+
+
+def read_all(handle: ObjectHandle, timeout_s: float = LIVENESS_LIMIT_S) -> bytes:
+    return handle.read_bytes(0, handle.size, timeout_s)
+
+
+@pytest.fixture
+def schedulers() -> Iterator[Callable[..., PrefetchScheduler]]:
+    made: list[PrefetchScheduler] = []
+
+    def make(connections: int = 2, budget_bytes: int | None = None) -> PrefetchScheduler:
+        scheduler = PrefetchScheduler(connections, budget_bytes)
+        made.append(scheduler)
+        return scheduler
+
+    yield make
+    for scheduler in made:
+        scheduler.close()
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+# --- order ------------------------------------------------------------------------------------------
+
+
+def test_read_ahead_follows_registration_order_then_file_order(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    gate = Gate(lambda number, *_: number == 0)
+    first = MemoryObject(payload(40), key="a", hook=gate)
+    second = MemoryObject(payload(30, 1), key="b")
+    scheduler = schedulers(connections=1)
+    handle_a = scheduler.register(first.info, first.fetch_into, chunk_size=10)
+    handle_b = scheduler.register(second.info, second.fetch_into, chunk_size=10)
+    gate.wait_entered()
+    gate.opened.set()
+    assert read_all(handle_b) == second.data and read_all(handle_a) == first.data
+    assert first.calls == [(0, 10), (10, 20), (20, 30), (30, 40)]
+    assert second.calls == [(0, 10), (10, 20), (20, 30)]
+
+
+def test_demand_moves_a_far_chunk_to_the_front(schedulers: Callable[..., PrefetchScheduler]) -> None:
+    gate = Gate(lambda number, *_: number == 0)
+    obj = MemoryObject(payload(100), hook=gate)
+    scheduler = schedulers(connections=1)
+    handle = scheduler.register(obj.info, obj.fetch_into, chunk_size=10)
+    gate.wait_entered()  # the one worker is busy with chunk 0; chunks 1..9 are queued behind it
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(handle.read_bytes(75, 78, LIVENESS_LIMIT_S)))
+    reader.start()
+    eventually(lambda: scheduler._queued.get((handle.id, 7), (9,))[0] == 0)  # demanded, not yet fetched
+    gate.opened.set()
+    reader.join(LIVENESS_LIMIT_S)
+    assert got == [obj.data[75:78]]
+    assert obj.calls[:2] == [(0, 10), (70, 80)]
+    assert read_all(handle) == obj.data
+    assert sorted(obj.calls) == [(start, start + 10) for start in range(0, 100, 10)], "each chunk once"
+
+
+def test_a_read_of_a_later_object_is_served_before_earlier_read_ahead(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    order: list[str] = []
+    gate = Gate(lambda number, *_: number == 0)
+
+    def record(name: str, inner: Hook | None = None) -> Hook:
+        def hook(number: int, start: int, end: int) -> None:
+            order.append(f"{name}{start // 10}")
+            if inner is not None:
+                inner(number, start, end)
+
+        return hook
+
+    first = MemoryObject(payload(50), key="a", hook=record("a", gate))
+    second = MemoryObject(payload(20, 1), key="b", hook=record("b"))
+    scheduler = schedulers(connections=1)
+    scheduler.register(first.info, first.fetch_into, chunk_size=10)
+    handle_b = scheduler.register(second.info, second.fetch_into, chunk_size=10)
+    gate.wait_entered()
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(read_all(handle_b)))
+    reader.start()
+    eventually(lambda: (handle_b.id, 0) in scheduler._queued and scheduler._queued[(handle_b.id, 0)][0] < 2)
+    gate.opened.set()
+    reader.join(LIVENESS_LIMIT_S)
+    assert got == [second.data]
+    assert order[:3] == ["a0", "b0", "b1"]
+
+
+# --- budget -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("budget_chunks", [1, 2])
+@pytest.mark.parametrize("connections", [1, 4])
+def test_tiny_budget_several_streams_same_bytes_bounded_memory(
+    schedulers: Callable[..., PrefetchScheduler], budget_chunks: int, connections: int
+) -> None:
+    chunk = 16
+    budget = budget_chunks * chunk
+    scheduler = schedulers(connections=connections, budget_bytes=budget)
+    peaks: list[int] = []
+
+    def sample(*_: int) -> None:
+        peaks.append(scheduler.held_bytes)  # includes the chunk this call is fetching
+
+    objects = [
+        MemoryObject(payload(size, seed), key=f"k{seed}", hook=sample)
+        for seed, size in enumerate([200, 0, 73, 161])
+    ]
+    handles = [scheduler.register(obj.info, obj.fetch_into, chunk_size=chunk) for obj in objects]
+    positions = [0] * len(objects)
+    pieces: list[list[bytes]] = [[] for _ in objects]
+    rng = random.Random(7)
+    while any(position < obj.info.size for position, obj in zip(positions, objects, strict=True)):
+        which = rng.randrange(len(objects))
+        count = rng.randint(1, 40)
+        data = handles[which].read_bytes(positions[which], positions[which] + count, LIVENESS_LIMIT_S)
+        pieces[which].append(data)
+        positions[which] += len(data)
+        assert scheduler.held_bytes <= budget + chunk
+    assert [b"".join(parts) for parts in pieces] == [obj.data for obj in objects]
+    assert max(peaks) <= budget + chunk, "read-ahead stays within the budget, plus the demanded chunk"
+    for handle in handles:
+        handle.close()
+    eventually(lambda: scheduler.held_bytes == 0)
+
+
+def test_concurrent_readers_with_a_one_chunk_budget_all_finish(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    chunk = 8
+    scheduler = schedulers(connections=2, budget_bytes=chunk)
+    objects = [MemoryObject(payload(97 + seed, seed), key=f"k{seed}") for seed in range(4)]
+    handles = [scheduler.register(obj.info, obj.fetch_into, chunk_size=chunk) for obj in objects]
+    failures: list[BaseException] = []
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        obj, handle = objects[seed], handles[seed]
+        try:
+            for _ in range(60):
+                start = rng.randrange(obj.info.size)
+                end = start + rng.randint(1, 3 * chunk)
+                assert handle.read_bytes(start, end, LIVENESS_LIMIT_S) == obj.data[start:end]
+            assert read_all(handle) == obj.data
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(LIVENESS_LIMIT_S)
+    assert not any(thread.is_alive() for thread in threads), "a reader made no progress"
+    assert failures == []
+
+
+def test_read_ahead_pauses_when_the_budget_is_full_and_resumes_as_the_reader_moves(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    obj = MemoryObject(payload(100))
+    scheduler = schedulers(connections=2, budget_bytes=30)
+    handle = scheduler.register(obj.info, obj.fetch_into, chunk_size=10)
+    eventually(lambda: len(obj.calls) == 3 and scheduler.held_bytes == 30)
+    time.sleep(0.05)  # give a wrongly unpaused worker the chance to overstep (not an assertion on time)
+    assert len(obj.calls) == 3, "read-ahead paused at the budget"
+    assert handle.read_bytes(0, 10, LIVENESS_LIMIT_S) == obj.data[:10]
+    eventually(lambda: len(obj.calls) == 4)  # the consumed chunk made room for the next
+    assert handle.buffer.state(0) == ChunkState.EMPTY
+    assert read_all(handle) == obj.data
+    assert scheduler.held_bytes <= 30
+
+
+def test_budget_smaller_than_a_chunk_still_makes_progress(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    obj = MemoryObject(payload(57))
+    scheduler = schedulers(connections=3, budget_bytes=0)
+    handle = scheduler.register(obj.info, obj.fetch_into, chunk_size=8)
+    assert read_all(handle) == obj.data
+    assert handle.read_bytes(3, 20, LIVENESS_LIMIT_S) == obj.data[3:20], "evicted chunks are fetched again"
+
+
+def test_a_pinned_chunk_is_never_evicted(schedulers: Callable[..., PrefetchScheduler]) -> None:
+    obj = MemoryObject(payload(40))
+    other = MemoryObject(payload(40, 1), key="other")
+    scheduler = schedulers(connections=1, budget_bytes=10)
+    handle = scheduler.register(obj.info, obj.fetch_into, chunk_size=10)
+    view = handle.view(LIVENESS_LIMIT_S)  # pins every chunk
+    other_handle = scheduler.register(other.info, other.fetch_into, chunk_size=10)
+    assert read_all(other_handle) == other.data
+    assert handle.buffer.states() == [ChunkState.READY] * 4
+    assert bytes(view) == obj.data
+
+
+# --- errors -----------------------------------------------------------------------------------------
+
+
+def test_a_failed_fetch_reaches_its_reader_and_other_ranges_still_read(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    original = RetriesExhaustedError(
+        "oss://bucket/model.bin: 503 SlowDown 5 times", bucket="bucket", range=(20, 30)
+    )
+
+    def fail_chunk_2(number: int, start: int, end: int) -> None:
+        if start == 20:
+            raise original
+
+    obj = MemoryObject(payload(50), hook=fail_chunk_2)
+    scheduler = schedulers()
+    handle = scheduler.register(obj.info, obj.fetch_into, chunk_size=10)
+    for _ in range(2):  # sticky: every reader of those bytes gets it
+        with pytest.raises(RetriesExhaustedError) as caught:
+            handle.read_bytes(15, 25, LIVENESS_LIMIT_S)
+        assert caught.value.__cause__ is original
+        assert caught.value is not original
+        assert str(caught.value) == str(original) and caught.value.range == (20, 30)
+    assert handle.read_bytes(0, 20, LIVENESS_LIMIT_S) == obj.data[:20]
+    assert handle.read_bytes(30, 50, LIVENESS_LIMIT_S) == obj.data[30:]
+    assert handle.buffer.state(2) == ChunkState.FAILED
+
+
+def test_a_foreign_exception_is_wrapped_with_the_object_named(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    def broken(number: int, start: int, end: int) -> None:
+        raise OSError("disk on fire")
+
+    obj = MemoryObject(payload(10), hook=broken)
+    handle = schedulers().register(obj.info, obj.fetch_into, chunk_size=10)
+    with pytest.raises(Exception, match=r"oss://bucket/model\.bin") as caught:
+        read_all(handle)
+    assert isinstance(caught.value.__cause__, OSError)
+
+
+def test_wrong_object_crc_is_an_integrity_error_on_every_later_read(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    obj = MemoryObject(payload(35), crc=12345)
+    handle = schedulers().register(obj.info, obj.fetch_into, chunk_size=10)
+    with pytest.raises(IntegrityError) as caught:
+        read_all(handle)
+    message = str(caught.value)
+    assert (
+        "oss://bucket/model.bin" in message
+        and f"{12345:#018x}" in message
+        and f"{crc64(obj.data):#018x}" in message
+    )
+    assert (caught.value.bucket, caught.value.key) == ("bucket", "model.bin")
+    with pytest.raises(IntegrityError):
+        handle.read_bytes(0, 1, LIVENESS_LIMIT_S)
+    with pytest.raises(IntegrityError):
+        handle.view(LIVENESS_LIMIT_S)
+
+
+def test_a_chunk_crc_that_lies_fails_the_object_check(schedulers: Callable[..., PrefetchScheduler]) -> None:
+    obj = MemoryObject(payload(30), hook=lambda number, start, end: 7 if start == 10 else None)
+    handle = schedulers().register(obj.info, obj.fetch_into, chunk_size=10)
+    with pytest.raises(IntegrityError):
+        handle.view(LIVENESS_LIMIT_S)
+
+
+def test_crc_is_combined_without_rereading_and_unknown_crc_is_not_an_error(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    obj = MemoryObject(payload(1000), crc=False)
+    handle = schedulers().register(obj.info, obj.fetch_into, chunk_size=7)
+    assert bytes(handle.view(LIVENESS_LIMIT_S)) == obj.data
+    assert handle.buffer.actual_crc64 == crc64(obj.data)
+
+
+def test_a_refetched_chunk_with_a_different_crc_is_an_integrity_error(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    seen: set[int] = set()
+
+    def lie_on_second_fetch_of_chunk_0(number: int, start: int, end: int) -> int | None:
+        if start == 0 and 0 in seen:
+            return 99
+        seen.add(start)
+        return None
+
+    obj = MemoryObject(payload(30), hook=lie_on_second_fetch_of_chunk_0)
+    handle = schedulers(connections=1, budget_bytes=10).register(obj.info, obj.fetch_into, chunk_size=10)
+    assert read_all(handle) == obj.data  # chunk 0 is evicted on the way
+    with pytest.raises(IntegrityError, match="fetched again"):
+        handle.read_bytes(0, 5, LIVENESS_LIMIT_S)
+    with pytest.raises(IntegrityError):
+        handle.read_bytes(20, 25, LIVENESS_LIMIT_S)
+
+
+def test_a_fetch_that_never_returns_times_the_reader_out(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    gate = Gate(lambda number, start, end: start == 10)
+    obj = MemoryObject(payload(30), hook=gate)
+    handle = schedulers().register(obj.info, obj.fetch_into, chunk_size=10)
+    try:
+        with pytest.raises(RequestTimeoutError) as caught:
+            handle.read_bytes(5, 15, timeout_s=0.1)
+        assert isinstance(caught.value, TimeoutError)
+        assert (caught.value.bucket, caught.value.key, caught.value.range) == (
+            "bucket",
+            "model.bin",
+            (10, 20),
+        )
+        assert "wait_timeout_s" in str(caught.value)
+        assert handle.read_bytes(20, 30, LIVENESS_LIMIT_S) == obj.data[20:]
+    finally:
+        gate.opened.set()
+    assert read_all(handle) == obj.data
+
+
+# --- lifecycle --------------------------------------------------------------------------------------
+
+
+def prefetch_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith(THREAD_PREFIX)]
+
+
+def test_close_while_a_reader_waits_wakes_it_and_leaves_no_thread() -> None:
+    before = set(prefetch_threads())
+    gate = Gate(lambda number, start, end: start == 0)
+    obj = MemoryObject(payload(30), hook=gate)
+    scheduler = PrefetchScheduler(connections=3, close_timeout_s=0.2)
+    handle = scheduler.register(obj.info, obj.fetch_into, chunk_size=10)
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            handle.read_bytes(0, 5, LIVENESS_LIMIT_S)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    gate.wait_entered()
+    eventually(lambda: handle.buffer.pinned(0))  # the reader is waiting for chunk 0
+    scheduler.close()
+    thread.join(LIVENESS_LIMIT_S)
+    assert len(errors) == 1 and isinstance(errors[0], ClosedError), errors
+    assert "closed" in str(errors[0]) and "oss://bucket/model.bin" in str(errors[0])
+    gate.opened.set()  # the worker stuck in fetch_into returns, sees the close, and exits
+    mine = set(prefetch_threads()) - before
+    for leftover in mine:
+        leftover.join(LIVENESS_LIMIT_S)
+    assert not (set(prefetch_threads()) - before)
+    eventually(lambda: scheduler.held_bytes == 0)
+    scheduler.close()  # idempotent
+    with pytest.raises(ClosedError):
+        scheduler.register(obj.info, obj.fetch_into)
+
+
+def test_close_joins_idle_workers() -> None:
+    before = set(prefetch_threads())
+    obj = MemoryObject(payload(30))
+    scheduler = PrefetchScheduler(connections=4)
+    handle = scheduler.register(obj.info, obj.fetch_into, chunk_size=10)
+    assert read_all(handle) == obj.data
+    assert len(set(prefetch_threads()) - before) == 4
+    scheduler.close()
+    assert not (set(prefetch_threads()) - before)
+
+
+def test_unregistering_cancels_queued_chunks_and_frees_memory(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    gate = Gate(lambda number, start, end: number == 0)
+    first = MemoryObject(payload(50), key="a", hook=gate)
+    second = MemoryObject(payload(20, 1), key="b")
+    scheduler = schedulers(connections=1)
+    handle_a = scheduler.register(first.info, first.fetch_into, chunk_size=10)
+    handle_b = scheduler.register(second.info, second.fetch_into, chunk_size=10)
+    gate.wait_entered()
+    handle_a.close()
+    handle_a.close()  # idempotent
+    gate.opened.set()
+    assert read_all(handle_b) == second.data
+    assert first.calls == [(0, 10)], "nothing of a closed object is fetched after its close"
+    eventually(lambda: scheduler.held_bytes == 20)
+    assert handle_a.buffer.states() == [ChunkState.EMPTY] * 5
+    with pytest.raises(ClosedError, match="closed"):
+        handle_a.read_bytes(0, 1, LIVENESS_LIMIT_S)
+    handle_b.close()
+    assert scheduler.held_bytes == 0
+
+
+def test_the_queue_does_not_grow_with_closed_objects(schedulers: Callable[..., PrefetchScheduler]) -> None:
+    scheduler = schedulers(connections=1, budget_bytes=0)  # no read-ahead: queued chunks stay queued
+    for seed in range(20):
+        obj = MemoryObject(payload(1000, seed), key=f"k{seed}")
+        scheduler.register(obj.info, obj.fetch_into, chunk_size=10).close()
+    assert len(scheduler._heap) <= 64 + 100
+    assert not scheduler._queued
+
+
+def test_view_is_the_whole_object_read_only_and_memory_is_released_after_close(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    obj = MemoryObject(payload(95))
+    scheduler = schedulers()
+    handle = scheduler.register(obj.info, obj.fetch_into, chunk_size=10)
+    view = handle.view(LIVENESS_LIMIT_S)
+    assert view.readonly and bytes(view) == obj.data
+    with pytest.raises(TypeError):
+        view[0] = 1  # type: ignore[index]
+    assert scheduler.held_bytes == 95
+    handle.close()
+    assert scheduler.held_bytes == 0
+    assert handle.buffer.states() == [ChunkState.EMPTY] * 10
+    assert bytes(view) == obj.data, "a view kept past close stays valid"
+
+
+def test_zero_byte_object(schedulers: Callable[..., PrefetchScheduler]) -> None:
+    obj = MemoryObject(b"")
+    handle = schedulers().register(obj.info, obj.fetch_into, chunk_size=10)
+    assert read_all(handle) == b"" and bytes(handle.view(LIVENESS_LIMIT_S)) == b""
+    assert handle.readinto(0, memoryview(bytearray(4)), LIVENESS_LIMIT_S) == 0
+    assert obj.calls == []
+    wrong = MemoryObject(b"", crc=1)
+    with pytest.raises(IntegrityError):
+        read_all(schedulers().register(wrong.info, wrong.fetch_into))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_forked_child_refetches_what_was_in_flight_with_its_own_workers(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    parent = os.getpid()
+    gate = Gate(lambda number, start, end: start == 50 and os.getpid() == parent)
+    obj = MemoryObject(payload(80), hook=gate)
+    scheduler = schedulers(connections=1)
+    handle = scheduler.register(obj.info, obj.fetch_into, chunk_size=10)
+    gate.wait_entered()  # the parent's only worker is inside fetch_into for chunk 5
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        code = 1
+        try:
+            code = 0 if read_all(handle) == obj.data and prefetch_threads() else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    gate.opened.set()
+    assert read_all(handle) == obj.data
+
+
+# --- the chunk buffer -------------------------------------------------------------------------------
+
+
+def _resident_bytes(buffer: ChunkBuffer) -> int:
+    """Rss of the buffer's mapping, from /proc/self/smaps."""
+    assert buffer._mapping is not None
+    anchor = ctypes.c_char.from_buffer(buffer._mapping)
+    address = ctypes.addressof(anchor)
+    del anchor
+    with open("/proc/self/smaps") as smaps:
+        inside = False
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                low, high = (int(part, 16) for part in head.split("-"))
+                inside = low <= address < high
+            elif inside and head == "Rss:":
+                return int(line.split()[1]) * 1024
+    raise AssertionError("mapping not found in /proc/self/smaps")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="Linux only")
+def test_release_returns_the_pages_to_the_system() -> None:
+    size = 16 << 20
+    info = ObjectInfo("bucket", "big.bin", size, '"e"', 0.0)
+    buffer = ChunkBuffer(info, 4 << 20)
+    try:
+        for index in range(buffer.count):
+            buffer.begin_fetch(index)
+            buffer.chunk_view(index)[:] = b"\xab" * len(buffer.chunk(index))
+            buffer.complete(index, 0)
+        assert _resident_bytes(buffer) >= size
+        for index in range(buffer.count):
+            buffer.release(index)
+        assert buffer.held_bytes == 0
+        assert _resident_bytes(buffer) < size // 16
+    finally:
+        buffer.close()
+
+
+def _strict_overcommit() -> bool:
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as setting:
+            return setting.read().strip() == "2"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(_strict_overcommit(), reason="needs Linux heuristic overcommit")
+def test_an_object_larger_than_memory_can_be_buffered_within_a_budget() -> None:
+    info = ObjectInfo("bucket", "huge.bin", 256 << 30, '"e"', 0.0)
+    buffer = ChunkBuffer(info, 8 << 20)
+    try:
+        last = buffer.count - 1
+        buffer.begin_fetch(last)
+        buffer.chunk_view(last)[:] = b"\x01" * len(buffer.chunk(last))
+        buffer.complete(last, 0)
+        assert buffer.tobytes(info.size - 2, info.size) == b"\x01\x01"
+        buffer.release(last)
+    finally:
+        buffer.close()
+
+
+def test_release_of_an_unaligned_chunk_keeps_its_neighbours_bytes() -> None:
+    data = payload(3 * 5000)
+    info = ObjectInfo("bucket", "k", len(data), '"e"', 0.0)
+    buffer = ChunkBuffer(info, 5000)
+    for index in range(3):
+        buffer.begin_fetch(index)
+        chunk = buffer.chunk(index)
+        buffer.chunk_view(index)[:] = data[chunk.start : chunk.end]
+        buffer.complete(index, crc64(data[chunk.start : chunk.end]))
+    buffer.release(1)
+    assert buffer.tobytes(0, 5000) == data[:5000] and buffer.tobytes(10000, 15000) == data[10000:]
+    buffer.pin(0)
+    with pytest.raises(RuntimeError, match="pinned"):
+        buffer.release(0)
+    buffer.close()
+    buffer.close()
+    assert buffer.states() == [ChunkState.EMPTY] * 3
+
+
+def test_dropped_handles_free_their_memory_via_the_stream_finalizer(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    # The handle is owned by the scheduler until unregistered; the stream's finalizer does that (see
+    # test_stream); here: unregistering through the scheduler directly is enough to free everything.
+    obj = MemoryObject(payload(40))
+    scheduler = schedulers()
+    handle = scheduler.register(obj.info, obj.fetch_into, chunk_size=10)
+    assert read_all(handle) == obj.data
+    scheduler.unregister(handle)
+    del handle
+    gc.collect()
+    assert scheduler.held_bytes == 0 and not scheduler._handles
+
+
+def test_invalid_settings_are_refused_with_the_fix() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        PrefetchScheduler(connections=0)
+    with pytest.raises(ValueError, match="None for no limit"):
+        PrefetchScheduler(budget_bytes=-1)
+    with pytest.raises(ValueError, match="negative"):
+        ObjectInfo("bucket", "k", -1, '"e"', 0.0)
+    with pytest.raises(ValueError, match="CRC-64"):
+        ObjectInfo("bucket", "k", 1, '"e"', 0.0, crc64=1 << 64)
+    assert ObjectInfo("bucket", "dir/k", 1, '"e"', 0.0).uri == "oss://bucket/dir/k"
+
+
+def test_a_fetch_failing_after_its_object_was_closed_is_dropped_quietly(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    gate = Gate(lambda number, start, end: number == 0)
+
+    def fail_after_gate(number: int, start: int, end: int) -> None:
+        gate(number, start, end)
+        raise RetriesExhaustedError("gave up")
+
+    obj = MemoryObject(payload(20), hook=fail_after_gate)
+    scheduler = schedulers(connections=1)
+    handle = scheduler.register(obj.info, obj.fetch_into, chunk_size=10)
+    gate.wait_entered()
+    handle.close()
+    gate.opened.set()
+    eventually(lambda: scheduler.held_bytes == 0)
+    assert handle.buffer.states() == [ChunkState.EMPTY, ChunkState.EMPTY]
