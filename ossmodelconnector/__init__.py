@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 
+# First: modules below read the version while this package is still initializing.
+from ossmodelconnector._version import __version__
+from ossmodelconnector.connector import OssModelConnector
 from ossmodelconnector.errors import (
     AccessDeniedError,
     CacheError,
@@ -27,8 +30,6 @@ from ossmodelconnector.errors import (
     UnsafePathError,
 )
 
-__version__ = "0.1.0"
-
 __all__ = [
     "AccessDeniedError",
     "CacheError",
@@ -40,6 +41,7 @@ __all__ = [
     "InvalidURIError",
     "ObjectChangedError",
     "ObjectNotFoundError",
+    "OssModelConnector",
     "OutOfMemoryError",
     "OwnerDiedError",
     "RequestError",

@@ -2,7 +2,7 @@
 
 ::
 
-    ObjectHandle.readinto / read_bytes / read_until / view
+    ObjectHandle.readinto / read_bytes / read_until / view / wait / wait_all
         │ boost(span)            the scheduler moves the span to the front of its queue
         │ acquire(chunk)         wait until READY (demanding it if EMPTY), pinned against eviction
         │ copy out of the ChunkBuffer (one copy; view(): none)
@@ -11,16 +11,23 @@
 A read that lies inside one READY chunk takes a shortcut: it copies while holding the scheduler's lock,
 which is as safe as a pin (nothing can release the chunk meanwhile) and costs one lock round trip.
 
+``wait``/``wait_all`` only wait (no copy, nothing stays pinned): the reader hooks call them before
+letting a framework read a file of a prepared directory straight from its mapping. That is safe for
+objects registered ``evictable=False``, whose READY chunks are never released.
+
 The handle depends on the scheduler only through the small :class:`ChunkScheduler` protocol.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ossmodelconnector.cache.chunk_buffer import ChunkBuffer
+from ossmodelconnector.cache.shared_backing import SharedBacking
+from ossmodelconnector.errors import RequestTimeoutError
 from ossmodelconnector.objects import ObjectInfo
 from ossmodelconnector.ranges import chunk_span
 
@@ -74,7 +81,8 @@ class ChunkScheduler(Protocol):
 class ObjectHandle:
     """One registered object: its chunk buffer and the reads that wait for its chunks.
 
-    Made by :meth:`PrefetchScheduler.register`; the stream reads through it. Not thread-safe for
+    Made by :meth:`PrefetchScheduler.register`; the stream reads through it, and for a prepared
+    directory it is the registry's waitable file (``size``, ``wait``, ``wait_all``). Not thread-safe for
     :meth:`view` called concurrently with :meth:`close`; the reads are.
     """
 
@@ -85,12 +93,17 @@ class ObjectHandle:
         info: ObjectInfo,
         fetch_into: FetchInto,
         chunk_size: int,
+        *,
+        backing: SharedBacking | None = None,
+        evictable: bool = True,
     ) -> None:
         self.id = handle_id
         self.info = info
         self.fetch_into = fetch_into
         self.chunk_size = chunk_size
-        self.buffer = ChunkBuffer(info, chunk_size, lock=scheduler.lock)
+        self.evictable = evictable
+        """False: the scheduler never releases a READY chunk (readers map the bytes directly)."""
+        self.buffer = ChunkBuffer(info, chunk_size, lock=scheduler.lock, backing=backing)
         self._scheduler = scheduler
         self._view_pinned = False
         self.closed = False
@@ -235,6 +248,59 @@ class ObjectHandle:
             self._view_pinned = True
         self.buffer.check_usable()
         return self.buffer.readonly_view()
+
+    def wait(self, start: int, end: int, timeout_s: float | None = None) -> None:
+        """Wait until bytes ``[start, end)`` (clamped to the object) are READY; no copy, nothing pinned.
+
+        The chunks not yet in flight move to the front of the queue. For an ``evictable`` object a chunk
+        may be released again right after this returns; read through :meth:`readinto` there instead.
+
+        Args:
+            start: first byte.
+            end: one past the last byte.
+            timeout_s: seconds in all (``None``: ``DEFAULT_WAIT_TIMEOUT_S``).
+
+        Raises:
+            RequestTimeoutError: not READY within ``timeout_s``.
+            ClosedError: the handle or the scheduler was closed.
+            IntegrityError: the object's CRC-64 does not match.
+            ConnectorError: fetching the bytes failed (the worker's error is the ``__cause__``).
+        """
+        end = min(end, self.info.size)
+        self.buffer.check_usable()
+        if start >= end:
+            return
+        limit = DEFAULT_WAIT_TIMEOUT_S if timeout_s is None else timeout_s
+        deadline = time.monotonic() + limit
+        span = chunk_span(max(start, 0), end, self.chunk_size)
+        self._scheduler.boost(self, span)
+        for index in span:
+            with self._scheduler.lock:
+                if self.buffer.readable_now(index):
+                    continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RequestTimeoutError(
+                    f"{self.info.uri}: timed out after {limit:g} s waiting for bytes [{start}, {end}): the "
+                    "download is stalled or too slow; check the network and the server, or raise the timeout",
+                    bucket=self.info.bucket,
+                    key=self.info.key,
+                    range=(start, end),
+                )
+            self._scheduler.acquire(self, index, remaining)
+            self._scheduler.unpin(self, index, consumed=False)
+        self.buffer.check_usable()
+
+    def wait_all(self, timeout_s: float | None = None) -> None:
+        """Wait until the whole object is READY and its CRC-64 checked (when the server sent one).
+
+        Args:
+            timeout_s: seconds in all (``None``: ``DEFAULT_WAIT_TIMEOUT_S``).
+
+        Raises:
+            Same as :meth:`wait`; ``IntegrityError`` when the CRC-64 does not match.
+        """
+        self.wait(0, self.info.size, timeout_s)
 
     def close(self) -> None:
         """Unregister: cancel the queued chunks and free the memory. Idempotent."""

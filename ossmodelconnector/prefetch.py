@@ -7,6 +7,7 @@
         v
     priority queue ── DEMAND  (a reader is blocked on this chunk: may exceed the budget, evicting)
         │             BOOST   (a reader asked for a span: front of the queue, within the budget)
+        │             HEADER  (chunk 0 of objects registered first_chunk_first, in registration order)
         │             AHEAD   (read-ahead: objects in registration order, chunks in file order)
         v
     workers (N threads, lazily per PID) ── fetch_into(start, end, chunk view) -> CRC ── ChunkBuffer
@@ -18,6 +19,12 @@ read-ahead; when it is full, read-ahead pauses until a reader moves past chunks 
 and are released for the next read-ahead) or a stream is closed. A chunk a reader is blocked on is
 always fetched, after releasing the least recently used READY chunks (reclaimable ones first) that no
 reader holds, so a reader makes progress even with a budget of one chunk.
+
+Objects registered ``evictable=False`` (a prepared directory's files, which readers map directly, their
+memory already set aside by the shared cache) are outside the budget: their chunks are neither counted
+in it nor ever released, and their read-ahead never pauses. ``first_chunk_first=True`` queues an
+object's chunk 0 ahead of the other chunks of every object, because transformers opens every shard
+(reading its header) before it reads any tensor.
 
 A worker's error is stored in the chunk (FAILED) and re-raised, with the original as ``__cause__``, to
 each reader of those bytes; other chunks keep going. Every wait has a timeout.
@@ -37,6 +44,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from ossmodelconnector.cache.chunk_buffer import ChunkState
+from ossmodelconnector.cache.shared_backing import SharedBacking
 from ossmodelconnector.errors import ClosedError
 from ossmodelconnector.object_handle import DEFAULT_WAIT_TIMEOUT_S, FetchInto, ObjectHandle
 from ossmodelconnector.objects import ObjectInfo
@@ -64,7 +72,8 @@ _IDLE_WAIT_S = 1.0  # workers re-check their exit conditions at least this often
 # Queue tiers, best first.
 _DEMAND = 0
 _BOOST = 1
-_AHEAD = 2
+_HEADER = 2
+_AHEAD = 3
 
 _ChunkKey = tuple[int, int]  # (handle id, chunk index)
 _JobKey = tuple[int, int, int, int]  # (tier, order, handle id, chunk index)
@@ -124,8 +133,8 @@ class PrefetchScheduler:
 
     @property
     def held_bytes(self) -> int:
-        """Bytes in FETCHING and READY chunks of all objects (including fetches of closed objects that
-        have not returned yet, whose memory is still in use)."""
+        """Bytes in FETCHING and READY chunks of all evictable objects, the ones the budget bounds
+        (including fetches of closed objects that have not returned yet, whose memory is still in use)."""
         with self._lock:
             return self._held
 
@@ -135,29 +144,47 @@ class PrefetchScheduler:
         return self._closed
 
     def register(
-        self, info: ObjectInfo, fetch_into: FetchInto, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+        self,
+        info: ObjectInfo,
+        fetch_into: FetchInto,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        backing: SharedBacking | None = None,
+        evictable: bool = True,
+        first_chunk_first: bool = False,
     ) -> ObjectHandle:
         """Start fetching an object: every chunk is queued for read-ahead after those registered before.
+
+        To queue the headers of several objects before any worker starts on a body, register them all
+        while holding :attr:`lock` (workers need it to take a job).
 
         Args:
             info: the object version (its size, name and CRC-64).
             fetch_into: fetches a byte range of that version into a buffer and returns its CRC-64.
             chunk_size: bytes per chunk, ``>= 1``.
+            backing: keep the bytes and chunk states in a shared cache (``SharedCache.backing(i)``),
+                published to other processes; None for private memory.
+            evictable: False to never release a READY chunk and keep the object out of the budget (for
+                files that readers map directly).
+            first_chunk_first: queue chunk 0 ahead of the other chunks of every object (headers first).
 
         Returns:
             The handle to read through; close it (or the stream that owns it) to free the memory.
 
         Raises:
-            ClosedError: the scheduler is closed.
-            ValueError: a chunk size below 1.
+            ClosedError: the scheduler (or the backing's cache) is closed.
+            ValueError: a chunk size below 1, or a backing laid out for another size or chunk size.
         """
         with self._lock:
             self._check_open(info.uri)
-            handle = ObjectHandle(self, self._next_id, info, fetch_into, chunk_size)
+            handle = ObjectHandle(
+                self, self._next_id, info, fetch_into, chunk_size, backing=backing, evictable=evictable
+            )
             self._next_id += 1
             self._handles[handle.id] = handle
             for index in range(handle.buffer.count):
-                self._queue(handle, index, _AHEAD, start=False)
+                tier = _HEADER if first_chunk_first and index == 0 else _AHEAD
+                self._queue(handle, index, tier, start=False)
             if handle.buffer.count:
                 self._ensure_workers()
                 self._work.notify_all()
@@ -313,7 +340,7 @@ class PrefetchScheduler:
         if current is not None and current[0] <= tier:
             return
         if order is None:
-            order = handle.id if tier == _AHEAD else self._next_order()
+            order = handle.id if tier in (_AHEAD, _HEADER) else self._next_order()
         job = (tier, order, handle.id, index)
         heapq.heappush(self._heap, job)
         self._queued[chunk_key] = job
@@ -341,7 +368,9 @@ class PrefetchScheduler:
                 if self._queued.get(chunk_key) == job:
                     del self._queued[chunk_key]
                 continue
-            if not self._make_room(len(handle.buffer.chunk(index)), exempt=tier == _DEMAND):
+            if handle.evictable and not self._make_room(
+                len(handle.buffer.chunk(index)), exempt=tier == _DEMAND
+            ):
                 return None  # read-ahead paused until a reader frees room or demands a chunk
             heapq.heappop(self._heap)
             del self._queued[chunk_key]
@@ -436,6 +465,8 @@ class PrefetchScheduler:
                         self._work.wait(_IDLE_WAIT_S)
                 handle, index = job
                 length = handle.buffer.begin_fetch(index)
+                if not handle.evictable:
+                    length = 0  # outside the budget: never counted in _held
                 self._held += length
                 chunk = handle.buffer.chunk(index)
                 dest = handle.buffer.chunk_view(index)
@@ -459,7 +490,8 @@ class PrefetchScheduler:
                 if self._generation != generation:
                     return
                 if handle.buffer.complete(index, crc):
-                    self._ready[(handle.id, index)] = None
+                    if handle.evictable:
+                        self._ready[(handle.id, index)] = None
                 else:
                     self._held -= length
                     self._work.notify_all()
@@ -473,9 +505,11 @@ class PrefetchScheduler:
         self._threads = []
         for handle in self._handles.values():
             handle.buffer.rebind_lock(self._lock)
+            handle.buffer.detach_after_fork()  # the shared state table is the parent's to change
             for index in range(handle.buffer.count):
                 if handle.buffer.state(index) == ChunkState.FETCHING:
-                    self._held -= len(handle.buffer.chunk(index))
+                    if handle.evictable:
+                        self._held -= len(handle.buffer.chunk(index))
                     handle.buffer.cancel(index)
                     # Queued without starting threads: the child starts its own on its first read.
                     self._queue(handle, index, _AHEAD, start=False)

@@ -5,6 +5,7 @@ Used by the pytest fixtures in ``tests/conftest.py`` and by the benchmarks; no n
 
 from __future__ import annotations
 
+import http.client
 import os
 import select
 import signal
@@ -14,6 +15,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
+from urllib.parse import quote
 
 DEFAULT_ACCESS_KEY_ID = "localoss-access-key"
 DEFAULT_ACCESS_KEY_SECRET = "localoss-secret-key"
@@ -61,20 +64,32 @@ class LocalOss:
         return self.proc.returncode
 
 
-def start_localoss(root: Path, *args: str, port: int = 0) -> LocalOss:
-    """Start ``python -m ossmodelconnector.localoss --root ROOT --port PORT ARGS...`` and wait until it serves."""
+def start_localoss(root: Path, *args: str, port: int = 0, stderr: int | IO[bytes] | None = None) -> LocalOss:
+    """Start ``python -m ossmodelconnector.localoss --root ROOT --port PORT ARGS...``; wait until it serves.
+
+    ``stderr`` (a file or ``subprocess.DEVNULL``) receives the server's log; by default it is inherited.
+    """
     root.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "ossmodelconnector.localoss", "--root", str(root), "--port", str(port), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ossmodelconnector.localoss",
+        "--root",
+        str(root),
+        "--port",
+        str(port),
+        *args,
+    ]
     # The server always runs on the fastest CRC backend, even when a test run forces the Python twins.
     env = {k: v for k, v in os.environ.items() if k != "OSSMODELCONNECTOR_PUREPYTHON"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env={**env, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env={**env, "PYTHONUNBUFFERED": "1"})
     assert proc.stdout is not None
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     line = b""
     while not line.endswith(b"\n"):
         remaining = deadline - time.monotonic()
         ready, _, _ = select.select([proc.stdout], [], [], max(remaining, 0))
-        if not ready or proc.poll() is not None and not line:
+        if not ready or (proc.poll() is not None and not line):
             proc.kill()
             raise RuntimeError(f"localoss did not print its endpoint within {STARTUP_TIMEOUT_S}s: {cmd}")
         chunk = os.read(proc.stdout.fileno(), 1)
@@ -102,3 +117,76 @@ def _wait_until_accepting(port: int, deadline: float) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+@dataclass
+class RawResponse:
+    """What a raw HTTP exchange returned: status, headers (names lower-cased) and the whole body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+def signed_headers(
+    server: LocalOss,
+    method: str,
+    bucket: str | None,
+    key: str | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Headers signed with OSS V1 by oss2's own signer (``oss2.Auth``), ready for ``http.client``."""
+    import oss2  # test dependency; imported here so the harness stays importable without it
+
+    req = oss2.http.Request(method, "http://unused/", params=params or {}, headers=dict(headers or {}))
+    auth = oss2.Auth(server.access_key_id, server.access_key_secret)
+    auth._sign_request(req, bucket or "", key or "")
+    return {name: value for name, value in req.headers.items() if name.lower() != "accept-encoding"}
+
+
+def encode_query(params: dict[str, str] | None) -> str:
+    """``name=value&flag`` with values percent-encoded the way oss2 does (sub-resources without '=')."""
+    if not params:
+        return ""
+    parts = [quote(n, safe="") + (f"={quote(v, safe='')}" if v != "" else "") for n, v in params.items()]
+    return "?" + "&".join(parts)
+
+
+def raw_request(
+    server: LocalOss,
+    method: str,
+    bucket: str | None,
+    key: str | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+    body: bytes = b"",
+    path: str | None = None,
+    conn: http.client.HTTPConnection | None = None,
+    sign: bool = True,
+) -> RawResponse:
+    """Send one request with ``http.client`` (signed with OSS V1 unless ``sign=False``) and read it whole.
+
+    ``path`` overrides the request-line path (still signed for ``bucket``/``key``), e.g. to send
+    ``/bucket/%2e%2e/x``; ``conn`` reuses a keep-alive connection.
+    """
+    sent = dict(headers or {})
+    if sign:
+        sent = signed_headers(server, method, bucket, key, headers=sent, params=params)
+    if path is None:
+        path = "/" if bucket is None else f"/{bucket}/" + (quote(key, safe="/") if key else "")
+    own = conn is None
+    connection = conn or http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        connection.request(method, path + encode_query(params), body=body or None, headers=sent)
+        resp = connection.getresponse()
+        data = resp.read()
+        return RawResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+    finally:
+        if own:
+            connection.close()

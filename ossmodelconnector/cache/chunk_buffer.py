@@ -19,12 +19,17 @@ after a release must give the same CRC as the first time.
 
 All state is guarded by one lock that the owner may share between buffers (the prefetch scheduler does,
 so that its budget and every buffer change under one lock); each buffer has its own condition on it.
+
+With a :class:`~ossmodelconnector.cache.shared_backing.SharedBacking` the bytes are a data segment's
+``MAP_SHARED`` mapping (owned by the shared cache, not by the buffer) and the states are the file's bytes
+in the shared state table; every change also bumps the table's generation and futex-wakes, so readers in
+other processes see it. Released pages are then punched out (``MADV_REMOVE``, which frees tmpfs pages),
+and closing leaves the bytes in place: a reader that mapped the file keeps reading what arrived.
 """
 
 from __future__ import annotations
 
 import copy
-import enum
 import logging
 import mmap
 import platform
@@ -35,6 +40,8 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from ossmodelconnector._fast import crc64_combine
+from ossmodelconnector.cache.chunk_state import ChunkState
+from ossmodelconnector.cache.shared_backing import SharedBacking
 from ossmodelconnector.errors import ClosedError, ConnectorError, IntegrityError, RequestTimeoutError
 from ossmodelconnector.objects import ObjectInfo
 from ossmodelconnector.ranges import ByteRange, chunk_count, chunk_range
@@ -45,6 +52,9 @@ log = logging.getLogger(__name__)
 
 _PAGE = mmap.PAGESIZE
 _MADV_DONTNEED: int | None = getattr(mmap, "MADV_DONTNEED", None)
+# On a shared mapping MADV_DONTNEED only drops this process's page tables; MADV_REMOVE frees the file's
+# pages (tmpfs) or punches a hole (disk), which is what releasing a chunk means there.
+_MADV_REMOVE: int | None = getattr(mmap, "MADV_REMOVE", None)
 # Reserve no swap for the whole object up front: with Linux's default heuristic overcommit a private
 # writable mapping larger than RAM + swap is refused, yet only the chunks within the budget are ever
 # touched. Python exposes the flag only from 3.13; its value is 0x4000 on these architectures.
@@ -58,15 +68,6 @@ _MAP_NORESERVE: int = getattr(
 )
 
 
-class ChunkState(enum.IntEnum):
-    """State of one chunk; the values are the state bytes of the shared-memory state table."""
-
-    EMPTY = 0
-    FETCHING = 1
-    READY = 2
-    FAILED = 3
-
-
 class ChunkBuffer:
     """One object's bytes in one contiguous mapping, split into chunks that each have a state.
 
@@ -75,17 +76,28 @@ class ChunkBuffer:
         chunk_size: bytes per chunk, ``>= 1``.
         lock: the lock guarding this buffer's state; pass one lock to several buffers to guard them
             together. A new ``RLock`` by default. It must be reentrant.
+        backing: None for a private anonymous mapping; a shared cache's backing to keep the bytes in its
+            data segment and the states in its state table, published to other processes.
 
     Raises:
-        ValueError: a chunk size below 1.
+        ValueError: a chunk size below 1, or a backing laid out for another size or chunk size.
+        ClosedError: the backing's cache was closed.
     """
 
-    def __init__(self, info: ObjectInfo, chunk_size: int, *, lock: threading.RLock | None = None) -> None:
+    def __init__(
+        self,
+        info: ObjectInfo,
+        chunk_size: int,
+        *,
+        lock: threading.RLock | None = None,
+        backing: SharedBacking | None = None,
+    ) -> None:
         self.info = info
         self.chunk_size = chunk_size
         self.count = chunk_count(info.size, chunk_size)
         self._cond = threading.Condition(lock if lock is not None else threading.RLock())
-        self._states = bytearray(self.count)
+        self._backing = backing
+        self._states: bytearray | memoryview = bytearray(self.count)
         self._pins = [0] * self.count
         self._first_crcs: list[int | None] = [None] * self.count
         self._crcs_known = 0
@@ -98,12 +110,21 @@ class ChunkBuffer:
         """CRC-64 of the whole object, known once every chunk has been fetched at least once."""
         # mmap refuses a length of 0, and an empty object needs no memory at all.
         self._mapping: mmap.mmap | None = None
+        self._owns_mapping = backing is None
+        self._punch_holes = backing is not None  # releasing frees the shared file's pages
         self._view = memoryview(b"")
-        if info.size:
+        if backing is not None:
+            backing.check_fits(info.uri, info.size, chunk_size)
+            self._states = backing.states
+            self._mapping = backing.mapping
+            if self._mapping is not None:
+                self._view = memoryview(self._mapping)
+        elif info.size:
             self._mapping = mmap.mmap(-1, info.size, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
             self._view = memoryview(self._mapping)
         if self.count == 0:
             self._check_object()
+            self._publish()
 
     # --- introspection -------------------------------------------------------------------------------
 
@@ -116,6 +137,11 @@ class ChunkBuffer:
     def closed(self) -> bool:
         """Whether :meth:`close` has run."""
         return self._closed_reason is not None
+
+    @property
+    def shared(self) -> bool:
+        """Whether the bytes and states live in a shared cache (published to other processes)."""
+        return self._backing is not None
 
     @property
     def condition(self) -> threading.Condition:
@@ -233,6 +259,7 @@ class ChunkBuffer:
             self._states[index] = ChunkState.FETCHING
             length = len(self.chunk(index))
             self.held_bytes += length
+            self._publish()
             return length
 
     def complete(self, index: int, crc: int) -> bool:
@@ -250,6 +277,7 @@ class ChunkBuffer:
             self._expect(index, ChunkState.FETCHING)
             if self.closed:
                 self._to_empty(index)
+                self._publish()
                 return False
             first = self._first_crcs[index]
             if first is not None and first != crc:
@@ -264,6 +292,9 @@ class ChunkBuffer:
                 )
                 self._object_error = error
                 self._fail_locked(index, error)
+                if self._backing is not None:
+                    self._backing.record_checked(error)
+                self._publish()
                 return False
             self._states[index] = ChunkState.READY
             if first is None:
@@ -272,6 +303,7 @@ class ChunkBuffer:
                 if self._crcs_known == self.count:
                     self._check_object()
             self._cond.notify_all()
+            self._publish()
             return True
 
     def fail(self, index: int, error: BaseException) -> None:
@@ -280,14 +312,16 @@ class ChunkBuffer:
             self._expect(index, ChunkState.FETCHING)
             if self.closed:
                 self._to_empty(index)
-                return
-            self._fail_locked(index, error)
+            else:
+                self._fail_locked(index, error)
+            self._publish()
 
     def cancel(self, index: int) -> None:
         """Put a FETCHING chunk whose fetch will never report back (e.g. after ``fork``) back to EMPTY."""
         with self._cond:
             self._expect(index, ChunkState.FETCHING)
             self._to_empty(index)
+            self._publish()
 
     def release(self, index: int) -> None:
         """Drop a READY, unpinned chunk's pages and mark it EMPTY, so the memory returns to the system.
@@ -300,10 +334,23 @@ class ChunkBuffer:
             if self._pins[index]:
                 raise RuntimeError(f"{self.name}: chunk {index} is pinned by a reader and cannot be released")
             self._to_empty(index)
+            self._publish()
 
     def rebind_lock(self, lock: threading.RLock) -> None:
         """Guard this buffer with a new lock (in a child after ``fork``, where the old one may be held)."""
         self._cond = threading.Condition(lock)
+
+    def detach_after_fork(self) -> None:
+        """In a forked child: keep working on a private copy of the states, publishing nothing.
+
+        The shared state table belongs to the parent, whose workers still write it; the child must not
+        change it. The data mapping stays shared (a chunk the child fetches again holds the same bytes:
+        the fetch is pinned to the same ETag).
+        """
+        if self._backing is not None:
+            self._states = bytearray(self._states)
+            self._backing = None
+            self._punch_holes = False  # the parent's pages: never punched out from here
 
     def close(self, reason: str = "the stream was closed; open the object again to read it") -> None:
         """Drop every chunk and the mapping; waiters get :class:`ClosedError`. Idempotent.
@@ -327,11 +374,12 @@ class ChunkBuffer:
             self._errors.clear()
             self._pins = [0] * self.count
             self._cond.notify_all()
+            self._publish()
             # Dropped, not released: a reader may be slicing the old view right now; the slice it gets
             # keeps the mapping alive until its copy is done.
             mapping, self._mapping = self._mapping, None
             self._view = memoryview(b"")
-        if mapping is not None:
+        if mapping is not None and self._owns_mapping:
             try:
                 mapping.close()
             except BufferError:
@@ -407,6 +455,10 @@ class ChunkBuffer:
                 f"{self.name}: chunk {index} is {ChunkState(self._states[index]).name}, expected {state.name}"
             )
 
+    def _publish(self) -> None:
+        if self._backing is not None:
+            self._backing.publish()
+
     def _to_empty(self, index: int) -> None:
         self._states[index] = ChunkState.EMPTY
         self.held_bytes -= len(self.chunk(index))
@@ -415,17 +467,20 @@ class ChunkBuffer:
 
     def _fail_locked(self, index: int, error: BaseException) -> None:
         self._to_empty(index)
+        if self._backing is not None:
+            self._backing.record_error(error)  # before the state byte: a reader seeing FAILED finds the text
         self._states[index] = ChunkState.FAILED
         self._errors[index] = error
 
     def _drop_pages(self, chunk: ByteRange) -> None:
-        if self._mapping is None or _MADV_DONTNEED is None:
+        advice = _MADV_REMOVE if self._punch_holes else _MADV_DONTNEED
+        if self._mapping is None or advice is None:
             return
         # Only whole pages inside the chunk: an edge page shared with a neighbour may hold its bytes.
         start = -(-chunk.start // _PAGE) * _PAGE
         end = self.info.size if chunk.end == self.info.size else chunk.end // _PAGE * _PAGE
         if end > start:
-            self._mapping.madvise(_MADV_DONTNEED, start, end - start)
+            self._mapping.madvise(advice, start, end - start)
 
     def _check_object(self) -> None:
         total = 0
@@ -444,6 +499,8 @@ class ChunkBuffer:
                 range=(0, self.info.size),
             )
             log.error("%s", self._object_error)
+        if self._backing is not None:
+            self._backing.record_checked(self._object_error)
 
     def _raise_stored(self, stored: BaseException, chunk: ByteRange) -> NoReturn:
         # A fresh exception per reader: raising the stored one twice would chain its tracebacks.

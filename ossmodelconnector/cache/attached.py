@@ -1,0 +1,239 @@
+"""A prepared directory seen from another process: the state table attached, waits on its futex.
+
+::
+
+    AttachedCache.from_manifest(model_dir/.ossmodelconnector/manifest.json)   (or .attach(table name))
+        .file(i) -> RemoteFile: wait(start, end) / wait_all() on the shared chunk states
+        .data(i) -> read-only view of file i's data segment
+
+A wait reads the generation, looks at the state bytes it needs, and futex-waits on the generation when
+they are not READY yet (``docs/cache-layout.md``, section 3); every half second it also checks that the
+owner still lives, so a dead owner is an :class:`OwnerDiedError`, not a hang. Issue 5 builds the reader
+hooks of other processes (vLLM tensor-parallel workers) on this.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+
+from ossmodelconnector import errors
+from ossmodelconnector.cache.chunk_state import ChunkState
+from ossmodelconnector.cache.manifest import read_manifest
+from ossmodelconnector.cache.segments import DEFAULT_CACHE_DIR, Segment, attach_segment, process_alive
+from ossmodelconnector.cache.state_table import FileStatus, StateTable, TableStatus
+from ossmodelconnector.errors import (
+    ClosedError,
+    ConnectorError,
+    IntegrityError,
+    OwnerDiedError,
+    RequestTimeoutError,
+)
+
+__all__ = ["DEFAULT_OWNER_CHECK_S", "DEFAULT_REMOTE_WAIT_TIMEOUT_S", "AttachedCache", "RemoteFile"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OWNER_CHECK_S = 0.5
+"""A waiting reader checks at least this often (seconds) that the owner is alive."""
+
+DEFAULT_REMOTE_WAIT_TIMEOUT_S = 600.0
+"""Seconds a reader waits for a range when no timeout is given (as ``DEFAULT_WAIT_TIMEOUT_S``)."""
+
+_READY = bytes([ChunkState.READY])
+_FAILED = bytes([ChunkState.FAILED])
+
+
+class AttachedCache:
+    """The state table of a prepared directory, mapped in a reader's process.
+
+    Args:
+        table_name: the state table's segment name (``ossmc-s-...``, in ``/dev/shm``).
+        writable: map it writable, which lets waits post demand requests to the owner (read-only by
+            default: enough to wait).
+        data_paths: each file's data file, from the manifest; default ``/dev/shm/<segment name>``.
+
+    Raises:
+        FileNotFoundError: no such table (the directory is not prepared, or its owner closed it).
+        CacheError: the file is not ours, or not a table of this layout version.
+    """
+
+    def __init__(
+        self, table_name: str, *, writable: bool = False, data_paths: Sequence[str] | None = None
+    ) -> None:
+        self._segment = attach_segment(DEFAULT_CACHE_DIR, table_name, writable=writable)
+        self._data: dict[int, Segment] = {}
+        try:
+            if self._segment.mapping is None:
+                raise errors.CacheError(f"{self._segment.path} is empty: not a state table")
+            self.table = StateTable(self._segment.mapping, self._segment.path)
+        except BaseException:
+            self._segment.close()
+            raise
+        names = [entry.segment_name for entry in self.table.files()]
+        self._data_paths = (
+            list(data_paths)
+            if data_paths is not None
+            else [os.path.join(DEFAULT_CACHE_DIR, n) for n in names]
+        )
+
+    @classmethod
+    def from_manifest(cls, manifest_path: str | os.PathLike[str], *, writable: bool = False) -> AttachedCache:
+        """Attach the directory whose manifest is at ``manifest_path`` (see ``manifest.find_manifest``).
+
+        Raises:
+            FileNotFoundError: no manifest, or no state table any more.
+            CacheError: an invalid manifest or table.
+        """
+        manifest = read_manifest(manifest_path)
+        paths = [""] * len(manifest.files)
+        for entry in manifest.files.values():
+            if 0 <= entry.index < len(paths):
+                paths[entry.index] = entry.data_path
+        return cls(manifest.state_table, writable=writable, data_paths=paths)
+
+    def file(self, index: int) -> RemoteFile:
+        """File ``index`` as a :class:`RemoteFile` (``wait``/``wait_all``)."""
+        return RemoteFile(self.table, index)
+
+    def data(self, index: int) -> memoryview:
+        """A read-only view of file ``index``'s data segment; read a range only after ``wait`` for it.
+
+        Raises:
+            CacheError: the data file is not ours.
+            FileNotFoundError: it was removed (the owner closed the directory).
+        """
+        segment = self._data.get(index)
+        if segment is None:
+            path = self._data_paths[index]
+            segment = attach_segment(os.path.dirname(path), os.path.basename(path))
+            self._data[index] = segment
+        if segment.mapping is None:
+            return memoryview(b"")
+        return memoryview(segment.mapping).toreadonly()
+
+    def close(self) -> None:
+        """Unmap the table and the data segments (views still held keep theirs). Idempotent."""
+        self.table.release()
+        self._segment.close()
+        for segment in self._data.values():
+            segment.close()
+        self._data.clear()
+
+    def __enter__(self) -> AttachedCache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class RemoteFile:
+    """One file of an attached cache, waitable from a process that is not the owner.
+
+    Args:
+        table: the attached state table.
+        index: the file's index in it.
+        owner_check_s: check the owner's liveness at least this often while waiting.
+    """
+
+    def __init__(
+        self, table: StateTable, index: int, *, owner_check_s: float = DEFAULT_OWNER_CHECK_S
+    ) -> None:
+        entry = table.file(index)
+        self.table = table
+        self.index = index
+        self.size = entry.size
+        self.name = f"{table.directory}: file {index} ({entry.segment_name})"
+        self._owner_check_s = owner_check_s
+
+    def wait(self, start: int, end: int, timeout_s: float | None = None) -> None:
+        """Wait until the bytes ``[start, end)`` (clamped to the file) are READY in the data segment.
+
+        Args:
+            start: first byte.
+            end: one past the last byte.
+            timeout_s: seconds in all (default 600).
+
+        Raises:
+            RequestTimeoutError: not READY within ``timeout_s``.
+            ClosedError: the owner closed the directory.
+            OwnerDiedError: the owner died before the bytes arrived.
+            ConnectorError: fetching them failed (the owner's error class and message).
+        """
+        end = min(end, self.size)
+        if start >= end:
+            self._check_open()
+            return
+        chunk_size = self.table.chunk_size
+        first, last = start // chunk_size, (end - 1) // chunk_size + 1
+        self._wait_until(timeout_s, (start, end), lambda: self._chunks_ready(first, last))
+
+    def wait_all(self, timeout_s: float | None = None) -> None:
+        """Wait until the whole file is READY and its CRC-64 was checked.
+
+        Raises:
+            IntegrityError: the owner found the CRC-64 wrong.
+            (and what :meth:`wait` raises)
+        """
+        self._wait_until(timeout_s, (0, self.size), self._verified)
+
+    # --- internals -----------------------------------------------------------------------------------
+
+    def _chunks_ready(self, first: int, last: int) -> bool:
+        states = bytes(self.table.states(self.index)[first:last])
+        if states.count(_READY) == len(states):
+            return True
+        if _FAILED in states:
+            self._raise_error()
+        return False
+
+    def _verified(self) -> bool:
+        status = self.table.file_status(self.index)
+        if status == FileStatus.VERIFIED:
+            return True
+        if status == FileStatus.FAILED:
+            self._raise_error(IntegrityError)
+        self._chunks_ready(0, self.table.file(self.index).chunk_count)  # raises for a FAILED chunk
+        return False
+
+    def _check_open(self) -> None:
+        if self.table.released or self.table.status() == TableStatus.CLOSED:
+            raise ClosedError(f"{self.name}: the owner closed the prepared directory; prepare it again")
+
+    def _wait_until(self, timeout_s: float | None, span: tuple[int, int], done: Callable[[], bool]) -> None:
+        limit = DEFAULT_REMOTE_WAIT_TIMEOUT_S if timeout_s is None else timeout_s
+        deadline = time.monotonic() + limit
+        next_owner_check = 0.0
+        while True:
+            generation = self.table.generation()  # before looking: a change after this wakes the wait
+            self._check_open()
+            if done():
+                return
+            now = time.monotonic()
+            if now >= next_owner_check:
+                if not process_alive(self.table.owner_pid, self.table.owner_start_time):
+                    raise OwnerDiedError(
+                        f"{self.name}: the process {self.table.owner_pid} fetching bytes "
+                        f"[{span[0]}, {span[1]}) died before they arrived; prepare the directory again",
+                        range=span,
+                    )
+                next_owner_check = now + self._owner_check_s
+            remaining = deadline - now
+            if remaining <= 0:
+                raise RequestTimeoutError(
+                    f"{self.name}: timed out after {limit:g} s waiting for bytes [{span[0]}, {span[1]}): the "
+                    "download is stalled or too slow; check the owner's log and the network",
+                    range=span,
+                )
+            self.table.wait_for_change(generation, min(remaining, self._owner_check_s))
+
+    def _raise_error(self, default: type[ConnectorError] = ConnectorError) -> None:
+        stored = self.table.read_error(self.index)
+        kind, message = stored if stored is not None else (default.__name__, "failed (no message recorded)")
+        cls = getattr(errors, kind, None)
+        if not (isinstance(cls, type) and issubclass(cls, ConnectorError)):
+            cls = default
+            message = f"{kind}: {message}"
+        raise cls(f"{message} (reported by the owner, process {self.table.owner_pid})")

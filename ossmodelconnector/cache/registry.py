@@ -1,0 +1,143 @@
+"""The process-wide table of files still arriving, which the reader hooks consult on every open.
+
+``lookup`` runs on every ``open()`` in the process, so for a path outside every registered directory it
+answers with string operations only: a ``str.startswith`` against the tuple of registered directories
+(no syscall, no normalization). Relative paths need ``os.getcwd()``, and only when their last component
+is the name of a registered file. Updates replace an immutable snapshot under a lock, so lookups take
+no lock.
+
+A file is registered under the path of its entry in the prepared directory, that path with the
+directory's symlinks resolved, and its data segment (the entry's ``realpath``, what ``open`` of the
+symlink really opens: ``/dev/shm/ossmc-d-...``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = ["WaitableFile", "lookup", "register_file", "registered_directories", "unregister_file"]
+
+
+class WaitableFile(Protocol):
+    """A file whose bytes may not all be there yet: wait for a range before reading it."""
+
+    @property
+    def size(self) -> int:
+        """The file's full size in bytes."""
+        ...
+
+    def wait(self, start: int, end: int, timeout_s: float | None = None) -> None:
+        """Return once bytes ``[start, end)`` are readable; raise the fetch's error or a timeout."""
+        ...
+
+    def wait_all(self, timeout_s: float | None = None) -> None:
+        """Return once the whole file is readable and verified."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    entries: dict[str, WaitableFile] = field(default_factory=dict)
+    prefixes: tuple[str, ...] = ()  # registered directories, each ending in "/"
+    basenames: frozenset[str] = frozenset()
+    directories: tuple[str, ...] = ()
+
+
+_lock = threading.Lock()
+_snapshot = _Snapshot()
+# registered path -> (its keys in the prepared directory, the data segment it links to)
+_keys_by_path: dict[str, tuple[tuple[str, ...], str]] = {}
+_files: dict[str, WaitableFile] = {}
+
+
+def _keys(absolute: str) -> tuple[tuple[str, ...], str]:
+    directory, name = os.path.split(absolute)
+    model_side = tuple(dict.fromkeys([absolute, os.path.join(os.path.realpath(directory), name)]))
+    return model_side, os.path.realpath(absolute)
+
+
+def _rebuild() -> None:
+    global _snapshot
+    entries: dict[str, WaitableFile] = {}
+    model_side: set[str] = set()
+    for path, (keys, segment) in _keys_by_path.items():
+        waitable = _files[path]
+        for key in (*keys, segment):
+            entries[key] = waitable
+        model_side.update(os.path.dirname(key) for key in keys)
+    prefixes = {os.path.join(os.path.dirname(key), "") for key in entries}
+    _snapshot = _Snapshot(
+        entries=entries,
+        prefixes=tuple(sorted(prefixes)),
+        basenames=frozenset(os.path.basename(key) for key in entries),
+        directories=tuple(sorted(model_side)),
+    )
+
+
+def register_file(path: str | os.PathLike[str], waitable: WaitableFile) -> None:
+    """Make reads of ``path`` (and of what it links to) wait through ``waitable``.
+
+    Args:
+        path: the entry in the prepared directory (made absolute; usually a symlink to a data segment).
+        waitable: what to wait on (the owner's ``ObjectHandle``, or a reader's ``RemoteFile``).
+    """
+    absolute = os.path.abspath(os.fspath(path))
+    keys = _keys(absolute)
+    with _lock:
+        _keys_by_path[absolute] = keys
+        _files[absolute] = waitable
+        _rebuild()
+
+
+def unregister_file(path: str | os.PathLike[str]) -> None:
+    """Forget ``path`` (registered with :func:`register_file`); a no-op when it is not registered."""
+    absolute = os.path.abspath(os.fspath(path))
+    with _lock:
+        if _keys_by_path.pop(absolute, None) is not None:
+            del _files[absolute]
+            _rebuild()
+
+
+def lookup(path: str | bytes | os.PathLike[str] | os.PathLike[bytes] | int) -> WaitableFile | None:
+    """The waitable file registered for ``path``, or None (fast for paths that are not registered).
+
+    Args:
+        path: what a hook was given: a path (absolute or relative to the current directory, str, bytes
+            or path-like) or a file descriptor (always None: hooks cannot tell what an fd is cheaply).
+
+    Returns:
+        The registered file, or None.
+    """
+    snapshot = _snapshot
+    if not snapshot.entries or isinstance(path, int):
+        return None
+    if isinstance(path, str):
+        text = path
+    else:
+        try:
+            raw = os.fspath(path)
+        except TypeError:
+            return None
+        text = os.fsdecode(raw) if isinstance(raw, bytes) else raw
+    if not text.startswith("/"):
+        if os.path.basename(text) not in snapshot.basenames:
+            return None
+        text = os.path.join(os.getcwd(), text)
+    if not text.startswith(snapshot.prefixes):
+        if "/." not in text and "//" not in text:
+            return None
+        text = os.path.normpath(text)  # "/model/./x", "/tmp/../model/x": normalize, then check again
+        if not text.startswith(snapshot.prefixes):
+            return None
+    found = snapshot.entries.get(text)
+    if found is None:
+        found = snapshot.entries.get(os.path.normpath(text))
+    return found
+
+
+def registered_directories() -> list[str]:
+    """The directories holding registered entries (as given, and with their symlinks resolved), sorted."""
+    return list(_snapshot.directories)

@@ -1,0 +1,362 @@
+"""The files of the cache: names, creation (O_EXCL, 0600), attaching with ownership checks, removal.
+
+A *segment* is one file mapped ``MAP_SHARED``: a data segment (exactly one object's bytes) or a state
+table. In ``/dev/shm`` it is a POSIX shared-memory object made with ``posix_ipc``; elsewhere (the disk
+fallback under ``model_dir``, a ``cacheDir`` other than ``/dev/shm``) a plain file opened
+``O_CREAT | O_EXCL | O_NOFOLLOW``. Either way it is created sparse at its full size, mode ``0600``, and
+never reused unless it is a regular file of ours with that mode (see ``docs/cache-layout.md``).
+
+Also here: who owns a segment (pid + start time, so a reused pid is not mistaken for the owner) and how
+much room a directory has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import mmap
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import posix_ipc
+
+from ossmodelconnector.errors import CacheError
+from ossmodelconnector.objects import ObjectInfo
+
+__all__ = [
+    "DATA_SEGMENT_PREFIX",
+    "DEFAULT_CACHE_DIR",
+    "DEFAULT_FREE_SPACE_MARGIN_BYTES",
+    "SEGMENT_MODE",
+    "SEGMENT_PREFIX",
+    "STATE_TABLE_PREFIX",
+    "ProcessIdentity",
+    "Segment",
+    "attach_segment",
+    "check_ownership",
+    "create_segment",
+    "data_segment_name",
+    "free_space",
+    "is_dev_shm",
+    "lstat_or_none",
+    "ours_in_dev_shm",
+    "process_alive",
+    "process_start_time",
+    "required_margin",
+    "segment_path",
+    "state_table_name",
+    "unlink_all",
+    "unlink_segment",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = "/dev/shm"
+"""Where data segments go unless configured otherwise (``cacheDir``); state tables always go here."""
+
+SEGMENT_PREFIX = "ossmc-"
+"""Every name the cache creates starts with this."""
+DATA_SEGMENT_PREFIX = SEGMENT_PREFIX + "d-"
+STATE_TABLE_PREFIX = SEGMENT_PREFIX + "s-"
+
+SEGMENT_MODE = 0o600
+"""The only mode a segment of ours has; any other mode means someone else made the file."""
+
+DEFAULT_FREE_SPACE_MARGIN_BYTES = 16 * 1024 * 1024
+"""Room always left free in the cache directory (or 5% of its size, whichever is larger)."""
+_MARGIN_FRACTION = 0.05
+
+_HASH_HEX = 32  # 128 bits of sha256: collisions are out of reach, and names stay short
+_DEV_SHM = "/dev/shm"
+
+
+# --- names ---------------------------------------------------------------------------------------------
+
+
+def _hashed(prefix: str, *fields: str | int) -> str:
+    digest = hashlib.sha256()
+    for field in fields:
+        data = field.encode("utf-8") if isinstance(field, str) else str(field).encode("ascii")
+        # Length-prefixed, so that no two different tuples feed the hash the same bytes.
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return prefix + digest.hexdigest()[:_HASH_HEX]
+
+
+def data_segment_name(namespace: str, info: ObjectInfo) -> str:
+    """The data segment name of one object version: the same in every process that prepares it.
+
+    Args:
+        namespace: the endpoint the object comes from (two endpoints may hold different objects under the
+            same bucket and key).
+        info: the object version (bucket, key, ETag and size enter the hash).
+
+    Returns:
+        ``ossmc-d-`` followed by 32 hex digits.
+    """
+    return _hashed(DATA_SEGMENT_PREFIX, namespace, info.bucket, info.key, info.etag, info.size)
+
+
+def state_table_name(model_dir: str | os.PathLike[str]) -> str:
+    """The state table name of a prepared directory: ``ossmc-s-`` + a hash of its real path."""
+    return _hashed(STATE_TABLE_PREFIX, os.path.realpath(model_dir))
+
+
+def is_dev_shm(directory: str) -> bool:
+    """Whether ``directory`` is ``/dev/shm`` (where ``posix_ipc`` creates its objects)."""
+    return os.path.realpath(directory) == _DEV_SHM
+
+
+def segment_path(directory: str, name: str) -> str:
+    """The file behind segment ``name`` in ``directory``."""
+    return os.path.join(directory, name)
+
+
+def ours_in_dev_shm() -> list[str]:
+    """Names in ``/dev/shm`` that this package creates (``ossmc-*``), sorted: for leak checks in tests."""
+    try:
+        return sorted(name for name in os.listdir(_DEV_SHM) if name.startswith(SEGMENT_PREFIX))
+    except FileNotFoundError:
+        return []
+
+
+# --- processes -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """A process as the state table records its owner: a pid alone may be reused after the owner dies.
+
+    Args:
+        pid: the process id.
+        start_time: ``/proc/<pid>/stat`` field 22, clock ticks after boot.
+    """
+
+    pid: int
+    start_time: int
+
+    @classmethod
+    def current(cls) -> ProcessIdentity:
+        """This process.
+
+        Raises:
+            CacheError: ``/proc`` is not readable (the cache needs Linux's ``/proc``).
+        """
+        pid = os.getpid()
+        start = process_start_time(pid)
+        if start is None:
+            raise CacheError(
+                f"cannot read /proc/{pid}/stat for this process's start time: the shared-memory cache needs "
+                "Linux with /proc mounted; mount it, or download with wait=True into a plain directory"
+            )
+        return cls(pid, start)
+
+    def alive(self) -> bool:
+        """Whether this very process still runs (same pid, same start time, not a zombie)."""
+        return process_alive(self.pid, self.start_time)
+
+
+def process_start_time(pid: int) -> int | None:
+    """The start time of ``pid`` (``/proc/<pid>/stat`` field 22), or None when it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            text = file.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ")".
+    fields = text[text.rfind(b")") + 2 :].split()
+    if len(fields) < 20 or fields[0] == b"Z":
+        return None
+    return int(fields[19])
+
+
+def process_alive(pid: int, start_time: int) -> bool:
+    """Whether the process ``pid`` that started at ``start_time`` still runs."""
+    return pid > 0 and process_start_time(pid) == start_time
+
+
+# --- space ---------------------------------------------------------------------------------------------
+
+
+def free_space(directory: str) -> tuple[int, int]:
+    """``(available, total)`` bytes of the file system holding ``directory`` (statvfs)."""
+    info = os.statvfs(directory)
+    return info.f_bavail * info.f_frsize, info.f_blocks * info.f_frsize
+
+
+def required_margin(total: int) -> int:
+    """Bytes to keep free on a file system of ``total`` bytes: 5%, at least 16 MiB."""
+    return max(DEFAULT_FREE_SPACE_MARGIN_BYTES, int(total * _MARGIN_FRACTION))
+
+
+# --- segments ------------------------------------------------------------------------------------------
+
+
+class Segment:
+    """One cache file mapped ``MAP_SHARED`` (no mapping for an empty file).
+
+    Args:
+        name: the segment's name (no directory, no leading ``/``).
+        path: the file.
+        size: its length in bytes.
+        mapping: the mapping, or None when ``size`` is 0.
+        writable: whether the mapping was made with ``PROT_WRITE``.
+    """
+
+    def __init__(self, name: str, path: str, size: int, mapping: mmap.mmap | None, writable: bool) -> None:
+        self.name = name
+        self.path = path
+        self.size = size
+        self.mapping = mapping
+        self.writable = writable
+
+    def __repr__(self) -> str:
+        return f"Segment({self.path!r}, size={self.size}, writable={self.writable})"
+
+    def close(self) -> None:
+        """Unmap, unless something still views the mapping (then it goes with the last view). Idempotent."""
+        mapping, self.mapping = self.mapping, None
+        if mapping is not None:
+            try:
+                mapping.close()
+            except BufferError:
+                log.debug("%s: mapping still viewed; it is unmapped when the last view goes", self.path)
+
+
+def lstat_or_none(path: str) -> os.stat_result | None:
+    """``os.lstat(path)``, or None when nothing is there."""
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def check_ownership(path: str, info: os.stat_result) -> None:
+    """Refuse a file that is not a regular file of this user with mode 0600: someone else made it.
+
+    Raises:
+        CacheError: naming the path, what is wrong and the fix; the file is left alone.
+    """
+    problems = []
+    if not stat.S_ISREG(info.st_mode):
+        problems.append("not a regular file" if not stat.S_ISLNK(info.st_mode) else "a symbolic link")
+    if info.st_uid != os.geteuid():
+        problems.append(f"owned by uid {info.st_uid}, not {os.geteuid()}")
+    if stat.S_IMODE(info.st_mode) != SEGMENT_MODE:
+        problems.append(f"mode {stat.S_IMODE(info.st_mode):04o}, not {SEGMENT_MODE:04o}")
+    if problems:
+        raise CacheError(
+            f"{path} exists but was not created by ossmodelconnector for this user ({', '.join(problems)}): "
+            "it is never used nor removed; if it is stale remove it yourself, otherwise find out who "
+            "created it, or set cacheDir (or model_dir) elsewhere"
+        )
+
+
+def create_segment(directory: str, name: str, size: int) -> Segment:
+    """Create segment ``name`` in ``directory``: exclusive, mode 0600, sparse at ``size`` bytes, mapped.
+
+    Args:
+        directory: ``/dev/shm`` (a POSIX shared-memory object) or any other directory (a plain file).
+        name: the segment's name.
+        size: its length in bytes, ``>= 0``.
+
+    Returns:
+        The segment, mapped readable and writable.
+
+    Raises:
+        FileExistsError: the name is taken (the caller decides whether it is stale).
+        CacheError: the file could not be created or sized (the cause is chained).
+    """
+    path = segment_path(directory, name)
+    try:
+        if is_dev_shm(directory):
+            try:
+                memory = posix_ipc.SharedMemory("/" + name, posix_ipc.O_CREX, mode=SEGMENT_MODE, size=size)
+            except posix_ipc.ExistentialError:
+                raise FileExistsError(path) from None
+            fd = memory.fd
+        else:
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(path, flags, SEGMENT_MODE)
+    except FileExistsError:
+        raise
+    except (OSError, posix_ipc.Error) as exc:
+        raise CacheError(
+            f"cannot create cache file {path} ({size} bytes): {exc}; check that {directory} exists and is "
+            "writable, or set cacheDir elsewhere"
+        ) from exc
+    try:
+        os.fchmod(fd, SEGMENT_MODE)  # the umask may have taken bits away; we want exactly 0600
+        if size and os.fstat(fd).st_size != size:
+            os.ftruncate(fd, size)
+        mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED) if size else None
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise CacheError(
+            f"cannot size or map cache file {path} to {size} bytes: {exc}; free memory or space in "
+            f"{directory}, or set cacheDir elsewhere"
+        ) from exc
+    finally:
+        os.close(fd)
+    return Segment(name, path, size, mapping, writable=True)
+
+
+def attach_segment(directory: str, name: str, *, writable: bool = False) -> Segment:
+    """Map an existing segment of ours (regular file, this user, mode 0600).
+
+    Args:
+        directory: where it lives.
+        name: its name.
+        writable: map it writable too (the default is read-only).
+
+    Returns:
+        The segment, its size from the file.
+
+    Raises:
+        FileNotFoundError: no such segment.
+        CacheError: the file is not ours (see :func:`check_ownership`) or cannot be mapped.
+    """
+    path = segment_path(directory, name)
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        info = lstat_or_none(path)
+        if info is not None:
+            check_ownership(path, info)  # a symlink (ELOOP) or a foreign file gets the clear message
+        raise CacheError(f"cannot open cache file {path}: {exc}") from exc
+    try:
+        info = os.fstat(fd)
+        check_ownership(path, info)
+        size = info.st_size
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=prot) if size else None
+    except OSError as exc:
+        raise CacheError(f"cannot map cache file {path}: {exc}") from exc
+    finally:
+        os.close(fd)
+    return Segment(name, path, size, mapping, writable)
+
+
+def unlink_segment(directory: str, name: str) -> bool:
+    """Remove segment ``name`` from ``directory``; False when it was already gone."""
+    try:
+        os.unlink(segment_path(directory, name))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def unlink_all(directory: str, names: Iterable[str]) -> None:
+    """Remove every named segment that exists (for cleanup paths, which must not stop half-way)."""
+    for name in names:
+        try:
+            unlink_segment(directory, name)
+        except OSError as exc:
+            log.warning("could not remove cache file %s: %s", segment_path(directory, name), exc)

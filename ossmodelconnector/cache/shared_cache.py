@@ -1,0 +1,516 @@
+"""The owner side of one prepared directory: data segments, one state table, the manifest.
+
+::
+
+    SharedCache.create(model_dir, files)
+        placement: "shm" (fits in cacheDir's free space and memoryLimitMB) or "disk" (files under
+                   model_dir/.ossmodelconnector/data/, a WARNING says why)
+        state table  /dev/shm/ossmc-s-<hash of realpath(model_dir)>   (stale one recovered, live one refused)
+        data segment per file  ossmc-d-<hash of endpoint, bucket, key, etag, size>, full size, sparse
+        manifest     model_dir/.ossmodelconnector/manifest.json
+    backing(i) -> SharedBacking: give it to PrefetchScheduler.register(..., backing=, evictable=False)
+    close()    -> status CLOSED (readers woken), unmap, unlink everything (also at GC and at exit)
+
+The layout is in ``docs/cache-layout.md``. Nothing is left behind by a normal exit or an exit by an
+exception (a ``weakref.finalize``); after SIGKILL the next ``create`` recovers the stale files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+from ossmodelconnector.cache.manifest import OWN_DIR_NAME, Manifest, ManifestEntry, write_manifest
+from ossmodelconnector.cache.segments import (
+    DEFAULT_CACHE_DIR,
+    STATE_TABLE_PREFIX,
+    ProcessIdentity,
+    Segment,
+    attach_segment,
+    check_ownership,
+    create_segment,
+    data_segment_name,
+    free_space,
+    lstat_or_none,
+    process_alive,
+    required_margin,
+    segment_path,
+    state_table_name,
+    unlink_segment,
+)
+from ossmodelconnector.cache.shared_backing import SharedBacking
+from ossmodelconnector.cache.state_table import FileSpec, StateTable, TableStatus, plan_layout
+from ossmodelconnector.errors import CacheError, ClosedError, OutOfMemoryError, UnsafePathError
+from ossmodelconnector.objects import ObjectInfo
+
+__all__ = ["DATA_DIR_NAME", "SharedCache"]
+
+log = logging.getLogger(__name__)
+
+DATA_DIR_NAME = "data"
+"""The disk fallback keeps the data files in ``model_dir/.ossmodelconnector/data/``."""
+
+_STATE_DIR = DEFAULT_CACHE_DIR  # state tables are small and always live in /dev/shm
+
+
+class _Resources:
+    """Everything a cache created, so that a finalizer (which must not hold the cache) can remove it."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.table: StateTable | None = None
+        self.table_segment: Segment | None = None
+        self.data: list[Segment] = []
+        self.manifest: Path | None = None
+        self.data_dir: Path | None = None
+        self._lock = threading.Lock()
+        self._done = False
+
+    def cleanup(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        if os.getpid() != self.pid:
+            return  # a forked child: the files are its parent's
+        table = self.table
+        if table is not None:
+            with contextlib.suppress(Exception):
+                table.set_status(TableStatus.CLOSED)
+                table.publish()  # readers elsewhere wake up and see CLOSED instead of waiting on
+        for segment in self.data:
+            segment.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(segment.path)
+        if self.manifest is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.manifest)
+        if self.data_dir is not None:
+            with contextlib.suppress(OSError):
+                self.data_dir.rmdir()  # only if empty: never anything that is not ours
+        if table is not None:
+            table.release()
+        if self.table_segment is not None:
+            self.table_segment.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.table_segment.path)
+        log.debug("removed cache files of %s", self.table_segment.path if self.table_segment else "?")
+
+
+class SharedCache:
+    """Owner side of one prepared directory: data segments + one state table + manifest.
+
+    Make one with :meth:`create`. A context manager; :meth:`close` is idempotent, and a cache dropped
+    without closing is closed when garbage-collected or at interpreter exit.
+
+    Attributes:
+        model_dir: the prepared directory (absolute).
+        files: the large files, in table order.
+        relative_paths: each file's path relative to ``model_dir`` (``/``-separated).
+        chunk_size: bytes per chunk.
+        placement: ``"shm"`` or ``"disk"``.
+        table: the state table (writable).
+        state_table_name: its segment name (in ``/dev/shm``).
+        manifest_path: ``model_dir/.ossmodelconnector/manifest.json``.
+    """
+
+    placement: str
+    model_dir: Path
+    files: tuple[ObjectInfo, ...]
+    relative_paths: tuple[str, ...]
+    chunk_size: int
+    namespace: str
+    state_table_name: str
+    manifest_path: Path
+    _data_dir: str
+    _resources: _Resources
+    _backings: dict[int, SharedBacking]
+    _finalizer: weakref.finalize[[], SharedCache]
+
+    def __init__(self, *, _token: object = None) -> None:
+        if _token is not _CREATE:
+            raise TypeError("use SharedCache.create(model_dir, files, ...)")
+
+    @classmethod
+    def create(
+        cls,
+        model_dir: str | os.PathLike[str],
+        files: Sequence[ObjectInfo],
+        *,
+        namespace: str,
+        chunk_size: int,
+        cache_dir: str = DEFAULT_CACHE_DIR,
+        memory_limit_bytes: int | None = None,
+        relative_paths: Sequence[str] | None = None,
+    ) -> SharedCache:
+        """Create the segments, state table and manifest for ``files`` about to be fetched into ``model_dir``.
+
+        Args:
+            model_dir: the directory being prepared (its real path names the state table).
+            files: the large files, in the order their state is laid out (alphabetical for prepare).
+            namespace: the endpoint the objects come from (enters the data segment names).
+            chunk_size: bytes per chunk, ``>= 1``.
+            cache_dir: where data segments go when they fit (``cacheDir``; default ``/dev/shm``).
+            memory_limit_bytes: if the files' total exceeds this, they go to disk (``memoryLimitMB``).
+            relative_paths: each file's path in ``model_dir``; default: the key after the keys' common
+                folder.
+
+        Returns:
+            The cache, status FILLING, every chunk EMPTY.
+
+        Raises:
+            CacheError: the directory or an object is being prepared by a live process, or a name is
+                taken by a file that is not ours (never used nor removed), or creating a file failed.
+            OutOfMemoryError: not even the disk fallback has room.
+            UnsafePathError: a relative path that is absolute or climbs out of ``model_dir``.
+            ValueError: a chunk size below 1, a negative limit, or the same object twice.
+
+        Example:
+            >>> with SharedCache.create("/tmp/model", infos, namespace=endpoint, chunk_size=8 << 20) as cache:
+            ...     handle = scheduler.register(infos[0], fetch, chunk_size=8 << 20,
+            ...                                 backing=cache.backing(0), evictable=False)
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size} must be at least 1 byte")
+        if memory_limit_bytes is not None and memory_limit_bytes < 0:
+            raise ValueError(f"memory_limit_bytes={memory_limit_bytes} must be >= 0, or None for no limit")
+        self = cls(_token=_CREATE)
+        self.model_dir = Path(os.path.abspath(model_dir))
+        self.files = tuple(files)
+        self.relative_paths = _relative_paths(self.files, relative_paths)
+        self.chunk_size = chunk_size
+        self.namespace = namespace
+        self.state_table_name = state_table_name(self.model_dir)
+        self.manifest_path = self.model_dir / OWN_DIR_NAME / "manifest.json"
+        names = [data_segment_name(namespace, info) for info in self.files]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.model_dir}: the same object version is listed twice; list each once")
+        total = sum(info.size for info in self.files)
+        self.placement, why = _choose_placement(total, cache_dir, memory_limit_bytes)
+        own_dir = self.model_dir / OWN_DIR_NAME
+        if self.placement == "shm":
+            self._data_dir = cache_dir
+        else:
+            self._data_dir = str(own_dir / DATA_DIR_NAME)
+            log.warning(
+                "%s: the %d bytes of large files go to files under %s instead of %s, because %s; first "
+                "reads are slower. Make room in %s, raise memoryLimitMB, or set cacheDir",
+                self.model_dir,
+                total,
+                self._data_dir,
+                cache_dir,
+                why,
+                cache_dir,
+            )
+        self._resources = _Resources()
+        self._backings = {}
+        self._finalizer = weakref.finalize(self, self._resources.cleanup)
+        try:
+            own_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self.placement == "disk":
+                self._prepare_disk(total)
+            self._create_table(names)
+            for info, name in zip(self.files, names, strict=True):
+                self._resources.data.append(self._create_data(info, name))
+            self._resources.manifest = write_manifest(self.model_dir, self._manifest(names))
+            self.table.set_status(TableStatus.FILLING)
+            self.table.publish()
+        except BaseException:
+            self._finalizer()
+            raise
+        log.debug(
+            "%s: shared cache of %d files, %d bytes (%s), table %s",
+            self.model_dir,
+            len(self.files),
+            total,
+            self.placement,
+            self.state_table_name,
+        )
+        return self
+
+    # --- public --------------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run (or the finalizer did)."""
+        return not self._finalizer.alive
+
+    def data_path(self, index: int) -> str:
+        """The data file of file ``index``: what its entry in ``model_dir`` links to."""
+        return segment_path(self._data_dir, self._resources.data[index].name)
+
+    def entry_path(self, index: int) -> str:
+        """The entry of file ``index`` in ``model_dir`` (the symlink's own path)."""
+        return str(self.model_dir.joinpath(*self.relative_paths[index].split("/")))
+
+    def backing(self, index: int) -> SharedBacking:
+        """The shared backing of file ``index``, for ``PrefetchScheduler.register(..., backing=...)``.
+
+        Raises:
+            ClosedError: the cache is closed.
+        """
+        if self.closed:
+            raise ClosedError(f"{self.model_dir}: its shared cache is closed; prepare the directory again")
+        backing = self._backings.get(index)
+        if backing is None:
+            backing = SharedBacking(self.table, index, self._resources.data[index].mapping)
+            self._backings[index] = backing
+        return backing
+
+    def close(self) -> None:
+        """Mark the table CLOSED (waking readers), unmap, and unlink every file this cache made. Idempotent.
+
+        Mappings still viewed (by a chunk buffer or a reader's view) stay valid until those views go;
+        the files are unlinked at once.
+        """
+        for backing in self._backings.values():
+            backing.mapping = None
+        self._backings.clear()
+        self._finalizer()
+
+    def __enter__(self) -> SharedCache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else self.placement
+        return f"<SharedCache {self.model_dir} {len(self.files)} files ({state})>"
+
+    # --- creation ------------------------------------------------------------------------------------
+
+    @property
+    def table(self) -> StateTable:
+        """The state table (writable, owner side)."""
+        table = self._resources.table
+        if table is None:
+            raise ClosedError(f"{self.model_dir}: its shared cache is closed; prepare the directory again")
+        return table
+
+    def _prepare_disk(self, total: int) -> None:
+        data_dir = Path(self._data_dir)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._resources.data_dir = data_dir
+        available, size = free_space(str(data_dir))
+        if total + required_margin(size) > available:
+            raise OutOfMemoryError(
+                f"{self.model_dir}: {total} bytes of large files fit neither in memory nor on its disk "
+                f"({available} bytes free in {data_dir}, keeping {required_margin(size)} free): free space "
+                "there, or prepare into a directory on a larger disk"
+            )
+
+    def _create_table(self, names: list[str]) -> None:
+        specs = [FileSpec(info.size, info.crc64, name) for info, name in zip(self.files, names, strict=True)]
+        layout = plan_layout([spec.size for spec in specs], self.chunk_size, os.path.realpath(self.model_dir))
+        name = self.state_table_name
+        try:
+            segment = create_segment(_STATE_DIR, name, layout.table_size)
+        except FileExistsError:
+            self._recover_table(name)
+            try:
+                segment = create_segment(_STATE_DIR, name, layout.table_size)
+            except FileExistsError:
+                raise CacheError(
+                    f"{self.model_dir}: another process created its state table "
+                    f"{segment_path(_STATE_DIR, name)} at the same moment: prepare a directory from one "
+                    "process at a time"
+                ) from None
+        self._resources.table_segment = segment
+        owner = ProcessIdentity.current()
+        assert segment.mapping is not None
+        self._resources.table = StateTable.initialize(
+            segment.mapping,
+            specs,
+            chunk_size=self.chunk_size,
+            owner_pid=owner.pid,
+            owner_start_time=owner.start_time,
+            owner_uid=os.geteuid(),
+            placement=self.placement,
+            directory=os.path.realpath(self.model_dir),
+            name=segment.path,
+        )
+
+    def _recover_table(self, name: str) -> None:
+        path = segment_path(_STATE_DIR, name)
+        info = lstat_or_none(path)
+        if info is None:
+            return
+        check_ownership(path, info)
+        try:
+            segment = attach_segment(_STATE_DIR, name)
+        except FileNotFoundError:
+            return
+        try:
+            assert segment.mapping is not None
+            table = StateTable(segment.mapping, path)
+        except (CacheError, AssertionError):
+            log.warning("%s: replacing the unreadable state table %s", self.model_dir, path)
+            segment.close()
+            unlink_segment(_STATE_DIR, name)
+            return
+        try:
+            if process_alive(table.owner_pid, table.owner_start_time):
+                raise CacheError(
+                    f"{self.model_dir} is being prepared by the live process {table.owner_pid} (state table "
+                    f"{path}): close that process's connector first, or prepare into another model_dir"
+                )
+            stale = [entry.segment_name for entry in table.files()]
+            placement = table.placement
+        finally:
+            table.release()
+            segment.close()
+        directory = (
+            self._data_dir if placement == "shm" else str(self.model_dir / OWN_DIR_NAME / DATA_DIR_NAME)
+        )
+        for segment_name in stale:
+            if _live_owner_of(segment_name, exclude=name) is None:
+                _unlink_if_ours(directory, segment_name)
+        unlink_segment(_STATE_DIR, name)
+        log.warning(
+            "%s: removed the state table and %d data file(s) left by process %d, which died without "
+            "cleaning up",
+            self.model_dir,
+            len(stale),
+            table.owner_pid,
+        )
+
+    def _create_data(self, info: ObjectInfo, name: str) -> Segment:
+        try:
+            return create_segment(self._data_dir, name, info.size)
+        except FileExistsError:
+            pass
+        path = segment_path(self._data_dir, name)
+        existing = lstat_or_none(path)
+        if existing is not None:
+            check_ownership(path, existing)
+        owner = _live_owner_of(name, exclude=self.state_table_name)
+        if owner is not None:
+            pid, directory = owner
+            raise CacheError(
+                f"{info.uri}: the live process {pid} is preparing this object version for {directory} (data "
+                f"segment {path}); sharing one download between processes is not supported yet: close that "
+                "connector first, or use its directory"
+            )
+        unlink_segment(self._data_dir, name)
+        log.warning("%s: removed the stale data segment %s (its owner died)", info.uri, path)
+        try:
+            return create_segment(self._data_dir, name, info.size)
+        except FileExistsError:
+            raise CacheError(
+                f"{info.uri}: another process created {path} at the same moment: prepare it from one process"
+            ) from None
+
+    def _manifest(self, names: list[str]) -> Manifest:
+        entries = {
+            relative: ManifestEntry(
+                data_path=segment_path(self._data_dir, name),
+                size=info.size,
+                etag=info.etag,
+                index=index,
+                bucket=info.bucket,
+                key=info.key,
+            )
+            for index, (relative, info, name) in enumerate(
+                zip(self.relative_paths, self.files, names, strict=True)
+            )
+        }
+        return Manifest(
+            state_table=self.state_table_name,
+            chunk_size=self.chunk_size,
+            placement=self.placement,
+            owner_pid=os.getpid(),
+            files=entries,
+        )
+
+
+_CREATE = object()
+
+
+def _choose_placement(total: int, cache_dir: str, memory_limit_bytes: int | None) -> tuple[str, str]:
+    if memory_limit_bytes is not None and total > memory_limit_bytes:
+        return "disk", f"they exceed memoryLimitMB ({memory_limit_bytes} bytes)"
+    try:
+        available, size = free_space(cache_dir)
+    except OSError as exc:
+        return "disk", f"{cache_dir} is not usable ({exc})"
+    margin = required_margin(size)
+    if total + margin > available:
+        return "disk", f"{cache_dir} has {available} bytes free and {margin} must stay free"
+    return "shm", ""
+
+
+def _relative_paths(files: Sequence[ObjectInfo], given: Sequence[str] | None) -> tuple[str, ...]:
+    if given is None:
+        folders = [info.key.rsplit("/", 1)[0] + "/" if "/" in info.key else "" for info in files]
+        common = os.path.commonprefix(folders)  # noqa: RUF071 - keys are strings, not local paths
+        common = common[: common.rfind("/") + 1]  # ... so cut back to a whole folder
+        given = [info.key[len(common) :] for info in files]
+    if len(given) != len(files):
+        raise ValueError(f"{len(given)} relative paths for {len(files)} files: give one per file")
+    paths = []
+    for relative in given:
+        parts = PurePosixPath(relative).parts
+        if (
+            not relative
+            or relative.startswith("/")
+            or "\0" in relative
+            or any(part in ("..", ".") for part in parts)
+            or parts[0] == OWN_DIR_NAME
+        ):
+            raise UnsafePathError(
+                f"{relative!r} cannot be a path inside the prepared directory (absolute, empty, '..' or "
+                f"{OWN_DIR_NAME!r}): skip that object or rename it"
+            )
+        paths.append("/".join(parts))
+    if len(set(paths)) != len(paths):
+        raise ValueError("two files map to the same relative path; give distinct relative_paths")
+    return tuple(paths)
+
+
+def _live_owner_of(segment_name: str, *, exclude: str) -> tuple[int, str] | None:
+    """``(pid, directory)`` of a live owner whose state table lists ``segment_name``, if any."""
+    try:
+        tables = [name for name in os.listdir(_STATE_DIR) if name.startswith(STATE_TABLE_PREFIX)]
+    except OSError:
+        return None
+    for name in tables:
+        if name == exclude:
+            continue
+        try:
+            segment = attach_segment(_STATE_DIR, name)
+        except (OSError, CacheError):
+            continue
+        try:
+            if segment.mapping is None:
+                continue
+            table = StateTable(segment.mapping, name)
+            try:
+                listed = any(entry.segment_name == segment_name for entry in table.files())
+                if listed and process_alive(table.owner_pid, table.owner_start_time):
+                    return table.owner_pid, table.directory
+            finally:
+                table.release()
+        except CacheError:
+            continue
+        finally:
+            segment.close()
+    return None
+
+
+def _unlink_if_ours(directory: str, name: str) -> None:
+    path = segment_path(directory, name)
+    info = lstat_or_none(path)
+    if info is None:
+        return
+    try:
+        check_ownership(path, info)
+    except CacheError as exc:
+        log.warning("left %s alone: %s", path, exc)
+        return
+    unlink_segment(directory, name)

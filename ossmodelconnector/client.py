@@ -1,0 +1,685 @@
+"""The OSS client: signed, pooled keep-alive requests, ranged GETs straight into the caller's buffer.
+
+::
+
+    get_into(bucket, key, start, end, dest)
+      └─ attempt loop (_Tries: retry policy, one credential refresh)
+           └─ _exchange: credentials.get() -> Signer.sign -> pooled connection -> request -> status check
+                └─ body: HTTPResponse.readinto(dest[pos:pos + piece]) -> crc = crc64(piece, crc)
+         a failed attempt resumes at the first missing byte; the CRC chain simply continues
+
+This module is the one place where foreign errors (sockets, ``http.client``, XML) become the package's
+errors: :meth:`OssClient._translating` is that boundary, always ``raise ... from exc``. Every HTTP
+request produces exactly one audit record and one ``requests`` count in :meth:`OssClient.stats`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import secrets
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
+from xml.etree.ElementTree import ParseError
+
+from ossmodelconnector import __version__
+from ossmodelconnector._fast import crc64
+from ossmodelconnector.audit import NullAudit
+from ossmodelconnector.errors import (
+    ClosedError,
+    ConnectorError,
+    CredentialsError,
+    IntegrityError,
+    RequestError,
+    RequestTimeoutError,
+)
+from ossmodelconnector.objects import ObjectInfo
+from ossmodelconnector.responses import (
+    CODE_CONNECTION,
+    CODE_INCOMPLETE,
+    CODE_INVALID_RESPONSE,
+    CODE_TIMEOUT,
+    CODE_TLS,
+    ErrorDetails,
+    ListPage,
+    check_body_range,
+    error_for_status,
+    object_info_from_headers,
+    parse_error,
+    parse_list_v2,
+    where,
+)
+from ossmodelconnector.retry import Attempts, RetryPolicy
+from ossmodelconnector.signing import Signer
+from ossmodelconnector.transport import Transport
+
+if TYPE_CHECKING:
+    from ossmodelconnector.audit import Audit
+    from ossmodelconnector.config import Config
+    from ossmodelconnector.credentials import CredentialProvider
+    from ossmodelconnector.uri import Endpoint
+
+__all__ = [
+    "DEFAULT_LIST_MAX_KEYS",
+    "DEFAULT_READ_PIECE_BYTES",
+    "FetchInto",
+    "ListPage",
+    "OssClient",
+    "http_range",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_READ_PIECE_BYTES = 256 * 1024
+"""Bytes received per ``readinto`` before they are hashed: small enough that the CRC reads them while
+they are still in the CPU cache, large enough that the per-call cost vanishes."""
+DEFAULT_LIST_MAX_KEYS = 1000
+"""Keys per ListObjectsV2 page (the most OSS returns)."""
+DEFAULT_ERROR_BODY_LIMIT = 64 * 1024
+"""An OSS error document is a few hundred bytes; read at most this much of one."""
+
+USER_AGENT = f"ossmodelconnector/{__version__}"
+
+FetchInto = Callable[[int, int, memoryview], int]
+"""``fetch_into(start, end, dest) -> crc64``: the callable the stream and the prefetcher use."""
+
+_T = TypeVar("_T")
+
+
+def http_range(start: int, end: int) -> str:
+    """The HTTP ``Range`` header for the half-open byte range ``[start, end)`` (HTTP's is inclusive).
+
+    Args:
+        start: first byte.
+        end: one past the last byte; ``end > start``.
+
+    Returns:
+        ``"bytes=start-(end - 1)"``.
+
+    Raises:
+        ValueError: an empty or negative range (HTTP cannot express an empty one).
+
+    Example:
+        >>> http_range(0, 8)
+        'bytes=0-7'
+    """
+    if not 0 <= start < end:
+        raise ValueError(f"byte range [{start}, {end}) is empty or negative; HTTP cannot request it")
+    return f"bytes={start}-{end - 1}"
+
+
+def _query(params: Mapping[str, str]) -> str:
+    return "&".join(f"{quote(name, safe='')}={quote(value, safe='')}" for name, value in params.items())
+
+
+@dataclass
+class _Exchange:
+    """What one HTTP request produced, for the caller's body handling, the stats and the audit line."""
+
+    response: http.client.HTTPResponse | None = None
+    status: int | None = None
+    request_id: str | None = None
+    nbytes: int = 0
+    ok: bool = False
+
+
+@dataclass(frozen=True)
+class _RangeResult:
+    crc: int
+    object_crc: int | None
+
+
+class OssClient:
+    """A thread-safe OSS client on pooled keep-alive ``http.client`` connections.
+
+    Args:
+        endpoint: where to send requests (:func:`ossmodelconnector.uri.parse_endpoint`).
+        credentials: asked before every request (``get()``); ``invalidate()`` is called once when the
+            server refuses the credentials, and the request is retried with fresh ones.
+        config: timeouts, retry budget, connection count and signature version.
+        audit: where to record one line per HTTP request; nothing is recorded when None. The caller
+            keeps ownership (the client does not close it).
+        retry: the retry policy; by default the one ``config`` describes.
+
+    Example:
+        >>> with OssClient(parse_endpoint("http://127.0.0.1:9000"), provider, load_config()) as client:
+        ...     info = client.head_object("bucket", "model.safetensors")
+        ...     buf = bytearray(info.size)
+        ...     crc = client.get_into("bucket", info.key, 0, info.size, memoryview(buf), etag=info.etag)
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        credentials: CredentialProvider,
+        config: Config,
+        audit: Audit | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._endpoint = endpoint
+        self._credentials = credentials
+        self._config = config
+        self._audit: Audit = audit if audit is not None else NullAudit()
+        self._retry = retry if retry is not None else RetryPolicy.from_config(config)
+        region = config.region or endpoint.region or ""
+        self._signer = Signer(config.resolve_signature_version(region), region)
+        self._piece = DEFAULT_READ_PIECE_BYTES
+        self._transport = Transport(
+            endpoint.scheme,
+            endpoint.port,
+            connect_timeout_s=config.connect_timeout_s,
+            read_timeout_s=config.read_timeout_s,
+            max_idle=max(config.prefetch_connections, config.fast_list_requests) + 8,
+        )
+        self._lock = threading.Lock()
+        self._counters = dict.fromkeys(
+            ("requests", "retries", "bytes", "errors", "credential_refreshes", "integrity_retries"), 0
+        )
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def __enter__(self) -> OssClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every pooled connection; later calls raise :class:`ClosedError`. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._transport.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"the OSS client for {self._endpoint} is closed: create a new OssClient")
+
+    def __repr__(self) -> str:
+        state = ", closed" if self._closed else ""
+        return f"OssClient({self._endpoint}, signature {self._signer.version}{state})"
+
+    @property
+    def signature_version(self) -> str:
+        """``"v1"`` or ``"v4"``: the signature this client sends."""
+        return self._signer.version
+
+    def stats(self) -> dict[str, int]:
+        """Counters since the client was created (per process after a fork).
+
+        Returns:
+            ``requests`` (HTTP requests sent), ``retries`` (backoff retries), ``bytes`` (body bytes
+            received into buffers), ``errors`` (requests that failed), ``credential_refreshes``,
+            ``integrity_retries`` (whole small downloads repeated after a CRC mismatch),
+            ``connections`` (TCP connections opened) and ``idle_connections`` (pooled now).
+        """
+        with self._lock:
+            counters = dict(self._counters)
+        counters["connections"] = self._transport.connections_created()
+        counters["idle_connections"] = self._transport.idle_connections()
+        return counters
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self._counters[name] += amount
+
+    # -- the one translation boundary ------------------------------------------------------------------
+
+    @contextmanager
+    def _translating(self, bucket: str, key: str, rng: tuple[int, int] | None) -> Iterator[None]:
+        """Turn socket, ``http.client``, TLS and XML errors into the package's errors."""
+        place = where(bucket, key, rng)
+        context: dict[str, Any] = {"bucket": bucket, "key": key, "range": rng}
+        try:
+            yield
+        except ConnectorError:
+            raise
+        except TimeoutError as exc:
+            raise RequestTimeoutError(
+                f"{place}: no answer within {self._config.read_timeout_s}s (connect "
+                f"{self._config.connect_timeout_s}s); retried while the budget lasts",
+                code=CODE_TIMEOUT,
+                **context,
+            ) from exc
+        except http.client.IncompleteRead as exc:
+            raise RequestError(
+                f"{place}: the body ended early ({exc.partial and len(exc.partial)} bytes, more expected); "
+                "retried from the first missing byte",
+                code=CODE_INCOMPLETE,
+                **context,
+            ) from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise RequestError(
+                f"{place}: the server's TLS certificate was refused ({exc.verify_message}): use the "
+                "endpoint's real host name, or an http:// endpoint inside a trusted network",
+                code=CODE_TLS,
+                **context,
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise RequestError(
+                f"{place}: the connection to {self._endpoint} failed ({type(exc).__name__}: {exc}); "
+                "retried on a new connection; if it persists check that the endpoint is reachable",
+                code=CODE_CONNECTION,
+                **context,
+            ) from exc
+        except (ValueError, ParseError) as exc:
+            raise RequestError(
+                f"{place}: the server's answer is malformed ({exc}); a server or proxy bug: check that "
+                "the endpoint is an OSS endpoint",
+                code=CODE_INVALID_RESPONSE,
+                **context,
+            ) from exc
+
+    def _attempts(self, method: str, bucket: str, key: str, rng: tuple[int, int] | None) -> Attempts:
+        return Attempts(
+            self._retry,
+            method,
+            where(bucket, key, rng),
+            {"bucket": bucket, "key": key, "range": rng},
+            check_open=self._check_open,
+            refresh=self._credentials.invalidate,
+            on_event=self._count,
+        )
+
+    def _response_error(
+        self, resp: http.client.HTTPResponse, method: str, bucket: str, key: str, rng: tuple[int, int] | None
+    ) -> RequestError | CredentialsError:
+        body = resp.read(DEFAULT_ERROR_BODY_LIMIT) if method != "HEAD" else b""
+        try:
+            details = parse_error(body, resp.headers)
+        except (ValueError, ParseError):
+            details = ErrorDetails(request_id=resp.getheader("x-oss-request-id") or "")
+        return error_for_status(resp.status, details, method, bucket, key, rng)
+
+    # -- one HTTP exchange -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _exchange(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        params: Mapping[str, str],
+        headers: Mapping[str, str],
+        rng: tuple[int, int] | None,
+    ) -> Iterator[_Exchange]:
+        """Send one signed request on a pooled connection; yield it once the status says success.
+
+        The connection goes back to the pool only if the caller read the whole body; on any error it
+        is closed. One audit record and one ``requests`` count per call.
+        """
+        endpoint = self._endpoint
+        pool = self._transport.pool_for(endpoint.host if endpoint.path_style else f"{bucket}.{endpoint.host}")
+        exchange = _Exchange()
+        conn: http.client.HTTPConnection | None = None
+        started = time.monotonic()
+        try:
+            with self._translating(bucket, key, rng):
+                signed = self._signer.sign(method, bucket, key, params, headers, self._credentials.get())
+                path = endpoint.path_for(bucket, key)
+                if params:
+                    path = f"{path}?{_query(params)}"
+                conn = pool.acquire()
+                conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+                conn.putheader("Host", endpoint.host_for(bucket))
+                conn.putheader("User-Agent", USER_AGENT)
+                for name, value in signed.items():
+                    conn.putheader(name, value)
+                conn.endheaders()
+                resp = conn.getresponse()
+                exchange.response = resp
+                exchange.status = resp.status
+                exchange.request_id = resp.getheader("x-oss-request-id")
+                if resp.status not in (200, 206):
+                    raise self._response_error(resp, method, bucket, key, rng)
+                yield exchange
+                if method == "HEAD":
+                    resp.read()
+                exchange.ok = resp.isclosed()
+        finally:
+            if conn is not None:
+                if exchange.ok:
+                    pool.release(conn)
+                else:
+                    pool.discard(conn)
+            self._finish(method, bucket, key, rng, exchange, started)
+
+    def _finish(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        rng: tuple[int, int] | None,
+        exchange: _Exchange,
+        started: float,
+    ) -> None:
+        elapsed_ms = (time.monotonic() - started) * 1000.0
+        with self._lock:
+            self._counters["requests"] += 1
+            self._counters["bytes"] += exchange.nbytes
+            if not exchange.ok:
+                self._counters["errors"] += 1
+        try:
+            self._audit.record(
+                method, bucket, key, rng, exchange.status, exchange.nbytes, elapsed_ms, exchange.request_id
+            )
+        except ConnectorError as exc:  # a closed audit log must not hide the request's own outcome
+            log.debug("audit record dropped: %s", exc)
+
+    def _request(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        params: Mapping[str, str],
+        handle: Callable[[http.client.HTTPResponse], _T],
+    ) -> _T:
+        tries = self._attempts(method, bucket, key, None)
+        while True:
+            tries.begin()
+            try:
+                with self._exchange(method, bucket, key, params, {}, None) as exchange:
+                    assert exchange.response is not None
+                    return handle(exchange.response)
+            except ConnectorError as err:
+                tries.failed(err)
+
+    # -- objects ---------------------------------------------------------------------------------------
+
+    def head_object(self, bucket: str, key: str) -> ObjectInfo:
+        """Size, ETag, modification time and CRC-64 of an object.
+
+        Args:
+            bucket: the bucket.
+            key: the object key, literally.
+
+        Returns:
+            The object's :class:`ObjectInfo` (``crc64`` from ``x-oss-hash-crc64ecma`` when sent).
+
+        Raises:
+            ObjectNotFoundError: no such bucket or key.
+            AccessDeniedError: the credentials may not read it.
+            CredentialsError: the credentials were refused, even after re-reading them.
+            RetriesExhaustedError: transient failures outlasted the retry budget.
+            RequestTimeoutError: the server did not answer in time, on every attempt.
+            ClosedError: the client is closed.
+        """
+        return self._request(
+            "HEAD", bucket, key, {}, lambda resp: object_info_from_headers(bucket, key, resp.headers)
+        )
+
+    def get_into(
+        self, bucket: str, key: str, start: int, end: int, dest: memoryview, *, etag: str | None = None
+    ) -> int:
+        """Read the bytes ``[start, end)`` of an object into ``dest``; return their CRC-64.
+
+        The body goes from the socket into ``dest`` with no intermediate copy, and its CRC-64 is
+        computed piece by piece as it arrives. A failed attempt (5xx, SlowDown, reset, timeout, short
+        body) is retried from the first byte not yet received, with ``If-Match`` on the ETag of the
+        first answer, so the bytes never mix two versions of the object.
+
+        Args:
+            bucket: the bucket.
+            key: the object key, literally.
+            start: first byte, ``>= 0``.
+            end: one past the last byte, ``>= start`` (``end == start`` reads nothing).
+            dest: a writable contiguous buffer of exactly ``end - start`` bytes.
+            etag: the ETag to pin (``If-Match``): a different version fails instead of mixing in.
+
+        Returns:
+            The CRC-64 (``x-oss-hash-crc64ecma`` flavour) of the bytes now in ``dest``.
+
+        Raises:
+            ValueError: a negative or reversed range, or ``dest`` of the wrong size or read-only.
+            ObjectChangedError: the object's ETag is not ``etag`` (HTTP 412); never retried.
+            ObjectNotFoundError: no such bucket or key.
+            RequestError: HTTP 416 (code ``InvalidRange``: the range is outside the object), or an
+                answer whose Content-Range/Content-Length do not match the request.
+            AccessDeniedError: the credentials may not read it.
+            CredentialsError: the credentials were refused, even after re-reading them.
+            RetriesExhaustedError: transient failures outlasted the retry budget (``__cause__`` is the
+                last one).
+            RequestTimeoutError: the last attempt timed out too.
+            ClosedError: the client is closed.
+        """
+        return self._read_range(bucket, key, start, end, dest, etag).crc
+
+    def make_fetch_into(self, info: ObjectInfo) -> FetchInto:
+        """The ``fetch_into(start, end, dest) -> crc64`` callable for one object version.
+
+        Args:
+            info: the object; its ETag is pinned, so a rewrite surfaces as :class:`ObjectChangedError`.
+
+        Returns:
+            A callable bound to ``info.bucket``, ``info.key`` and ``info.etag`` (see :meth:`get_into`).
+        """
+        bucket, key, etag = info.bucket, info.key, info.etag or None
+
+        def fetch_into(start: int, end: int, dest: memoryview) -> int:
+            return self._read_range(bucket, key, start, end, dest, etag).crc
+
+        return fetch_into
+
+    def _read_range(
+        self, bucket: str, key: str, start: int, end: int, dest: memoryview, etag: str | None
+    ) -> _RangeResult:
+        self._check_open()
+        view = _byte_view(dest, start, end, bucket, key)
+        size = end - start
+        if size == 0:
+            return _RangeResult(0, None)
+        pos = 0
+        crc = 0
+        pinned = etag
+        object_crc: int | None = None
+        tries = self._attempts("GET", bucket, key, (start, end))
+        piece_bytes = self._piece
+        while True:
+            tries.begin()
+            first = start + pos
+            headers = {"Range": http_range(first, end), "x-oss-range-behavior": "standard"}
+            if pinned:
+                headers["If-Match"] = pinned
+            try:
+                with self._exchange("GET", bucket, key, {}, headers, (first, end)) as exchange:
+                    resp = exchange.response
+                    assert resp is not None
+                    check_body_range(resp.status, resp.headers, first, end)
+                    if pinned is None:
+                        pinned = resp.getheader("ETag")
+                    header_crc = resp.getheader("x-oss-hash-crc64ecma")
+                    if header_crc:
+                        object_crc = int(header_crc)
+                    while pos < size:
+                        piece = view[pos : min(size, pos + piece_bytes)]
+                        got = resp.readinto(piece)
+                        if not got:
+                            raise _short_body(bucket, key, first, end, start + pos, exchange)
+                        crc = crc64(piece[:got] if got < len(piece) else piece, crc)
+                        pos += got
+                        exchange.nbytes += got
+                return _RangeResult(crc, object_crc)
+            except ConnectorError as err:
+                tries.failed(err)
+
+    # -- small files -----------------------------------------------------------------------------------
+
+    def _download_verified(self, info: ObjectInfo) -> bytearray:
+        """The whole object in a new buffer, CRC-checked; a mismatch downloads it again (bounded)."""
+        buf = bytearray(info.size)
+        if info.size == 0:
+            return buf
+        attempt = 0
+        while True:
+            attempt += 1
+            result = self._read_range(info.bucket, info.key, 0, info.size, memoryview(buf), info.etag or None)
+            expected = info.crc64 if info.crc64 is not None else result.object_crc
+            if expected is None or expected == result.crc:
+                return buf
+            error = IntegrityError(
+                f"{info.uri}: the CRC-64 of the {info.size} bytes received is {result.crc}, the server's is "
+                f"{expected}: the bytes were corrupted on the way; download again, and check the network "
+                "or proxy if it repeats",
+                bucket=info.bucket,
+                key=info.key,
+                range=(0, info.size),
+                code="CrcMismatch",
+            )
+            if not self._retry.can_retry(attempt):
+                raise error
+            self._count("integrity_retries")
+            log.debug("%s: %s; downloading again", info.uri, error.code)
+
+    def get_object_bytes(self, bucket: str, key: str) -> bytes:
+        """A whole (small) object in memory, CRC-checked.
+
+        Two requests: a HEAD for size, ETag and CRC, then one ranged GET pinned to that ETag.
+
+        Args:
+            bucket: the bucket.
+            key: the object key, literally.
+
+        Returns:
+            The object's bytes.
+
+        Raises:
+            IntegrityError: the CRC-64 differed from the server's on every attempt.
+            ObjectChangedError: the object was rewritten between the HEAD and the GET.
+            RequestError: as :meth:`head_object` and :meth:`get_into`.
+        """
+        return bytes(self._download_verified(self.head_object(bucket, key)))
+
+    def download_to_file(
+        self, bucket: str, key: str, path: str | os.PathLike[str], info: ObjectInfo, *, fsync: bool = False
+    ) -> None:
+        """Download a (small) object to ``path`` atomically: all of it, CRC-checked, or nothing.
+
+        The bytes go to a hidden temporary file in the same directory, which is renamed over ``path``
+        only when complete; on any error the temporary file is removed and ``path`` is untouched.
+
+        Args:
+            bucket: the bucket.
+            key: the object key, literally.
+            path: the destination file (its directory must exist).
+            info: the object as listed or HEADed; its size, ETag (pinned) and CRC-64 (checked) are used.
+            fsync: flush the file to the disk before the rename (slower; for crash safety).
+
+        Raises:
+            ValueError: ``info`` describes another object.
+            IntegrityError: the CRC-64 differed from the server's on every attempt.
+            ObjectChangedError: the object no longer has ``info.etag``.
+            RequestError: as :meth:`get_into`.
+            OSError: the file could not be written (disk full, permissions).
+        """
+        if (info.bucket, info.key) != (bucket, key):
+            raise ValueError(
+                f"info describes {info.uri}, not oss://{bucket}/{key}: pass the matching ObjectInfo"
+            )
+        data = self._download_verified(info)
+        final = os.fspath(path)
+        directory, name = os.path.split(os.path.abspath(final))
+        temporary = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.part")
+        # 0o666 and the process umask: the same mode open(path, "wb") would give.
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            with open(fd, "wb", closefd=True) as out:
+                out.write(data)
+                if fsync:
+                    out.flush()
+                    os.fsync(out.fileno())
+            os.replace(temporary, final)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+
+    # -- listing ---------------------------------------------------------------------------------------
+
+    def list_page(
+        self,
+        bucket: str,
+        prefix: str,
+        *,
+        delimiter: str = "",
+        start_after: str = "",
+        continuation_token: str = "",
+        max_keys: int = DEFAULT_LIST_MAX_KEYS,
+    ) -> ListPage:
+        """One page of ListObjectsV2 (``encoding-type=url``; keys come back decoded).
+
+        Args:
+            bucket: the bucket.
+            prefix: only keys starting with it ("" for all).
+            delimiter: group keys by the next occurrence of it after the prefix ("" for none).
+            start_after: only keys after it (lexicographically, by UTF-8 bytes).
+            continuation_token: the previous page's ``next_token`` ("" for the first page).
+            max_keys: keys (plus common prefixes) per page, 1..1000.
+
+        Returns:
+            The page; ``next_token`` is None on the last one.
+
+        Raises:
+            ValueError: ``max_keys`` outside 1..1000.
+            ObjectNotFoundError: the bucket does not exist.
+            RequestError: as :meth:`head_object`.
+        """
+        if not 1 <= max_keys <= DEFAULT_LIST_MAX_KEYS:
+            raise ValueError(f"max_keys={max_keys} is outside 1..{DEFAULT_LIST_MAX_KEYS}")
+        params = {"list-type": "2", "encoding-type": "url", "max-keys": str(max_keys)}
+        for name, value in (
+            ("prefix", prefix),
+            ("delimiter", delimiter),
+            ("start-after", start_after),
+            ("continuation-token", continuation_token),
+        ):
+            if value:
+                params[name] = value
+        return self._request("GET", bucket, "", params, lambda resp: parse_list_v2(bucket, resp.read()))
+
+
+def _byte_view(dest: Any, start: int, end: int, bucket: str, key: str) -> memoryview:
+    if not 0 <= start <= end:
+        raise ValueError(f"oss://{bucket}/{key}: byte range [{start}, {end}) is negative or reversed")
+    view = memoryview(dest)
+    if view.readonly:
+        raise ValueError(f"oss://{bucket}/{key}: the destination buffer is read-only; pass a writable one")
+    if not view.c_contiguous:
+        raise ValueError(f"oss://{bucket}/{key}: the destination buffer is not contiguous")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    if view.nbytes != end - start:
+        raise ValueError(
+            f"oss://{bucket}/{key}: the destination holds {view.nbytes} bytes but [{start}, {end}) is "
+            f"{end - start}: pass a buffer of exactly end - start bytes"
+        )
+    return view
+
+
+def _short_body(
+    bucket: str, key: str, first: int, end: int, reached: int, exchange: _Exchange
+) -> RequestError:
+    return RequestError(
+        f"{where(bucket, key, (first, end))}: the body ended after {reached - first} of {end - first} bytes; "
+        "retried from the first missing byte",
+        bucket=bucket,
+        key=key,
+        range=(first, end),
+        status=exchange.status,
+        code=CODE_INCOMPLETE,
+        request_id=exchange.request_id,
+    )

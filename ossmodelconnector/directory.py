@@ -1,0 +1,543 @@
+"""``prepare_directory``: mirror an OSS prefix into a local directory that frameworks read while it fills.
+
+::
+
+    parse oss://bucket/prefix/, check model_dir (dirsafety)             nothing touched yet
+    fast_list(prefix) -> plan_entries: names checked, markers skipped   an empty prefix is an error
+    HEAD every large file (a listing carries no CRC-64; the HEAD pins the version to verify)
+    clean model_dir (never through a symlink), write .ossmodelconnector/owner.json
+    SharedCache.create(large files); per file, in name order:
+        model_dir/<name> -> symlink to its data segment (full size, sparse)
+        scheduler.register(..., backing=segment, evictable=False)      chunks start arriving
+        registry.register_file(entry, handle)                         the hooks can find it
+    hooks.install()
+    small files: a thread pool, download_to_file (temporary name, then rename), CRC-checked
+    return (wait=True: once every large file is READY and verified)
+
+On any error after model_dir was touched, everything set up so far is undone (files unregistered, hooks
+uninstalled, segments unlinked, symlinks removed); the owner record stays, so a retry may clean it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from ossmodelconnector.cache.registry import register_file, unregister_file
+from ossmodelconnector.cache.shared_cache import SharedCache
+from ossmodelconnector.dirsafety import (
+    check_model_dir,
+    claim_model_dir,
+    clean_model_dir,
+    make_parents,
+    normalize_model_dir,
+    plan_entries,
+    release_owner,
+)
+from ossmodelconnector.errors import (
+    ClosedError,
+    ConfigError,
+    ConnectorError,
+    IntegrityError,
+    InvalidURIError,
+    ObjectNotFoundError,
+    UnsafePathError,
+)
+from ossmodelconnector.listing import fast_list
+from ossmodelconnector.objects import ObjectInfo
+from ossmodelconnector.progress import STATE_CACHED, STATE_FAILED, DirectoryProgress, FileProgress
+from ossmodelconnector.uri import parse_oss_uri
+
+if TYPE_CHECKING:
+    from ossmodelconnector.client import OssClient
+    from ossmodelconnector.config import Config
+    from ossmodelconnector.object_handle import ObjectHandle
+    from ossmodelconnector.prefetch import PrefetchScheduler
+
+__all__ = ["PreparedDirectory", "PreparedFile", "live_directories", "parse_prefix_uri", "prepare_directory"]
+
+log = logging.getLogger(__name__)
+
+# Every directory prepared and not yet closed in this process, by path: a second prepare of the same
+# directory, of one inside it or of one around it, would clean files another one is serving.
+_LIVE: dict[str, PreparedDirectory] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class PreparedFile:
+    """One file of a prepared directory.
+
+    Args:
+        name: its ``/``-separated name inside the directory.
+        path: its absolute path.
+        info: the object it mirrors (for a large file, as HEAD described it: with its CRC-64).
+        large: streamed into the cache behind a symlink (True) or downloaded to disk (False).
+    """
+
+    name: str
+    path: str
+    info: ObjectInfo
+    large: bool
+
+    @property
+    def size(self) -> int:
+        """Bytes."""
+        return self.info.size
+
+
+def parse_prefix_uri(oss_dir: str) -> tuple[str, str]:
+    """Split ``oss://bucket/prefix/`` into the bucket and a prefix that is "" or ends in ``/``.
+
+    Args:
+        oss_dir: the URI; a prefix without its final ``/`` gets one (logged at DEBUG).
+
+    Returns:
+        ``(bucket, prefix)``.
+
+    Raises:
+        InvalidURIError: not an ``oss://`` URI, or a bad bucket name or key.
+    """
+    parsed = parse_oss_uri(oss_dir)
+    prefix = parsed.key
+    if prefix and not prefix.endswith("/"):
+        log.debug("%s: a directory prefix ends in '/'; using %r", oss_dir, prefix + "/")
+        prefix += "/"
+    if "//" in prefix or prefix.startswith("/"):
+        raise InvalidURIError(
+            f"{oss_dir!r}: the prefix {prefix!r} has an empty folder name; write oss://bucket/folder/",
+            bucket=parsed.bucket,
+        )
+    return parsed.bucket, prefix
+
+
+def live_directories() -> list[str]:
+    """The model directories prepared and not yet closed in this process."""
+    with _LIVE_LOCK:
+        return sorted(_LIVE)
+
+
+def prepare_directory(
+    client: OssClient,
+    scheduler: PrefetchScheduler,
+    config: Config,
+    oss_dir: str,
+    model_dir: str | os.PathLike[str],
+    *,
+    namespace: str,
+    lazy: bool = False,
+    wait: bool = False,
+    progress: bool | None = None,
+    on_start: Callable[[PreparedDirectory], None] | None = None,
+) -> PreparedDirectory:
+    """Mirror ``oss_dir`` into ``model_dir``: small files on disk, large ones streaming into the cache.
+
+    The connector's :meth:`~ossmodelconnector.OssModelConnector.prepare_directory` is the public entry
+    point; this function does the work with the connector's client, scheduler and config.
+
+    Args:
+        client: the OSS client.
+        scheduler: the prefetch scheduler the large files' chunks are fetched by.
+        config: the connector's settings (``smallFileMB``, ``chunkSizeMB``, ``cacheDir``...).
+        oss_dir: ``oss://bucket/prefix/`` (``oss://bucket/`` for the whole bucket).
+        model_dir: the local directory; created if missing, cleaned if prepared before.
+        namespace: the endpoint, so that two endpoints' objects never share a segment.
+        lazy: not available yet (a ``ConfigError`` says so).
+        wait: return only when every large file is local and verified.
+        progress: a tqdm bar on stderr while prefetching; None: only when stderr is a terminal.
+        on_start: called with the :class:`PreparedDirectory` as soon as it exists, before anything is
+            written (the connector keeps it, so that a prepare that fails still shows in ``stats()``).
+
+    Returns:
+        The :class:`PreparedDirectory`; close it (or the connector) to release the cache.
+
+    Raises:
+        InvalidURIError: ``oss_dir`` is not an ``oss://bucket/prefix/`` URI.
+        UnsafePathError: ``model_dir`` must not be touched, or a key cannot be mirrored safely.
+        ObjectNotFoundError: no objects under the prefix, or no such bucket.
+        CacheError: the cache cannot be created (``OutOfMemoryError`` when it does not fit).
+        ConnectorError: a download failed (small files; large ones too with ``wait=True``).
+    """
+    started = (time.time(), time.monotonic())
+    bucket, prefix = parse_prefix_uri(oss_dir)
+    uri = f"oss://{bucket}/{prefix}"
+    if lazy:
+        raise ConfigError(
+            f"prepare_directory({uri!r}, lazy=True): lazy mode (large files fetched only when first "
+            "opened) arrives in a later release; call it without lazy= to prefetch everything now"
+        )
+    _refuse_live_overlap(normalize_model_dir(model_dir))
+    check = check_model_dir(model_dir)
+    entries = plan_entries(fast_list(client, bucket, prefix, config.fast_list_requests), bucket, prefix)
+    if not entries:
+        raise ObjectNotFoundError(
+            f"no objects under {uri}: check the bucket and the prefix (keys are case-sensitive; list "
+            f"them with connector.list({bucket!r}, {prefix!r}))",
+            bucket=bucket,
+            key=prefix,
+        )
+    show_bar = progress if progress is not None else _stderr_is_a_terminal()
+    threads = max(1, min(config.prefetch_connections, len(entries)))
+    with ThreadPoolExecutor(threads, thread_name_prefix="ossmodelconnector-prepare") as pool:
+        large = [entry for entry in entries if _is_large(entry.info, config)]
+        # A listing has no CRC-64; the HEAD gives it (and the current version) so the cache can verify.
+        heads = _run_all(pool, [partial(client.head_object, bucket, entry.info.key) for entry in large])
+        files = [
+            PreparedFile(entry.name, os.path.join(check.path, entry.name), entry.info, large=False)
+            for entry in entries
+            if not _is_large(entry.info, config)
+        ]
+        files += [
+            PreparedFile(entry.name, os.path.join(check.path, entry.name), info, large=True)
+            for entry, info in zip(large, heads, strict=True)
+        ]
+        files.sort(key=lambda file: file.name)
+        directory = PreparedDirectory(check.path, uri, files, config, show_bar=show_bar, started=started)
+        _reserve(directory)
+        if on_start is not None:
+            on_start(directory)
+        try:
+            if check.exists and not check.empty:
+                removed = clean_model_dir(check.path)
+                log.debug("%s: removed %d entries of the previous prepare", check.path, removed)
+            claim_model_dir(check, {"uri": uri, "endpoint": namespace})
+            directory._start_large(client, scheduler, namespace)
+            directory._download_small(client, pool)
+            directory.progress.mark_ready()
+            log.debug(
+                "%s: ready after %.3f s (%d files, %d large, placement %s)",
+                check.path,
+                time.monotonic() - started[1],
+                len(files),
+                sum(1 for file in files if file.large),
+                directory.placement or "none",
+            )
+            if wait:
+                directory.wait()
+        except BaseException:
+            directory.close()
+            raise
+    return directory
+
+
+class PreparedDirectory:
+    """A model directory being filled from OSS: its files, their progress, and the cache behind them.
+
+    Made by :func:`prepare_directory`. Closing it unregisters its files from the reader hooks, unlinks
+    the cache (segments, state table, manifest) and removes the symlinks that would dangle; the small
+    files and the owner record stay. The connector closes it on :meth:`OssModelConnector.close`.
+
+    Attributes:
+        model_dir: the absolute directory.
+        uri: the ``oss://bucket/prefix/`` it mirrors.
+        files: every file, by name.
+        placement: where the large files' bytes live: ``"shm"`` (``cacheDir``), ``"disk"`` (under
+            ``model_dir/.ossmodelconnector/data``), or ``""`` when there are none.
+        progress: per-file states and times (see :meth:`stats`).
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        uri: str,
+        files: Sequence[PreparedFile],
+        config: Config,
+        *,
+        show_bar: bool,
+        started: tuple[float, float] | None = None,
+    ) -> None:
+        self.model_dir = model_dir
+        self.uri = uri
+        self.files: tuple[PreparedFile, ...] = tuple(files)
+        self.placement = ""
+        self._config = config
+        self.progress = DirectoryProgress(
+            model_dir,
+            uri,
+            [
+                FileProgress(file.name, file.path, file.size, file.large, config.chunk_size)
+                for file in self.files
+            ],
+            show_bar=show_bar,
+            started=started,
+        )
+        self._lock = threading.Lock()
+        self._closed = False
+        self._cache: SharedCache | None = None
+        self._handles: dict[str, ObjectHandle] = {}
+        self._registered: list[str] = []
+        self._links: dict[str, str] = {}
+        self._hooks_installed = False
+        self._stop_downloads = threading.Event()
+
+    # --- public -------------------------------------------------------------------------------------
+
+    @property
+    def started_at(self) -> float:
+        """When the prepare began (``time.time()``)."""
+        return self.progress.started_at
+
+    @property
+    def ready_at(self) -> float | None:
+        """When ``prepare_directory`` returned, small files on disk (``time.time()``), or None."""
+        return self.progress.ready_at
+
+    @property
+    def finished_at(self) -> float | None:
+        """When every large file had arrived (``time.time()``), or None while they are arriving."""
+        return self.progress.finished_at
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran."""
+        return self._closed
+
+    def wait(self, timeout_s: float | None = None) -> None:
+        """Block until every large file is READY and its CRC-64 verified.
+
+        Args:
+            timeout_s: give up after this many seconds without any chunk arriving (not in total: a big
+                model on a slow link is fine as long as it moves); ``waitTimeoutSeconds`` by default.
+
+        Raises:
+            RequestTimeoutError: nothing arrived for ``timeout_s`` seconds.
+            IntegrityError: a file's CRC-64 differs from the server's.
+            ConnectorError: a file's download failed (the worker's error, with it as the cause).
+            ClosedError: the directory was closed.
+        """
+        if self._closed:
+            raise ClosedError(f"{self.model_dir}: the prepared directory is closed; prepare it again")
+        stall_s = timeout_s if timeout_s is not None else self._config.wait_timeout_s
+        self.progress.wait(stall_s)
+        for handle in list(self._handles.values()):
+            # Every chunk has arrived (or failed) by now: this returns at once or raises the stored error.
+            handle.wait_all(stall_s)
+
+    def stats(self) -> dict[str, Any]:
+        """This directory's figures and, under ``"files"``, each file's state by path.
+
+        Returns:
+            ``uri``, ``placement``, ``files`` (count), ``bytes``, ``started_at``, ``ready_at``,
+            ``finished_at``, ``seconds``, ``throughput_gbps``, ``time_to_first_byte_s`` and ``states``:
+            ``{path: {"size", "state", "percent", "first_byte_at", "done_at"}}``, the state being one of
+            ``"not fetched"``, ``"fetching"``, ``"cached"``, ``"failed"``.
+        """
+        summary = self.progress.summary()
+        summary["placement"] = self.placement
+        summary["states"] = self.progress.snapshot()
+        return summary
+
+    def close(self) -> None:
+        """Unregister the files, uninstall the hooks, unlink the cache, remove the symlinks. Idempotent.
+
+        Readers still waiting for bytes get :class:`ClosedError`; the small files stay.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop_downloads.set()
+        self.progress.freeze()
+        steps: list[tuple[str, Callable[[], None]]] = [
+            (f"unregister {path}", partial(unregister_file, path)) for path in self._registered
+        ]
+        if self._hooks_installed:
+            steps.append(("uninstall the hooks", _uninstall_hooks))
+        steps += [(f"close {name}", handle.close) for name, handle in self._handles.items()]
+        if self._cache is not None:
+            steps.append(("close the cache", self._cache.close))
+        steps += [
+            (f"remove {path}", partial(_unlink_link, path, target)) for path, target in self._links.items()
+        ]
+        steps.append(("stop the progress", self.progress.close))
+        steps.append(("release the owner record", partial(release_owner, self.model_dir)))
+        for what, step in steps:
+            try:
+                step()
+            except Exception as exc:  # close must finish: each step is independent of the others
+                log.warning("%s: could not %s while closing: %s", self.model_dir, what, exc)
+        with _LIVE_LOCK:
+            if _LIVE.get(self.model_dir) is self:
+                del _LIVE[self.model_dir]
+        log.debug("%s: closed", self.model_dir)
+
+    def __enter__(self) -> PreparedDirectory:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("finished" if self.progress.finished else "filling")
+        return f"PreparedDirectory({self.uri!r} -> {self.model_dir!r}, {len(self.files)} files, {state})"
+
+    # --- building (prepare_directory) ---------------------------------------------------------------
+
+    def _start_large(self, client: OssClient, scheduler: PrefetchScheduler, namespace: str) -> None:
+        large = [file for file in self.files if file.large]
+        if not large:
+            return
+        cache = SharedCache.create(
+            self.model_dir,
+            [file.info for file in large],
+            namespace=namespace,
+            chunk_size=self._config.chunk_size,
+            cache_dir=self._config.cache_dir,
+            memory_limit_bytes=self._config.memory_limit_bytes,
+            relative_paths=[file.name for file in large],
+        )
+        self._cache = cache
+        self.placement = self.progress.placement = cache.placement
+        for index, file in enumerate(large):
+            target = cache.data_path(index)
+            _symlink_atomically(target, make_parents(self.model_dir, file.name))
+            self._links[file.path] = target
+        # Fetching starts once every entry exists (a framework globbing the directory sees them all), and
+        # with the scheduler's lock held throughout, so that the first chunk of every file is queued
+        # before any worker starts on a body: transformers opens every shard before reading a tensor.
+        with scheduler.lock:
+            for index, file in enumerate(large):
+                handle = scheduler.register(
+                    file.info,
+                    self.progress.track(file.name, client.make_fetch_into(file.info)),
+                    chunk_size=self._config.chunk_size,
+                    backing=cache.backing(index),
+                    evictable=False,
+                    first_chunk_first=True,
+                )
+                self._handles[file.name] = handle
+                self.progress.set_verdict(file.name, partial(_verdict, handle))
+        for file in large:
+            register_file(file.path, self._handles[file.name])
+            self._registered.append(file.path)
+        _install_hooks()
+        self._hooks_installed = True
+
+    def _download_small(self, client: OssClient, pool: ThreadPoolExecutor) -> None:
+        small = [file for file in self.files if not file.large]
+        for file in small:
+            make_parents(self.model_dir, file.name)
+        _run_all(pool, [partial(self._download_one, client, file) for file in small])
+
+    def _download_one(self, client: OssClient, file: PreparedFile) -> None:
+        if self._stop_downloads.is_set():
+            return  # another download failed: this one is cancelled
+        self.progress.small_started(file.name)
+        try:
+            client.download_to_file(file.info.bucket, file.info.key, file.path, file.info)
+        except BaseException as exc:
+            self.progress.small_failed(file.name, exc)
+            self._stop_downloads.set()
+            raise
+        self.progress.small_done(file.name)
+
+
+# --- helpers --------------------------------------------------------------------------------------------
+
+
+def _is_large(info: ObjectInfo, config: Config) -> bool:
+    # An empty file is always small: a segment of 0 bytes cannot be mapped, and there is nothing to stream.
+    return info.size > 0 and info.size >= config.small_file_bytes
+
+
+def _run_all(pool: ThreadPoolExecutor, tasks: Sequence[Callable[[], Any]]) -> list[Any]:
+    """Run every task in the pool; the first error cancels the rest (those not started) and is raised."""
+    futures: list[Future[Any]] = [pool.submit(task) for task in tasks]
+    done, pending = wait_futures(futures, return_when=FIRST_EXCEPTION)
+    for future in futures:
+        if future in done and future.exception() is not None:
+            for other in pending:
+                other.cancel()
+            # The ones already running finish (a download cannot be interrupted safely): wait for them,
+            # so nothing writes into the directory after the caller starts cleaning up.
+            wait_futures(pending)
+            raise future.exception()  # type: ignore[misc]
+    return [future.result() for future in futures]
+
+
+def _reserve(directory: PreparedDirectory) -> None:
+    with _LIVE_LOCK:
+        _refuse_live_overlap_locked(directory.model_dir)
+        _LIVE[directory.model_dir] = directory
+
+
+def _refuse_live_overlap(path: str) -> None:
+    with _LIVE_LOCK:
+        _refuse_live_overlap_locked(path)
+
+
+def _refuse_live_overlap_locked(path: str) -> None:
+    for other, directory in _LIVE.items():
+        if directory.closed:
+            continue
+        if other == path or path.startswith(other + os.sep) or other.startswith(path + os.sep):
+            relation = "is" if other == path else ("is inside" if len(path) > len(other) else "contains")
+            raise UnsafePathError(
+                f"model_dir {path!r} refused: it {relation} the directory {other!r} this process prepared "
+                f"from {directory.uri} and is still serving; nothing was deleted. Fix: close that one first "
+                "(connector.close()), or choose a separate directory"
+            )
+
+
+def _symlink_atomically(target: str, path: str) -> None:
+    directory, name = os.path.split(path)
+    temporary = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.link")
+    os.symlink(target, temporary)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def _unlink_link(path: str, target: str) -> None:
+    # Only our own symlink: if something else took the name meanwhile it is left alone.
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.islink(path) and os.readlink(path) == target:
+            os.unlink(path)
+
+
+def _verdict(handle: ObjectHandle) -> str | None:
+    buffer = handle.buffer
+    if buffer.complete_and_verified:
+        return STATE_CACHED
+    try:
+        buffer.check_usable()
+    except IntegrityError:
+        return STATE_FAILED
+    except ConnectorError:
+        return None
+    return None
+
+
+def _install_hooks() -> None:
+    # The hooks sit above this layer (they patch frameworks); imported only once a directory needs them.
+    from ossmodelconnector import hooks
+
+    hooks.install()
+
+
+def _uninstall_hooks() -> None:
+    from ossmodelconnector import hooks
+
+    hooks.uninstall()
+
+
+def _stderr_is_a_terminal() -> bool:
+    stream = sys.stderr
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without isatty, or closed
+        return False

@@ -1,0 +1,101 @@
+"""What every reader hook shares: find the waitable behind a path or a file object, and wait on it.
+
+The hooks never handle a timeout or an error themselves: the waitable (the cache's handle) raises its own
+errors (``RequestTimeoutError``, ``IntegrityError``, ``OwnerDiedError``, a worker's failure) and the hooks
+let them propagate unchanged to the framework's caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+
+from ossmodelconnector.cache.registry import WaitableFile, lookup
+
+__all__ = [
+    "DEFAULT_WAIT_TIMEOUT_S",
+    "inside_safetensors_open",
+    "opening_safetensors",
+    "wait_range",
+    "wait_whole",
+    "waitable_for",
+]
+
+DEFAULT_WAIT_TIMEOUT_S: float | None = None
+"""Seconds a hook waits for one range; ``None`` defers to the waitable's own timeout (the connector's
+configured wait timeout), which is what the hooks pass."""
+
+_local = threading.local()
+
+
+def waitable_for(target: object) -> WaitableFile | None:
+    """The waitable behind a path or a file object opened on a registered path, else ``None``.
+
+    Args:
+        target: a path (``str``, ``bytes``, ``os.PathLike``), a file object with a ``name``, or anything.
+
+    Returns:
+        The registered waitable, or ``None`` for unregistered paths, descriptors and other objects.
+    """
+    if isinstance(target, (str, bytes, os.PathLike)):
+        return lookup(target)
+    if isinstance(target, int):
+        return None
+    try:
+        name = getattr(target, "name", None)
+    except Exception:  # a property of a foreign object; not ours to judge
+        return None
+    if isinstance(name, (str, bytes, os.PathLike)):
+        return lookup(name)
+    return None
+
+
+def wait_range(waitable: WaitableFile, start: int, end: int) -> None:
+    """Wait until bytes ``[start, end)`` (clamped to the file) are readable; nothing for an empty range.
+
+    Args:
+        waitable: the registered file.
+        start: first byte.
+        end: one past the last byte.
+
+    Raises:
+        ConnectorError: whatever the waitable raises (timeout, integrity, a worker's failure, closed).
+    """
+    end = min(end, waitable.size)
+    if start < end:
+        waitable.wait(max(start, 0), end, DEFAULT_WAIT_TIMEOUT_S)
+
+
+def wait_whole(waitable: WaitableFile) -> None:
+    """Wait until the whole file is readable and verified.
+
+    Args:
+        waitable: the registered file.
+
+    Raises:
+        ConnectorError: whatever the waitable raises.
+    """
+    waitable.wait_all(DEFAULT_WAIT_TIMEOUT_S)
+
+
+@contextlib.contextmanager
+def opening_safetensors() -> Iterator[None]:
+    """Mark this thread as inside the real ``safe_open`` constructor (see :func:`inside_safetensors_open`)."""
+    previous = getattr(_local, "safetensors_open", False)
+    _local.safetensors_open = True
+    try:
+        yield
+    finally:
+        _local.safetensors_open = previous
+
+
+def inside_safetensors_open() -> bool:
+    """Whether this thread is inside the real ``safe_open`` constructor.
+
+    safetensors maps the whole file (``torch.UntypedStorage.from_file``) when it opens it, before any
+    tensor is read; the storage hook must not wait for the whole file then, or opening every shard up front
+    (as transformers does) would serialize the load.
+    """
+    return bool(getattr(_local, "safetensors_open", False))

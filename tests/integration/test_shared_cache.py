@@ -1,0 +1,632 @@
+"""The shared-memory cache with real files in /dev/shm and real processes.
+
+Covers the owner (``SharedCache`` + the scheduler writing through ``SharedBacking``), readers in other
+processes (``AttachedCache`` waiting on the futex), stale-owner recovery, squatters, the disk fallback and
+cleanup on every way out. Every test uses its own namespace, so the segment names it checks are its own
+even when other suites run at the same time; tests assert bytes and states, never durations.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import random
+import stat
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ossmodelconnector._fast import crc64
+from ossmodelconnector.cache.attached import AttachedCache
+from ossmodelconnector.cache.chunk_buffer import ChunkBuffer
+from ossmodelconnector.cache.chunk_state import ChunkState
+from ossmodelconnector.cache.manifest import find_manifest, read_manifest
+from ossmodelconnector.cache.segments import data_segment_name, ours_in_dev_shm, state_table_name
+from ossmodelconnector.cache.shared_cache import SharedCache
+from ossmodelconnector.cache.state_table import FileStatus, TableStatus
+from ossmodelconnector.errors import (
+    CacheError,
+    ClosedError,
+    IntegrityError,
+    OwnerDiedError,
+    RequestTimeoutError,
+    RetriesExhaustedError,
+)
+from ossmodelconnector.objects import ObjectInfo
+from ossmodelconnector.prefetch import PrefetchScheduler
+
+LIVENESS_S = 60.0
+CHUNK = 4096
+
+
+def payload(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def make_objects(sizes: list[int], *, prefix: str = "models/qwen/") -> dict[str, bytes]:
+    return {f"{prefix}shard-{i:02d}.bin": payload(size, i) for i, size in enumerate(sizes)}
+
+
+def infos_of(objects: dict[str, bytes], *, crc: bool = True) -> list[ObjectInfo]:
+    return [
+        ObjectInfo("bucket", key, len(data), f'"{key}-etag"', 0.0, crc64(data) if crc else None)
+        for key, data in objects.items()
+    ]
+
+
+def fetcher(data: bytes, calls: list[tuple[str, int]] | None = None, key: str = "") -> Callable[..., int]:
+    def fetch_into(start: int, end: int, dest: memoryview) -> int:
+        if calls is not None:
+            calls.append((key, start))
+        dest[:] = data[start:end]
+        return crc64(dest)
+
+    return fetch_into
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"http://127.0.0.1:1/test-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def caches() -> Iterator[list[SharedCache]]:
+    """Caches made by a test, closed afterwards even when it fails."""
+    made: list[SharedCache] = []
+    yield made
+    for cache in made:
+        cache.close()
+
+
+def names_of(model_dir: Path, namespace: str, infos: list[ObjectInfo]) -> set[str]:
+    return {state_table_name(model_dir)} | {data_segment_name(namespace, info) for info in infos}
+
+
+def assert_gone(names: set[str]) -> None:
+    assert names.isdisjoint(ours_in_dev_shm()), f"left in /dev/shm: {sorted(names & set(ours_in_dev_shm()))}"
+
+
+def run_child(script: str, *args: str, timeout: float = LIVENESS_S) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+# --- owner side ----------------------------------------------------------------------------------------
+
+
+def test_create_lays_out_segments_table_and_manifest_and_close_removes_them(
+    tmp_path: Path, namespace: str
+) -> None:
+    objects = make_objects([3 * CHUNK + 5, 0, CHUNK])
+    infos = infos_of(objects)
+    model_dir = tmp_path / "model"
+    cache = SharedCache.create(model_dir, infos, namespace=namespace, chunk_size=CHUNK)
+    names = names_of(model_dir, namespace, infos)
+    assert cache.placement == "shm"
+    assert names <= set(ours_in_dev_shm())
+    for index, info in enumerate(infos):
+        path = cache.data_path(index)
+        assert path == f"/dev/shm/{data_segment_name(namespace, info)}"
+        info_stat = os.lstat(path)
+        assert stat.S_ISREG(info_stat.st_mode) and stat.S_IMODE(info_stat.st_mode) == 0o600
+        assert info_stat.st_size == info.size and info_stat.st_blocks == 0  # full size, sparse
+        assert cache.entry_path(index) == str(model_dir / f"shard-{index:02d}.bin")
+    table_stat = os.lstat(f"/dev/shm/{cache.state_table_name}")
+    assert stat.S_IMODE(table_stat.st_mode) == 0o600
+    table = cache.table
+    assert (table.owner_pid, table.chunk_size, table.file_count) == (os.getpid(), CHUNK, 3)
+    assert table.status() == TableStatus.FILLING and table.directory == os.path.realpath(model_dir)
+    # Empty files have nothing to fetch: verified from the start.
+    assert [entry.status for entry in table.files()] == [FileStatus.FILLING] * 3
+    manifest = json.loads(cache.manifest_path.read_text())
+    assert stat.S_IMODE(os.stat(cache.manifest_path).st_mode) == 0o600
+    assert manifest["state_table"] == cache.state_table_name and manifest["chunk_size"] == CHUNK
+    assert manifest["files"]["shard-00.bin"] == {
+        "data_path": cache.data_path(0),
+        "size": infos[0].size,
+        "etag": infos[0].etag,
+        "index": 0,
+        "bucket": "bucket",
+        "key": "models/qwen/shard-00.bin",
+    }
+    assert find_manifest(model_dir / "shard-01.bin") == (cache.manifest_path, "shard-01.bin")
+    cache.close()
+    cache.close()
+    assert cache.closed and not cache.manifest_path.exists()
+    assert_gone(names)
+    with pytest.raises(ClosedError):
+        cache.backing(0)
+
+
+def test_the_scheduler_fills_the_segments_headers_first_and_never_evicts(
+    tmp_path: Path, namespace: str, caches: list[SharedCache]
+) -> None:
+    objects = make_objects([3 * CHUNK, 2 * CHUNK + 1, CHUNK // 2])
+    infos = infos_of(objects)
+    cache = SharedCache.create(tmp_path / "m", infos, namespace=namespace, chunk_size=CHUNK)
+    caches.append(cache)
+    calls: list[tuple[str, int]] = []
+    # One worker and a budget of one chunk: an evictable object would be fetched and released in turn.
+    with PrefetchScheduler(connections=1, budget_bytes=CHUNK) as scheduler:
+        with scheduler.lock:  # all headers queued before the worker takes a job
+            handles = [
+                scheduler.register(
+                    info,
+                    fetcher(objects[info.key], calls, info.key),
+                    chunk_size=CHUNK,
+                    backing=cache.backing(index),
+                    evictable=False,
+                    first_chunk_first=True,
+                )
+                for index, info in enumerate(infos)
+            ]
+        # Waiting through the table (as another process would) boosts nothing, so the order stays the
+        # scheduler's own: a handle's wait would move its chunks ahead of the other headers.
+        with AttachedCache(cache.state_table_name) as attached:
+            for index in range(len(infos)):
+                attached.file(index).wait_all(LIVENESS_S)
+        assert scheduler.held_bytes == 0  # outside the budget
+        keys = [info.key for info in infos]
+        assert calls[:3] == [(key, 0) for key in keys]  # every header first, in registration order
+        assert calls[3:] == [(keys[0], CHUNK), (keys[0], 2 * CHUNK), (keys[1], CHUNK), (keys[1], 2 * CHUNK)]
+        for index, info in enumerate(infos):
+            assert Path(cache.data_path(index)).read_bytes() == objects[info.key]
+            assert handles[index].buffer.states() == [ChunkState.READY] * handles[index].buffer.count
+        assert [entry.status for entry in cache.table.files()] == [FileStatus.VERIFIED] * 3
+        assert cache.table.status() == TableStatus.COMPLETE
+        assert bytes(cache.table.all_states()) == bytes([ChunkState.READY]) * cache.table.total_chunks
+
+
+def test_wait_demands_the_chunks_it_needs_and_times_out_when_they_do_not_come(
+    tmp_path: Path, namespace: str, caches: list[SharedCache]
+) -> None:
+    data = payload(8 * CHUNK, 7)
+    (info,) = infos_of({"k/big.bin": data})
+    cache = SharedCache.create(tmp_path / "m", [info], namespace=namespace, chunk_size=CHUNK)
+    caches.append(cache)
+    entered = threading.Event()
+    release = threading.Event()
+    order: list[int] = []
+
+    def fetch_into(start: int, end: int, dest: memoryview) -> int:
+        order.append(start // CHUNK)
+        if start == 0:
+            entered.set()
+            assert release.wait(LIVENESS_S)
+        dest[:] = data[start:end]
+        return crc64(dest)
+
+    with PrefetchScheduler(connections=1) as scheduler:
+        handle = scheduler.register(
+            info, fetch_into, chunk_size=CHUNK, backing=cache.backing(0), evictable=False
+        )
+        assert entered.wait(LIVENESS_S)
+        # The only worker is stuck on chunk 0: both waits time out, and leave their chunks demanded.
+        with pytest.raises(RequestTimeoutError):
+            handle.wait(6 * CHUNK, 6 * CHUNK + 1, timeout_s=0.05)
+        with pytest.raises(RequestTimeoutError):
+            handle.wait(7 * CHUNK, 7 * CHUNK + 1, timeout_s=0.05)
+        release.set()
+        handle.wait(6 * CHUNK + 10, 7 * CHUNK + 10, LIVENESS_S)
+        assert order[:3] == [0, 6, 7]  # the waited-for chunks jumped the queue
+        assert cache.table.states(0)[6] == ChunkState.READY and cache.table.states(0)[7] == ChunkState.READY
+        handle.wait_all(LIVENESS_S)
+        assert Path(cache.data_path(0)).read_bytes() == data
+
+
+def test_a_wrong_object_crc_fails_wait_all_here_and_in_the_table(
+    tmp_path: Path, namespace: str, caches: list[SharedCache]
+) -> None:
+    data = payload(3 * CHUNK, 3)
+    info = ObjectInfo("bucket", "k/bad.bin", len(data), '"e"', 0.0, crc64(data) ^ 1)
+    cache = SharedCache.create(tmp_path / "m", [info], namespace=namespace, chunk_size=CHUNK)
+    caches.append(cache)
+    with PrefetchScheduler(connections=2) as scheduler:
+        handle = scheduler.register(
+            info, fetcher(data), chunk_size=CHUNK, backing=cache.backing(0), evictable=False
+        )
+        with pytest.raises(IntegrityError):
+            handle.wait_all(LIVENESS_S)
+        assert cache.table.file(0).status == FileStatus.FAILED
+        assert cache.table.status() == TableStatus.FAILED
+        kind, message = cache.table.read_error(0) or ("", "")
+        assert kind == "IntegrityError" and "oss://bucket/k/bad.bin" in message
+        with AttachedCache(cache.state_table_name) as attached, pytest.raises(IntegrityError):
+            attached.file(0).wait_all(LIVENESS_S)
+
+
+def test_a_backing_of_another_layout_is_refused(
+    tmp_path: Path, namespace: str, caches: list[SharedCache]
+) -> None:
+    (info,) = infos_of({"k/a.bin": payload(100, 1)})
+    cache = SharedCache.create(tmp_path / "m", [info], namespace=namespace, chunk_size=CHUNK)
+    caches.append(cache)
+    with pytest.raises(ValueError, match="laid out for 100 bytes"):
+        ChunkBuffer(info, CHUNK * 2, backing=cache.backing(0))
+
+
+# --- readers in other processes ------------------------------------------------------------------------
+
+READER = """
+import sys
+from pathlib import Path
+from ossmodelconnector.cache.attached import AttachedCache
+from ossmodelconnector.cache.manifest import find_manifest
+entry, chunk = sys.argv[1], int(sys.argv[2])
+manifest, relative = find_manifest(entry)
+with AttachedCache.from_manifest(manifest) as cache:
+    import json
+    index = json.loads(manifest.read_text())["files"][relative]["index"]
+    remote = cache.file(index)
+    count = -(-remote.size // chunk)
+    for k in range(count):
+        print("waiting", k, flush=True)
+        try:
+            remote.wait(k * chunk, (k + 1) * chunk, 60)
+        except Exception as exc:
+            print("error", type(exc).__name__, str(exc).replace("\\n", " "), flush=True)
+            sys.exit(3)
+        data = cache.data(index)[k * chunk : (k + 1) * chunk]
+        print("chunk", k, data.hex(), flush=True)
+    remote.wait_all(60)
+    print("verified", flush=True)
+"""
+
+
+class Reader:
+    """A reader process attached through the manifest, driven line by line."""
+
+    def __init__(self, entry: Path, chunk: int) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", READER, str(entry), str(chunk)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def line(self) -> list[str]:
+        assert self.process.stdout is not None
+        text = self.process.stdout.readline()
+        assert text, f"reader ended early: {self.process.stderr.read() if self.process.stderr else ''}"
+        return text.rstrip("\n").split(" ", 2)
+
+    def finish(self) -> int:
+        try:
+            self.process.communicate(timeout=LIVENESS_S)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.communicate()
+        return self.process.returncode
+
+
+def test_a_reader_process_waits_on_the_futex_for_each_chunk_the_owner_marks_ready(
+    tmp_path: Path, namespace: str, caches: list[SharedCache]
+) -> None:
+    data = payload(4 * CHUNK + 100, 11)
+    (info,) = infos_of({"models/x/w.safetensors": data})
+    model_dir = tmp_path / "model"
+    cache = SharedCache.create(model_dir, [info], namespace=namespace, chunk_size=CHUNK)
+    caches.append(cache)
+    buffer = ChunkBuffer(info, CHUNK, backing=cache.backing(0))
+    reader = Reader(model_dir / "w.safetensors", CHUNK)
+    for index in range(buffer.count):
+        assert reader.line() == ["waiting", str(index)]  # it is about to wait (or waiting) for chunk k
+        chunk = buffer.chunk(index)
+        buffer.begin_fetch(index)
+        view = buffer.chunk_view(index)
+        view[:] = data[chunk.start : chunk.end]  # written through the shared mapping
+        crc = crc64(view)
+        view.release()
+        assert buffer.complete(index, crc)
+        kind, number, hex_bytes = reader.line()
+        assert (kind, int(number)) == ("chunk", index)
+        assert bytes.fromhex(hex_bytes) == data[chunk.start : chunk.end]
+    assert reader.line() == ["verified"]
+    assert reader.finish() == 0
+    buffer.close()
+
+
+def test_a_failed_chunk_reaches_the_reader_process_with_its_error(
+    tmp_path: Path, namespace: str, caches: list[SharedCache]
+) -> None:
+    data = payload(2 * CHUNK, 12)
+    (info,) = infos_of({"m/w.bin": data})
+    cache = SharedCache.create(tmp_path / "model", [info], namespace=namespace, chunk_size=CHUNK)
+    caches.append(cache)
+    buffer = ChunkBuffer(info, CHUNK, backing=cache.backing(0))
+    reader = Reader(tmp_path / "model" / "w.bin", CHUNK)
+    assert reader.line()[0] == "waiting"
+    buffer.begin_fetch(0)
+    buffer.fail(0, RetriesExhaustedError("oss://bucket/m/w.bin: bytes [0, 4096) failed 5 times: SlowDown"))
+    kind, name, message = reader.line()
+    assert (kind, name) == ("error", "RetriesExhaustedError")
+    assert "failed 5 times: SlowDown" in message and f"process {os.getpid()}" in message
+    assert reader.finish() == 3
+    buffer.close()
+
+
+def test_readers_are_woken_with_a_closed_error_when_the_owner_closes(tmp_path: Path, namespace: str) -> None:
+    (info,) = infos_of({"m/w.bin": payload(CHUNK, 1)})
+    cache = SharedCache.create(tmp_path / "model", [info], namespace=namespace, chunk_size=CHUNK)
+    attached = AttachedCache(cache.state_table_name)
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            attached.file(0).wait(0, CHUNK, LIVENESS_S)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    cache.close()
+    thread.join(LIVENESS_S)
+    assert len(errors) == 1 and isinstance(errors[0], ClosedError)
+    attached.close()
+    assert_gone(names_of(tmp_path / "model", namespace, [info]))
+
+
+# --- owners that die, live owners, squatters -----------------------------------------------------------
+
+OWNER = """
+import os, random, sys
+from ossmodelconnector.objects import ObjectInfo
+from ossmodelconnector.cache.shared_cache import SharedCache
+model_dir, namespace, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+data = random.Random(1).randbytes(3 * 4096)
+info = ObjectInfo("bucket", "m/w.bin", len(data), '"etag"', 0.0)
+cache = SharedCache.create(model_dir, [info], namespace=namespace, chunk_size=4096)
+print(cache.manifest_path, flush=True)
+if mode == "raise":
+    raise RuntimeError("the owner fails after creating its cache")
+if mode == "forget":
+    sys.exit(0)
+if mode == "fork":
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)  # the child's exit (atexit, finalizers) must leave the parent's files alone
+    os.waitpid(pid, 0)
+    print("present" if os.path.exists(cache.data_path(0)) else "removed", flush=True)
+    sys.exit(0)
+sys.stdin.read()  # "wait": stay alive until the test closes stdin
+cache.close()
+"""
+
+OWNED_INFO = ObjectInfo("bucket", "m/w.bin", 3 * 4096, '"etag"', 0.0)
+
+
+def start_owner(model_dir: Path, namespace: str) -> tuple[subprocess.Popen[str], Path]:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(model_dir), namespace, "wait"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert owner.stdout is not None
+    line = owner.stdout.readline().strip()
+    assert line, owner.stderr.read() if owner.stderr else ""
+    return owner, Path(line)
+
+
+def test_a_dead_owner_is_reported_to_readers_and_its_files_are_recovered(
+    tmp_path: Path, namespace: str, caches: list[SharedCache], caplog: pytest.LogCaptureFixture
+) -> None:
+    model_dir = tmp_path / "model"
+    owner, manifest = start_owner(model_dir, namespace)
+    stale_table = read_manifest(manifest).state_table
+    attached = AttachedCache.from_manifest(manifest)
+    owner.kill()  # SIGKILL: nothing of the owner's runs
+    owner.communicate()
+    with pytest.raises(OwnerDiedError, match=f"process {owner.pid}"):
+        attached.file(0).wait(0, 10, LIVENESS_S)
+    attached.close()
+    names = names_of(model_dir, namespace, [OWNED_INFO])
+    assert names <= set(ours_in_dev_shm())  # left behind by the SIGKILL
+    with caplog.at_level(logging.WARNING, logger="ossmodelconnector.cache.shared_cache"):
+        cache = SharedCache.create(model_dir, [OWNED_INFO], namespace=namespace, chunk_size=4096)
+    caches.append(cache)
+    assert f"left by process {owner.pid}" in caplog.text
+    assert cache.state_table_name == stale_table and cache.table.owner_pid == os.getpid()
+    assert os.stat(cache.data_path(0)).st_blocks == 0  # a fresh segment
+    cache.close()
+    assert_gone(names)
+
+
+def test_a_live_owner_keeps_its_directory_and_its_objects(
+    tmp_path: Path, namespace: str, caches: list[SharedCache]
+) -> None:
+    model_dir = tmp_path / "model"
+    owner, _ = start_owner(model_dir, namespace)
+    try:
+        with pytest.raises(CacheError, match=f"live process {owner.pid}"):
+            SharedCache.create(model_dir, [OWNED_INFO], namespace=namespace, chunk_size=4096)
+        other = tmp_path / "other"
+        with pytest.raises(CacheError, match=f"live process {owner.pid} is preparing this object"):
+            SharedCache.create(other, [OWNED_INFO], namespace=namespace, chunk_size=4096)
+        assert state_table_name(other) not in ours_in_dev_shm()  # the refused attempt left nothing
+        assert data_segment_name(namespace, OWNED_INFO) in ours_in_dev_shm()  # the owner's is untouched
+    finally:
+        _, err = owner.communicate("", timeout=LIVENESS_S)
+    assert owner.returncode == 0, err
+    assert_gone(names_of(model_dir, namespace, [OWNED_INFO]))
+
+
+@pytest.mark.parametrize("mode", ["raise", "forget"])
+def test_an_owner_that_exits_without_closing_leaves_nothing(
+    tmp_path: Path, namespace: str, mode: str
+) -> None:
+    result = run_child(OWNER, str(tmp_path / "model"), namespace, mode)
+    assert result.returncode == (1 if mode == "raise" else 0), result.stderr
+    assert "the owner fails" in result.stderr or mode == "forget"
+    assert_gone(names_of(tmp_path / "model", namespace, [OWNED_INFO]))
+    assert not (tmp_path / "model" / ".ossmodelconnector" / "manifest.json").exists()
+
+
+def test_a_forked_child_exiting_leaves_the_parents_files(tmp_path: Path, namespace: str) -> None:
+    result = run_child(OWNER, str(tmp_path / "model"), namespace, "fork")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[1] == "present"
+    assert_gone(names_of(tmp_path / "model", namespace, [OWNED_INFO]))
+
+
+def test_a_dropped_cache_is_removed_by_the_garbage_collector(tmp_path: Path, namespace: str) -> None:
+    (info,) = infos_of({"m/w.bin": payload(100, 1)})
+    cache = SharedCache.create(tmp_path / "model", [info], namespace=namespace, chunk_size=CHUNK)
+    names = names_of(tmp_path / "model", namespace, [info])
+    assert names <= set(ours_in_dev_shm())
+    del cache
+    gc.collect()
+    assert_gone(names)
+
+
+@pytest.mark.parametrize("squat", ["foreign-mode", "foreign-owner", "symlink"])
+@pytest.mark.parametrize("which", ["data", "table"])
+def test_a_squatted_name_is_refused_and_left_alone(
+    tmp_path: Path, namespace: str, squat: str, which: str
+) -> None:
+    (info,) = infos_of({"m/w.bin": payload(100, 1)})
+    model_dir = tmp_path / "model"
+    name = data_segment_name(namespace, info) if which == "data" else state_table_name(model_dir)
+    path = Path("/dev/shm") / name
+    target = tmp_path / "target"
+    target.write_bytes(b"not yours")
+    if squat == "symlink":
+        path.symlink_to(target)
+    else:
+        path.write_bytes(b"squatter")
+        if squat == "foreign-mode":
+            path.chmod(0o644)
+        else:
+            if os.geteuid() != 0:
+                pytest.skip("needs root to give the file another owner")
+            path.chmod(0o600)
+            os.chown(path, 65534, 65534)
+    try:
+        with pytest.raises(CacheError, match="not created by ossmodelconnector"):
+            SharedCache.create(model_dir, [info], namespace=namespace, chunk_size=CHUNK)
+        assert target.read_bytes() == b"not yours"
+        if squat != "symlink":
+            assert path.read_bytes() == b"squatter"
+        names = names_of(model_dir, namespace, [info]) - {name}
+        assert_gone(names)  # what the refused attempt created is gone again
+    finally:
+        path.unlink()
+
+
+# --- disk fallback -------------------------------------------------------------------------------------
+
+
+def test_over_the_memory_limit_the_files_go_to_disk_with_a_warning(
+    tmp_path: Path, namespace: str, caches: list[SharedCache], caplog: pytest.LogCaptureFixture
+) -> None:
+    objects = make_objects([3 * CHUNK, CHUNK + 7])
+    infos = infos_of(objects)
+    model_dir = tmp_path / "model"
+    with caplog.at_level(logging.WARNING, logger="ossmodelconnector.cache.shared_cache"):
+        cache = SharedCache.create(
+            model_dir, infos, namespace=namespace, chunk_size=CHUNK, memory_limit_bytes=4 * CHUNK
+        )
+    caches.append(cache)
+    assert cache.placement == "disk" and cache.table.placement == "disk"
+    assert "memoryLimitMB" in caplog.text and str(model_dir) in caplog.text
+    data_dir = model_dir / ".ossmodelconnector" / "data"
+    for index, info in enumerate(infos):
+        path = Path(cache.data_path(index))
+        assert path.parent == data_dir and path.name == data_segment_name(namespace, info)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.stat().st_size == info.size
+    assert set(ours_in_dev_shm()) & names_of(model_dir, namespace, infos) == {cache.state_table_name}
+    with PrefetchScheduler(connections=2) as scheduler:
+        handles = [
+            scheduler.register(
+                info, fetcher(objects[info.key]), chunk_size=CHUNK, backing=cache.backing(i), evictable=False
+            )
+            for i, info in enumerate(infos)
+        ]
+        for handle in handles:
+            handle.wait_all(LIVENESS_S)
+        with AttachedCache.from_manifest(cache.manifest_path) as attached:
+            assert bytes(attached.data(1)) == objects[infos[1].key]
+    for index, info in enumerate(infos):
+        assert Path(cache.data_path(index)).read_bytes() == objects[info.key]
+    cache.close()
+    assert not data_dir.exists()
+    assert_gone(names_of(model_dir, namespace, infos))
+
+
+def test_the_disk_fallback_never_follows_a_planted_symlink(tmp_path: Path, namespace: str) -> None:
+    (info,) = infos_of({"m/w.bin": payload(2 * CHUNK, 1)})
+    model_dir = tmp_path / "model"
+    data_dir = model_dir / ".ossmodelconnector" / "data"
+    data_dir.mkdir(parents=True)
+    target = tmp_path / "precious"
+    target.write_bytes(b"keep me")
+    (data_dir / data_segment_name(namespace, info)).symlink_to(target)
+    with pytest.raises(CacheError, match="symbolic link"):
+        SharedCache.create(model_dir, [info], namespace=namespace, chunk_size=CHUNK, memory_limit_bytes=0)
+    assert target.read_bytes() == b"keep me"
+    assert_gone(names_of(model_dir, namespace, [info]))
+
+
+def test_relative_paths_are_checked(tmp_path: Path, namespace: str) -> None:
+    (info,) = infos_of({"m/w.bin": payload(10, 1)})
+    for bad in ["../escape.bin", "/abs.bin", ".ossmodelconnector/x", "a/../../b", ""]:
+        with pytest.raises(ValueError, match="cannot be a path"):
+            SharedCache.create(
+                tmp_path / "model", [info], namespace=namespace, chunk_size=CHUNK, relative_paths=[bad]
+            )
+    assert_gone(names_of(tmp_path / "model", namespace, [info]))
+
+
+# --- fork ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_forked_child_reads_without_touching_the_parents_state_table(
+    tmp_path: Path, namespace: str, caches: list[SharedCache]
+) -> None:
+    data = payload(6 * CHUNK, 21)
+    (info,) = infos_of({"m/w.bin": data})
+    cache = SharedCache.create(tmp_path / "m", [info], namespace=namespace, chunk_size=CHUNK)
+    caches.append(cache)
+    parent = os.getpid()
+    entered = threading.Event()
+    opened = threading.Event()
+
+    def fetch_into(start: int, end: int, dest: memoryview) -> int:
+        if start == 3 * CHUNK and os.getpid() == parent:
+            entered.set()
+            assert opened.wait(LIVENESS_S)
+        dest[:] = data[start:end]
+        return crc64(dest)
+
+    with PrefetchScheduler(connections=1) as scheduler:
+        handle = scheduler.register(
+            info, fetch_into, chunk_size=CHUNK, backing=cache.backing(0), evictable=False
+        )
+        assert entered.wait(LIVENESS_S)  # the parent's worker is inside chunk 3
+        before = bytes(cache.table.states(0))
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit code
+            code = 1
+            try:
+                same = handle.read_bytes(0, len(data), LIVENESS_S) == data
+                untouched = bytes(cache.table.states(0)) == before
+                code = 0 if same and untouched else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert before[3] == ChunkState.FETCHING and cache.table.states(0)[3] == ChunkState.FETCHING
+        opened.set()
+        handle.wait_all(LIVENESS_S)
+        assert Path(cache.data_path(0)).read_bytes() == data
