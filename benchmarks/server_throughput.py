@@ -332,13 +332,22 @@ def main() -> None:
         table = markdown_table(["case", "bare sendfile GB/s", "localoss GB/s", "localoss / bare"], rows)
         listing_table = measure_listing(server, root, args.list_keys, args.reps)
         throttle_table = markdown_table(
-            ["case", "cap GB/s", "achieved GB/s", "achieved / cap"],
+            [
+                "case",
+                "cap GB/s",
+                "achieved GB/s",
+                "achieved / cap",
+                "unthrottled GB/s",
+                "achieved / min(cap, unthrottled)",
+            ],
             [
                 [
                     f"--conn-bandwidth-mibps {args.conn_bandwidth_mibps:g}, {args.streams} connections",
                     f"{cap:.3f}",
                     f"{med['throttled']:.3f}",
                     f"{med['throttled'] / cap:.2f}",
+                    f"{med['ossN']:.3f}",
+                    f"{med['throttled'] / min(cap, med['ossN']):.2f}",
                 ]
             ],
         )

@@ -27,7 +27,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
@@ -347,19 +347,19 @@ class PreparedDirectory:
             if self._closed:
                 return
             self._closed = True
+            registered, handles = list(self._registered), list(self._handles.items())
+            links, cache, hooks_installed = list(self._links.items()), self._cache, self._hooks_installed
         self._stop_downloads.set()
         self.progress.freeze()
         steps: list[tuple[str, Callable[[], None]]] = [
-            (f"unregister {path}", partial(unregister_file, path)) for path in self._registered
+            (f"unregister {path}", partial(unregister_file, path)) for path in registered
         ]
-        if self._hooks_installed:
+        if hooks_installed:
             steps.append(("uninstall the hooks", _uninstall_hooks))
-        steps += [(f"close {name}", handle.close) for name, handle in self._handles.items()]
-        if self._cache is not None:
-            steps.append(("close the cache", self._cache.close))
-        steps += [
-            (f"remove {path}", partial(_unlink_link, path, target)) for path, target in self._links.items()
-        ]
+        steps += [(f"close {name}", handle.close) for name, handle in handles]
+        if cache is not None:
+            steps.append(("close the cache", cache.close))
+        steps += [(f"remove {path}", partial(_unlink_link, path, target)) for path, target in links]
         steps.append(("stop the progress", self.progress.close))
         steps.append(("release the owner record", partial(release_owner, self.model_dir)))
         for what, step in steps:
@@ -397,32 +397,52 @@ class PreparedDirectory:
             memory_limit_bytes=self._config.memory_limit_bytes,
             relative_paths=[file.name for file in large],
         )
-        self._cache = cache
+        try:
+            with self._while_open():
+                self._cache = cache
+        except ClosedError:
+            cache.close()
+            raise
         self.placement = self.progress.placement = cache.placement
         for index, file in enumerate(large):
             target = cache.data_path(index)
-            _symlink_atomically(target, make_parents(self.model_dir, file.name))
-            self._links[file.path] = target
+            with self._while_open():  # created and recorded together, so that close() removes it
+                _symlink_atomically(target, make_parents(self.model_dir, file.name))
+                self._links[file.path] = target
+        with self._while_open():  # before the workers start: importing the hooks competes with them
+            _install_hooks()
+            self._hooks_installed = True
         # Fetching starts once every entry exists (a framework globbing the directory sees them all), and
         # with the scheduler's lock held throughout, so that the first chunk of every file is queued
         # before any worker starts on a body: transformers opens every shard before reading a tensor.
         with scheduler.lock:
             for index, file in enumerate(large):
-                handle = scheduler.register(
-                    file.info,
-                    self.progress.track(file.name, client.make_fetch_into(file.info)),
-                    chunk_size=self._config.chunk_size,
-                    backing=cache.backing(index),
-                    evictable=False,
-                    first_chunk_first=True,
-                )
-                self._handles[file.name] = handle
+                with self._while_open():
+                    handle = scheduler.register(
+                        file.info,
+                        self.progress.track(file.name, client.make_fetch_into(file.info)),
+                        chunk_size=self._config.chunk_size,
+                        backing=cache.backing(index),
+                        evictable=False,
+                        first_chunk_first=True,
+                    )
+                    self._handles[file.name] = handle
                 self.progress.set_verdict(file.name, partial(_verdict, handle))
         for file in large:
-            register_file(file.path, self._handles[file.name])
-            self._registered.append(file.path)
-        _install_hooks()
-        self._hooks_installed = True
+            with self._while_open():
+                register_file(file.path, self._handles[file.name])
+                self._registered.append(file.path)
+
+    @contextlib.contextmanager
+    def _while_open(self) -> Iterator[None]:
+        # Building and close() exclude each other: whatever is recorded here, close() undoes; once closed,
+        # nothing more is built (a connector closed by another thread while this prepare runs).
+        with self._lock:
+            if self._closed:
+                raise ClosedError(
+                    f"{self.uri} -> {self.model_dir}: closed while it was being prepared; prepare it again"
+                )
+            yield
 
     def _download_small(self, client: OssClient, pool: ThreadPoolExecutor) -> None:
         small = [file for file in self.files if not file.large]

@@ -3,10 +3,11 @@
 A fast list splits the key space with the prefix tree, so no key-count guess is needed::
 
     explore(prefix)      one delimiter listing: the prefix's own objects + its sub-prefixes S0 < S1 < ...
-      └─ span(S0..Sk)    per group of consecutive sub-prefixes, a flat listing from S0 up to the next
-                         group's first sub-prefix, all groups at once
-           └─ a span whose first page ends inside Si hands Si+1.. to a new span (another request in
-              flight) and explores Si from the last key seen: a big subtree is split again
+      └─ span(S0..Sk)    up to 4 x requests groups of consecutive sub-prefixes, all at once: a group of
+         one is listed by its own prefix (nothing wasted), a larger group flat from S0 up to the next
+         group's first sub-prefix
+           └─ a span whose page ends inside Si hands Si+1.. to a new span (another request in flight)
+              and lists the rest of Si by its prefix; a subtree larger than a page is explored again
 
 Every task runs in a thread pool with ``requests`` workers; an error in any task stops the rest and is
 raised to the caller. Spans may overlap the prefix's own objects; results are merged by key, then sorted.
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DELIMITER = "/"
 DEFAULT_FAST_LIST_REQUESTS = 16
+_GROUPS_PER_REQUEST = 4
 # How often the caller wakes to check on the workers; each request has its own timeouts.
 _POLL_INTERVAL_S = 1.0
 
@@ -209,7 +211,10 @@ class _FastList:
                 subs.insert(0, holding)
         if not subs:
             return
-        groups = min(len(subs), self._requests)
+        # Listing one subtree with its own prefix wastes nothing; a group of small subtrees shares
+        # requests at the cost of at most one page read past its end. Up to GROUPS_PER_REQUEST groups
+        # per request in flight keeps the round trips few without that waste mattering.
+        groups = min(len(subs), _GROUPS_PER_REQUEST * self._requests)
         bounds = [len(subs) * i // groups for i in range(groups + 1)]
         for i in range(groups):
             group = subs[bounds[i] : bounds[i + 1]]
@@ -217,8 +222,18 @@ class _FastList:
             # Only the first group can start inside the part of the tree already listed.
             self._submit(self._span, prefix, group, hi, after if i == 0 else "")
 
+    def _subtree(self, sub: str, after: str) -> None:
+        """List one subtree by its own prefix; if it outgrows a page, split it along its sub-prefixes."""
+        page = self._client.list_page(self._bucket, sub, start_after=after, max_keys=self._max_keys)
+        self._keep(page.objects)
+        if page.next_token is not None and page.objects and not self._stopped():
+            self._explore(sub, page.objects[-1].key)
+
     def _span(self, parent: str, subs: list[str], hi: str | None, after: str) -> None:
         """Flat-list the subtrees of ``subs`` (consecutive sub-prefixes of ``parent``), below ``hi``."""
+        if len(subs) == 1:
+            self._subtree(subs[0], after)
+            return
         lo = subs[0]
         start_after = max(after, _just_below(lo))
         token = ""
@@ -247,6 +262,6 @@ class _FastList:
                 subs = subs[: inside + 1]
             current = subs[inside]
             if last.startswith(current):
-                # The page ended inside a subtree that may be large: split it along its own sub-prefixes.
-                self._explore(current, last)
+                # The rest of the subtree this page ended in, by its own prefix.
+                self._subtree(current, last)
                 return

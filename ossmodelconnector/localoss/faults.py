@@ -37,6 +37,7 @@ DEFAULT_MIN_SLICE = 16 << 10
 DEFAULT_MAX_SLICE = 1 << 20
 # Slices of ~1/50 s of traffic keep the achieved rate smooth without a syscall storm.
 DEFAULT_SLICES_PER_S = 50
+DEFAULT_CREDIT_S = 0.1
 
 
 class BodyFault(Enum):
@@ -102,21 +103,24 @@ class TokenBucket:
 
     Args:
         rate_bps: bytes per second.
-        burst_bytes: how far ahead of the rate an idle bucket lets a sender go.
+        burst_bytes: how far ahead of the rate an idle bucket lets a sender go; at least
+            :data:`DEFAULT_CREDIT_S` worth of bytes, so that sleeps that wake late (a loaded machine
+            wakes them tens of milliseconds late) are made up for and the long-run rate holds.
     """
 
     def __init__(self, rate_bps: float, burst_bytes: int) -> None:
         self.rate_bps = rate_bps
-        self._burst_s = burst_bytes / rate_bps
-        self._next = time.monotonic()
+        self._burst_s = max(burst_bytes / rate_bps, DEFAULT_CREDIT_S)
+        self._next = time.monotonic() - self._burst_s  # when the bytes taken so far are "paid for"
         self._lock = threading.Lock()
 
     def take(self, nbytes: int) -> None:
         """Block until ``nbytes`` may be sent."""
         with self._lock:
             now = time.monotonic()
-            self._next = max(self._next, now) + nbytes / self.rate_bps
-            wait = self._next - now - self._burst_s
+            # Idle time (and a sleep that overshot) is credited up to one burst.
+            self._next = max(self._next, now - self._burst_s) + nbytes / self.rate_bps
+            wait = self._next - now
         if wait > 0:
             time.sleep(wait)
 

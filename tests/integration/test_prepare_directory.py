@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from localoss_harness import LocalOss, raw_request
+from safetensors import safe_open  # bound before any prepare: the hooks patch this module's global too
 from safetensors.numpy import save
 
 from ossmodelconnector import (
@@ -28,6 +30,7 @@ from ossmodelconnector import (
     OssModelConnector,
     UnsafePathError,
 )
+from ossmodelconnector.cache.segments import state_table_name
 from ossmodelconnector.credentials import Credentials
 from ossmodelconnector.dirsafety import OWNER_DIR_NAME, read_owner
 
@@ -182,8 +185,6 @@ def test_wait_returns_with_every_byte_local_and_verified(
 def test_reads_through_the_hooks_wait_for_the_bytes(
     connector: OssModelConnector, model_bucket: str, tmp_path: Path
 ) -> None:
-    from safetensors import safe_open
-
     model_dir = tmp_path / "model"
     connector.prepare_directory(f"oss://{model_bucket}/{PREFIX}", model_dir)
     # Read at once, while the shards are still arriving: the hooks make each read wait.
@@ -218,6 +219,54 @@ def test_a_directory_marker_is_skipped(
     assert {info.key for info in connector.list(bucket, "m/")} >= {"m/vae/", "m/config.json"}
     prepared = connector.prepare_directory(f"oss://{bucket}/m/", tmp_path / "m")
     assert [file.name for file in prepared.files] == ["config.json"]
+
+
+def test_a_reader_gets_its_tensors_before_the_last_shard_arrives(
+    make_connector: Callable[..., OssModelConnector],
+    localoss_factory: Callable[..., LocalOss],
+    tmp_path: Path,
+) -> None:
+    # A slow link (slower than even the pure-Python CRC): the shards take seconds to arrive, headers
+    # first, then in name order. Only tiny small files, so that prepare_directory returns at once.
+    server = localoss_factory("--bandwidth-mibps", "4")
+    for name in [*LARGE, "config.json"]:
+        server.put_file("slow", PREFIX + name, FILES[name])
+    connector = make_connector(server)
+    model_dir = tmp_path / "model"
+    connector.prepare_directory(f"oss://slow/{PREFIX}", model_dir)
+    first = LARGE[0]
+    with safe_open(str(model_dir / first), framework="numpy") as shard:
+        key = sorted(TENSORS[first])[0]
+        np.testing.assert_array_equal(shard.get_tensor(key), TENSORS[first][key])
+    read_at = time.time()
+    prepared = connector.stats()["directories"][str(model_dir)]
+    assert prepared["finished_at"] is None or read_at <= prepared["finished_at"]
+    with open(model_dir / LARGE[-1], "rb") as stream:  # waits for the last one, chunk by chunk
+        assert stream.read() == FILES[LARGE[-1]]
+    last = connector.stats()["files"][str(model_dir / LARGE[-1])]
+    assert read_at < last["done_at"]  # the first tensor was read before the last shard had arrived
+
+
+def test_large_files_go_to_disk_when_memory_is_limited(
+    make_connector: Callable[..., OssModelConnector],
+    model_bucket: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    connector = make_connector(memory_limit_mb=1)
+    model_dir = tmp_path / "model"
+    prepared = connector.prepare_directory(f"oss://{model_bucket}/{PREFIX}", model_dir, wait=True)
+    assert prepared.placement == "disk"
+    assert any(
+        "instead of" in record.getMessage() for record in caplog.records if record.levelname == "WARNING"
+    )
+    data_dir = model_dir / OWNER_DIR_NAME / "data"
+    for name in LARGE:
+        assert os.readlink(model_dir / name).startswith(str(data_dir) + "/")
+        assert _read_raw(str(model_dir / name)) == FILES[name]
+    connector.close()
+    assert not data_dir.exists()
+    assert _dangling(model_dir) == []
 
 
 # --- again, and close ------------------------------------------------------------------------------------
@@ -272,21 +321,27 @@ def _shm_names() -> set[str]:
     return {name for name in os.listdir("/dev/shm") if name.startswith("ossmc-")}
 
 
+def _our_shm_names(model_dir: Path) -> set[str]:
+    """This prepare's names in /dev/shm: its data segments and its state table (other runs may share it)."""
+    names = {
+        os.path.basename(os.readlink(model_dir / name)) for name in LARGE if os.path.islink(model_dir / name)
+    }
+    return names | {state_table_name(model_dir)}
+
+
 def test_close_unlinks_the_cache_and_leaves_no_dangling_symlinks(
     connector: OssModelConnector, model_bucket: str, tmp_path: Path
 ) -> None:
     model_dir = tmp_path / "model"
-    before = _shm_names()
     prepared = connector.prepare_directory(f"oss://{model_bucket}/{PREFIX}", model_dir)
-    # Other test runs may share /dev/shm: only the names that appeared during this prepare are checked.
-    created = _shm_names() - before
-    targets = _shm_targets(model_dir)
-    assert {os.path.basename(target) for target in targets} <= created
+    ours = _our_shm_names(model_dir)
+    assert len(ours) == len(LARGE) + 1
+    assert ours <= _shm_names()
 
     connector.close()
 
     assert prepared.closed
-    assert not (created & _shm_names()), f"left in /dev/shm: {sorted(created & _shm_names())}"
+    assert not (ours & _shm_names()), f"left in /dev/shm: {sorted(ours & _shm_names())}"
     assert _dangling(model_dir) == []
     assert not any(os.path.lexists(model_dir / name) for name in LARGE)
     for name in SMALL:
@@ -313,6 +368,38 @@ def test_a_private_cache_dir_is_left_empty(
         for name in os.listdir(cache_dir):
             os.unlink(cache_dir / name)
         cache_dir.rmdir()
+
+
+def test_closing_the_connector_during_a_waiting_prepare_stops_it_cleanly(
+    make_connector: Callable[..., OssModelConnector],
+    localoss_factory: Callable[..., LocalOss],
+    tmp_path: Path,
+) -> None:
+    server = localoss_factory("--bandwidth-mibps", "2")
+    for name in [*LARGE, "config.json"]:
+        server.put_file("slow", PREFIX + name, FILES[name])
+    connector = make_connector(server)
+    model_dir = tmp_path / "model"
+    outcome: list[BaseException | None] = []
+
+    def prepare() -> None:
+        try:
+            connector.prepare_directory(f"oss://slow/{PREFIX}", model_dir, wait=True)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=prepare)
+    thread.start()
+    while not all(os.path.islink(model_dir / name) for name in LARGE) and thread.is_alive():
+        time.sleep(0.01)
+    ours = _our_shm_names(model_dir)
+    connector.close()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], ConnectorError), outcome
+    assert _dangling(model_dir) == []
+    assert not (ours & _shm_names())
 
 
 # --- errors ---------------------------------------------------------------------------------------------
@@ -380,7 +467,10 @@ def test_a_failed_small_download_reaches_the_caller_and_a_retry_cleans_up(
     assert not any(os.path.lexists(model_dir / name) for name in LARGE)
     assert not list(model_dir.rglob("*.part"))  # nothing half-written under any name
     assert not list(model_dir.rglob("*.link"))
-    assert broken.stats()["directories"][str(model_dir)]["closed"] is True
+    stats = broken.stats()
+    assert stats["directories"][str(model_dir)]["closed"] is True
+    assert stats["directories"][str(model_dir)]["failed"] >= 1
+    assert "failed" in {entry["state"] for entry in stats["files"].values()}
 
     # The same directory from a healthy server: it is ours (the owner record stayed), so it is cleaned.
     healthy = make_connector()

@@ -123,3 +123,9 @@ def test_parse_list_v2_without_encoding_and_last_page() -> None:
     assert page.next_token is None
     with pytest.raises(ValueError, match="NextContinuationToken"):
         parse_list_v2("bkt", b"<ListBucketResult><IsTruncated>true</IsTruncated></ListBucketResult>")
+
+
+def test_listing_in_another_encoding_cannot_smuggle_a_dtd() -> None:
+    bomb = '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE x [<!ENTITY a "aaaa">]><ListBucketResult/>'
+    with pytest.raises((ValueError, ParseError)):
+        parse_list_v2("bkt", bomb.encode("utf-16"))
