@@ -98,13 +98,19 @@ def main() -> None:
             server.stop()
         base = median(times["list_objects (pages of 1000)"])
         rows = [
-            [name, f"{median(t):.3f}", f"{min(t):.3f}-{max(t):.3f}", str(requests[name]), f"{base / median(t):.1f}"]
+            [
+                name,
+                f"{median(t):.3f}",
+                f"{min(t):.3f}-{max(t):.3f}",
+                str(requests[name]),
+                f"{base / median(t):.1f}",
+            ]
             for name, t in times.items()
         ]
         body = (
-            f"{len(keys)} keys under `{PREFIX}` ({tops} folders x {subs} sub-folders x {leaves} files), localoss "
-            f"with `--latency-ms {args.latency_ms:g}` (a round trip per request); median of {args.reps} "
-            "repetitions in shuffled order, each listing checked against the files.\n\n"
+            f"{len(keys)} keys under `{PREFIX}` ({tops} folders x {subs} sub-folders x {leaves} files), "
+            f"localoss with `--latency-ms {args.latency_ms:g}` (a round trip per request); median of "
+            f"{args.reps} repetitions in shuffled order, each listing checked against the files.\n\n"
             + markdown_table(["contender", "seconds (median)", "min-max s", "requests", "speed-up"], rows)
         )
         print(body)

@@ -130,7 +130,7 @@ def run_ours(ctx: Context) -> None:
         run_threads(worker, ctx.threads)
         ctx.results["ours_stats"] = client.stats()
     total = 0
-    for (lo, hi), crc in zip(chunks, crcs):
+    for (lo, hi), crc in zip(chunks, crcs, strict=True):
         total = crc64_combine(total, crc, hi - lo)
     ctx.results["ours_crc"] = total
 
@@ -261,7 +261,8 @@ def measure_mode(
                 elapsed = time.perf_counter() - started
                 check(name, ctx)
                 times[name].append(elapsed)
-                print(f"  {' '.join(flags) or 'unthrottled'} rep {rep + 1} {name}: {info.size / elapsed / 1e9:.2f} GB/s")
+                label = " ".join(flags) or "unthrottled"
+                print(f"  {label} rep {rep + 1} {name}: {info.size / elapsed / 1e9:.2f} GB/s")
         return times
     finally:
         server.stop()
@@ -274,7 +275,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--chunk-mib", type=int, default=8)
     parser.add_argument("--conn-mibps", type=float, default=100.0)
-    parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated: " + ", ".join(CONTENDERS))
+    parser.add_argument(
+        "--contenders", default=",".join(CONTENDERS), help="comma-separated: " + ", ".join(CONTENDERS)
+    )
     parser.add_argument("--modes", default="unthrottled,throttled", help="unthrottled and/or throttled")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
@@ -317,14 +320,15 @@ def main() -> None:
             f"{args.threads} threads x {args.chunk_mib} MiB ranged GETs into one preallocated buffer for "
             f"`ours` (OssClient.get_into, CRC-64 per piece) and `bare` (http.client + readinto, same "
             "connections and chunks, no CRC); `oss2-read` = `get_object().read()` (one stream, oss2's CRC "
-            f"on); `oss2-resumable` = `resumable_download`, {args.threads} threads, {args.chunk_mib} MiB parts "
-            f"to /dev/shm. Median of {args.reps} repetitions, contenders shuffled per repetition, "
+            f"on); `oss2-resumable` = `resumable_download`, {args.threads} threads, {args.chunk_mib} MiB "
+            f"parts to /dev/shm. Median of {args.reps} repetitions, contenders shuffled per repetition, "
             "every result CRC-checked outside the timing.\n\n" + table
         )
         if capped_rows:
             body += (
                 f"\n\nPer-connection cap {args.conn_mibps:g} MiB/s (`--conn-bandwidth-mibps`): achieved / "
-                f"({args.threads} x cap); oss2-read uses one connection, so its ceiling is 1/{args.threads}.\n\n"
+                f"({args.threads} x cap); oss2-read uses one connection, so its ceiling is "
+                f"1/{args.threads}.\n\n"
                 + markdown_table(["contender", "cap GB/s", "achieved GB/s", "achieved / cap"], capped_rows)
             )
         print(body)

@@ -22,6 +22,7 @@ import secrets
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ FetchInto = Callable[[int, int, memoryview], int]
 """``fetch_into(start, end, dest) -> crc64``: the callable the stream and the prefetcher use."""
 
 _T = TypeVar("_T")
+_COUNTERS = ("requests", "retries", "bytes", "errors", "credential_refreshes", "integrity_retries")
 
 
 def http_range(start: int, end: int) -> str:
@@ -182,10 +184,9 @@ class OssClient:
             max_idle=max(config.prefetch_connections, config.fast_list_requests) + 8,
         )
         self._lock = threading.Lock()
-        self._counters = dict.fromkeys(
-            ("requests", "retries", "bytes", "errors", "credential_refreshes", "integrity_retries"), 0
-        )
+        self._counters = dict.fromkeys(_COUNTERS, 0)
         self._closed = False
+        _LIVE_CLIENTS.add(self)
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -235,6 +236,12 @@ class OssClient:
         counters["connections"] = self._transport.connections_created()
         counters["idle_connections"] = self._transport.idle_connections()
         return counters
+
+    def _after_fork_in_child(self) -> None:
+        # A lock held by another thread at fork time would never be released in the child; the
+        # counters restart so that stats() describes this process (the pools restart in transport.py).
+        self._lock = threading.Lock()
+        self._counters = dict.fromkeys(_COUNTERS, 0)
 
     def _count(self, name: str, amount: int = 1) -> None:
         with self._lock:
@@ -685,3 +692,14 @@ def _short_body(
         code=CODE_INCOMPLETE,
         request_id=exchange.request_id,
     )
+
+
+_LIVE_CLIENTS: weakref.WeakSet[OssClient] = weakref.WeakSet()
+
+
+def _reset_in_child() -> None:
+    for client in list(_LIVE_CLIENTS):
+        client._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reset_in_child)

@@ -6,11 +6,12 @@
     fast_list(prefix) -> plan_entries: names checked, markers skipped   an empty prefix is an error
     HEAD every large file (a listing carries no CRC-64; the HEAD pins the version to verify)
     clean model_dir (never through a symlink), write .ossmodelconnector/owner.json
-    SharedCache.create(large files); per file, in name order:
-        model_dir/<name> -> symlink to its data segment (full size, sparse)
-        scheduler.register(..., backing=segment, evictable=False)      chunks start arriving
-        registry.register_file(entry, handle)                         the hooks can find it
+    SharedCache.create(large files) (recovers what a dead previous owner left)
+    model_dir/<name> -> symlink to its data segment (full size, sparse), for every large file
     hooks.install()
+    scheduler.register(..., backing=segment, evictable=False, first_chunk_first=True), in name order,
+        all under the scheduler's lock: every file's first chunk (its header) is fetched before bodies
+    registry.register_file(entry, handle)                             the hooks can find it
     small files: a thread pool, download_to_file (temporary name, then rename), CRC-checked
     return (wait=True: once every large file is READY and verified)
 
@@ -320,9 +321,11 @@ class PreparedDirectory:
             raise ClosedError(f"{self.model_dir}: the prepared directory is closed; prepare it again")
         stall_s = timeout_s if timeout_s is not None else self._config.wait_timeout_s
         self.progress.wait(stall_s)
-        for handle in list(self._handles.values()):
-            # Every chunk has arrived (or failed) by now: this returns at once or raises the stored error.
-            handle.wait_all(stall_s)
+        failed = {file.name for file in self.progress.failures()}
+        # Every chunk has arrived, or one failed: the failed files first, so that their error is raised
+        # at once rather than after the others have arrived.
+        for name in sorted(self._handles, key=lambda name: name not in failed):
+            self._handles[name].wait_all(stall_s)
 
     def stats(self) -> dict[str, Any]:
         """This directory's figures and, under ``"files"``, each file's state by path.

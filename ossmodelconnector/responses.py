@@ -297,7 +297,8 @@ def _parse_untrusted_xml(body: bytes) -> Element:
     """
     if b"<!DOCTYPE" in body or b"<!ENTITY" in body or b"\x00" in body:
         raise ValueError(
-            "the XML carries a DTD (<!DOCTYPE, <!ENTITY) or NUL bytes (UTF-16/32), which OSS never sends: refused"
+            "the XML carries a DTD (<!DOCTYPE, <!ENTITY) or NUL bytes (UTF-16/32), which OSS never sends: "
+            "refused"
         )
     parser = XMLParser(encoding="utf-8")
     parser.feed(body)

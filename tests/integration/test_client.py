@@ -418,11 +418,12 @@ def test_forked_child_uses_its_own_pool(
     queue = ctx.Queue()
     child = ctx.Process(target=_child_read, args=(client, bucket, queue))
     child.start()
-    data, crc, connections, _ = queue.get(timeout=60)
+    data, crc, connections, requests = queue.get(timeout=60)
     child.join(timeout=60)
     assert child.exitcode == 0
     assert data == blob[:1000] and crc == oss2_crc(blob[:1000])
     assert connections == 1  # the child opened its own; it never touched the parent's socket
+    assert requests == 1  # and counts its own requests
     client.get_into(bucket, "k", 1000, 2000, memoryview(buf))  # the parent's pooled connection still works
     assert bytes(buf) == blob[1000:2000]
     assert client.stats()["connections"] == 1
