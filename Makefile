@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard ossmodelconnector/_fast/*
 	touch $@
 
 demo: setup
-	$(PY) -m ossmodelconnector.demo
+	$(PY) benchmarks/demo.py $(DEMO_ARGS)
 
 # Everything CI checks: lint, the whole suite on the Cython kernels, then unit + integration on the twins.
 test: setup lint
