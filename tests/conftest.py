@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from localoss_harness import LocalOss, start_localoss  # noqa: E402
+from localoss_harness import LocalOss, start_localoss
 
 _bucket_numbers = itertools.count()
 

@@ -25,7 +25,9 @@ BUILTIN_PARENTS = {
 
 
 @pytest.mark.parametrize("cls", ALL_ERRORS, ids=lambda c: c.__name__)
-def test_every_error_is_a_connector_error_and_pickles_with_its_context(cls: type[errors.ConnectorError]) -> None:
+def test_every_error_is_a_connector_error_and_pickles_with_its_context(
+    cls: type[errors.ConnectorError],
+) -> None:
     error = cls(
         "oss://b/k: it broke; do X",
         bucket="b",
@@ -38,12 +40,19 @@ def test_every_error_is_a_connector_error_and_pickles_with_its_context(cls: type
     assert isinstance(error, ossmodelconnector.ConnectorError)
     clone = pickle.loads(pickle.dumps(error))
     assert type(clone) is cls
-    assert (clone.message, clone.bucket, clone.key, clone.range) == ("oss://b/k: it broke; do X", "b", "k", (0, 10))
+    assert (clone.message, clone.bucket, clone.key, clone.range) == (
+        "oss://b/k: it broke; do X",
+        "b",
+        "k",
+        (0, 10),
+    )
     assert (clone.status, clone.code, clone.request_id) == (503, "SlowDown", "RID1")
     assert str(clone) == str(error) == "oss://b/k: it broke; do X (request id RID1)"
 
 
-@pytest.mark.parametrize(("cls", "builtin"), BUILTIN_PARENTS.items(), ids=lambda c: getattr(c, "__name__", ""))
+@pytest.mark.parametrize(
+    ("cls", "builtin"), BUILTIN_PARENTS.items(), ids=lambda c: getattr(c, "__name__", "")
+)
 def test_leaves_are_caught_by_ordinary_except_clauses(cls: type[Exception], builtin: type[Exception]) -> None:
     with pytest.raises(builtin):
         raise cls("x")

@@ -1,8 +1,8 @@
 """The public surface is small and pinned: changing it must change this test."""
 
 from __future__ import annotations
-
 import __future__
+
 import types
 
 import ossmodelconnector
@@ -10,7 +10,9 @@ from ossmodelconnector import errors
 
 
 def test_all_is_sorted_and_exact() -> None:
-    public = sorted(name for name in dir(ossmodelconnector) if not name.startswith("_") or name == "__version__")
+    public = sorted(
+        name for name in dir(ossmodelconnector) if not name.startswith("_") or name == "__version__"
+    )
     # Submodules imported as a side effect and `from __future__` features are attributes, not surface.
     public = [
         name
