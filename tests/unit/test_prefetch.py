@@ -563,11 +563,14 @@ def test_release_returns_the_pages_to_the_system() -> None:
             buffer.begin_fetch(index)
             buffer.chunk_view(index)[:] = b"\xab" * len(buffer.chunk(index))
             buffer.complete(index, 0)
-        assert _resident_bytes(buffer) >= size
+        filled = _resident_bytes(buffer)
+        assert filled >= size
         for index in range(buffer.count):
             buffer.release(index)
         assert buffer.held_bytes == 0
-        assert _resident_bytes(buffer) < size // 16
+        # The kernel may merge our mapping with a neighbouring anonymous one into a single smaps entry,
+        # so compare what the release freed rather than what is left.
+        assert filled - _resident_bytes(buffer) > size - size // 16
     finally:
         buffer.close()
 
