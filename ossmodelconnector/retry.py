@@ -50,8 +50,8 @@ DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_BASE_DELAY_S = 0.1
 DEFAULT_MAX_DELAY_S = 5.0
 
-# 2 ** 60 seconds is far past any sane cap; clamping the exponent keeps the float finite.
-_MAX_EXPONENT = 60
+# 2.0 ** 1024 raises OverflowError; past 2 ** 1000 any positive base has long reached the max delay.
+_MAX_EXPONENT = 1000
 
 
 @dataclass(frozen=True)

@@ -494,3 +494,14 @@ def test_one_audit_line_per_request(localoss_factory: Callable[..., LocalOss], t
     assert sum(r.status == 206 for r in records) == 10
     assert all(r.range == (2, 8) for r in records)
     assert server.access_key_secret not in "".join(lines)
+
+
+def test_https_endpoint_against_a_plain_http_server_fails_cleanly(localoss: LocalOss, bucket: str) -> None:
+    provider = StaticCredentialProvider(Credentials(localoss.access_key_id, localoss.access_key_secret))
+    endpoint = parse_endpoint(localoss.endpoint.replace("http://", "https://"))
+    config = load_config(None, max_attempts=2, **FAST_RETRIES)
+    with OssClient(endpoint, provider, config) as c, pytest.raises(RetriesExhaustedError) as caught:
+        c.head_object(bucket, "k")
+    assert caught.value.code == "ConnectionError"
+    assert isinstance(caught.value.__cause__, RequestError)
+    assert isinstance(caught.value.__cause__.__cause__, OSError)  # the TLS handshake's ssl.SSLError
