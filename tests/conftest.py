@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import sys
@@ -14,7 +15,42 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from localoss_harness import LocalOss, start_localoss
 
+from ossmodelconnector.cache.segments import ours_in_dev_shm
+
 _bucket_numbers = itertools.count()
+
+
+def _shm_names_held_elsewhere() -> set[str]:
+    """``/dev/shm`` names another live process maps or has open: segments of a concurrent run, not ours."""
+    held: set[str] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as maps:
+                held.update(line.rsplit("/dev/shm/", 1)[1].split()[0] for line in maps if "/dev/shm/" in line)
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("/dev/shm/"):
+                    held.add(target[len("/dev/shm/") :].split()[0])
+        except OSError:  # gone meanwhile, or not ours to inspect
+            continue
+    return held
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leaked_segments() -> Iterator[None]:
+    """At session end, no ``ossmc-*`` name is left in ``/dev/shm`` that this session created.
+
+    Other pytest runs on the machine may own segments: names present at the start are ignored, and so
+    are new names another live process still maps or holds open (a concurrent run in progress).
+    """
+    before = set(ours_in_dev_shm())
+    yield
+    gc.collect()  # a connector dropped without close() frees its segments in __del__
+    new = set(ours_in_dev_shm()) - before
+    leaked = sorted(new - _shm_names_held_elsewhere()) if new else []
+    assert not leaked, f"shared-memory segments left in /dev/shm by this test session: {leaked}"
 
 
 @pytest.fixture(autouse=True)
