@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -75,19 +76,34 @@ def load_and_generate(model_dir: Path) -> list[int]:
     return [int(token) for token in output[0]]
 
 
-def via_connector(endpoint: str, creds: tuple[str, str], target: Path, connections: int) -> list[int]:
+def connector_load(
+    endpoint: str, creds: tuple[str, str], target: Path, connections: int, *, wait: bool = False
+) -> tuple[list[int], dict[str, Any]]:
+    """``prepare_directory`` (streaming, or ``wait=True``) then load and generate.
+
+    Returns the tokens and the connector's ``stats()`` taken before it closes, plus ``start_at`` and
+    ``loaded_at`` (``time.time()`` just before ``prepare_directory`` and after ``generate``), so that a
+    caller can place ``ready_at``/``finished_at`` on the same clock.
+    """
     from ossmodelconnector import OssModelConnector
     from ossmodelconnector.credentials import Credentials
 
     with OssModelConnector(
         endpoint, cred_provider=Credentials(*creds), prefetch_vcpus=connections
     ) as connector:
-        connector.prepare_directory(f"oss://{BUCKET}/{PREFIX}", str(target), progress=False)
+        start_at = time.time()
+        connector.prepare_directory(f"oss://{BUCKET}/{PREFIX}", str(target), progress=False, wait=wait)
         tokens = load_and_generate(target)
+        loaded_at = time.time()
         stats = connector.stats()
+    return tokens, {**stats, "start_at": start_at, "loaded_at": loaded_at}
+
+
+def via_connector(endpoint: str, creds: tuple[str, str], target: Path, connections: int) -> list[int]:
+    tokens, stats = connector_load(endpoint, creds, target, connections)
     print(
         f"  connector: {stats['requests']} requests, {stats['retries']} retries, "
-        f"first byte after {stats.get('time_to_first_byte_s', float('nan')):.3f}s"
+        f"first byte after {stats.get('time_to_first_byte_s') or float('nan'):.3f}s"
     )
     return tokens
 
