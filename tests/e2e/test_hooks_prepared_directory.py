@@ -17,6 +17,7 @@ import safetensors
 import torch
 import transformers
 from localoss_harness import LocalOss
+from tiny_models import tiny_qwen2
 
 from ossmodelconnector import OssModelConnector
 from ossmodelconnector.credentials import Credentials
@@ -28,18 +29,7 @@ REAL = {"open": builtins.open, "safe_open": safetensors.safe_open, "load": torch
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
-    torch.manual_seed(1)
-    config = transformers.Qwen2Config(
-        vocab_size=4096,
-        hidden_size=128,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-    )
-    model = transformers.AutoModelForCausalLM.from_config(config)
+    model = tiny_qwen2(seed=1, vocab_size=4096, hidden_size=128, intermediate_size=512)
     source = tmp_path_factory.mktemp("qwen2-source")
     model.save_pretrained(source, max_shard_size="1500KB")
     return source, {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}

@@ -19,6 +19,7 @@ import pytest
 import torch
 import transformers
 from hooks_harness import registered_files
+from tiny_models import tiny_qwen2
 
 from ossmodelconnector import hooks
 
@@ -29,18 +30,7 @@ TESTS_DIR = Path(__file__).parent.parent
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
     """A tiny Qwen2 saved in 3+ shards, and its state dict."""
-    torch.manual_seed(0)
-    config = transformers.Qwen2Config(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-    )
-    model = transformers.AutoModelForCausalLM.from_config(config)
+    model = tiny_qwen2(seed=0, vocab_size=512, hidden_size=64, intermediate_size=128)
     source = tmp_path_factory.mktemp("source")
     model.save_pretrained(source, max_shard_size="150KB")
     shards = sorted(source.glob("*.safetensors"))

@@ -23,6 +23,7 @@ import safetensors.torch
 import torch
 import transformers
 from localoss_harness import LocalOss
+from tiny_models import tiny_qwen2
 
 from ossmodelconnector import OssModelConnector
 from ossmodelconnector.credentials import Credentials
@@ -45,18 +46,7 @@ class SavedModel:
 
 
 def _tiny_qwen2() -> transformers.PreTrainedModel:
-    torch.manual_seed(7)
-    config = transformers.Qwen2Config(
-        vocab_size=4096,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-    )
-    model = transformers.AutoModelForCausalLM.from_config(config)
+    model = tiny_qwen2(seed=7, vocab_size=4096, hidden_size=256, intermediate_size=512)
     # Random weights make a flat distribution; scaling the head keeps greedy decoding away from ties.
     with torch.no_grad():
         model.lm_head.weight.mul_(8.0)
