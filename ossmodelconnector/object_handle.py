@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from ossmodelconnector.cache.chunk_buffer import ChunkBuffer
+from ossmodelconnector.cache.chunk_buffer import ChunkBuffer, Delivery
 from ossmodelconnector.cache.shared_backing import SharedBacking
 from ossmodelconnector.errors import RequestTimeoutError
 from ossmodelconnector.objects import ObjectInfo
@@ -67,6 +67,10 @@ class ChunkScheduler(Protocol):
 
     def touch(self, handle: ObjectHandle, index: int, *, consumed: bool) -> None:
         """Record a read of a READY chunk made while holding :attr:`lock`."""
+        ...
+
+    def demand(self, handle: ObjectHandle, index: int) -> None:
+        """Queue EMPTY chunk ``index`` ahead of everything (caller holds :attr:`lock`)."""
         ...
 
     def fits_at_once(self, length: int) -> bool:
@@ -137,17 +141,45 @@ class ObjectHandle:
         if end <= start:
             return 0
         span = chunk_span(start, end, self.chunk_size)
-        self._scheduler.boost(self, span)
-        for index in span:
-            chunk = self.buffer.chunk(index)
-            first, last = max(start, chunk.start), min(end, chunk.end)
-            self._scheduler.acquire(self, index, timeout_s)
-            try:
-                self.buffer.copy_into(first, dest[first - start : last - start])
-            finally:
-                self._scheduler.unpin(self, index, consumed=last == chunk.end)
+        deliveries = self._deliver_whole_chunks(span, start, end, dest)
+        try:
+            self._scheduler.boost(self, span)
+            for index in span:
+                delivery = deliveries.get(index)
+                if delivery is not None:
+                    self.buffer.wait_delivered(
+                        index, delivery, timeout_s, lambda i: self._scheduler.demand(self, i)
+                    )
+                    continue
+                chunk = self.buffer.chunk(index)
+                first, last = max(start, chunk.start), min(end, chunk.end)
+                self._scheduler.acquire(self, index, timeout_s)
+                try:
+                    self.buffer.copy_into(first, dest[first - start : last - start])
+                finally:
+                    self._scheduler.unpin(self, index, consumed=last == chunk.end)
+        finally:
+            if deliveries:
+                self.buffer.withdraw(deliveries)
         self.buffer.check_usable()
         return end - start
+
+    def _deliver_whole_chunks(
+        self, span: range, start: int, end: int, dest: memoryview
+    ) -> dict[int, Delivery]:
+        # Chunks the read covers whole and nobody has fetched yet go straight into the reader's buffer:
+        # no page faults on fresh memory of ours, no second copy. The rest are copied out as usual.
+        deliveries: dict[int, Delivery] = {}
+        if len(span) < 2 or self.buffer.shared:
+            return deliveries  # one chunk: the read-ahead usually has it in flight already
+        with self._scheduler.lock:
+            for index in span:
+                chunk = self.buffer.chunk(index)
+                if start <= chunk.start and chunk.end <= end:
+                    delivery = self.buffer.deliver_to(index, dest[chunk.start - start : chunk.end - start])
+                    if delivery is not None:
+                        deliveries[index] = delivery
+        return deliveries
 
     def read_bytes(self, start: int, end: int, timeout_s: float = DEFAULT_WAIT_TIMEOUT_S) -> bytes:
         """The bytes ``[start, end)`` (clamped to the object) as ``bytes``, copied once when they fit.

@@ -279,7 +279,7 @@ class PrefetchScheduler:
             # Pinned while still waiting, so that once READY no other demand can evict it before we copy.
             handle.buffer.pin(index)
         try:
-            handle.buffer.wait_ready(index, timeout_s, on_empty=lambda i: self._demand(handle, i))
+            handle.buffer.wait_ready(index, timeout_s, on_empty=lambda i: self.demand(handle, i))
         except BaseException:
             handle.buffer.unpin(index)
             raise
@@ -348,7 +348,12 @@ class PrefetchScheduler:
             self._ensure_workers()
             self._work.notify()
 
-    def _demand(self, handle: ObjectHandle, index: int) -> None:
+    def demand(self, handle: ObjectHandle, index: int) -> None:
+        """Queue EMPTY chunk ``index`` ahead of everything, outside the budget (caller holds :attr:`lock`).
+
+        Raises:
+            ClosedError: the scheduler is closed.
+        """
         self._check_open(handle.info.uri)
         if not handle.closed:
             self._queue(handle, index, _DEMAND)
@@ -368,8 +373,10 @@ class PrefetchScheduler:
                 if self._queued.get(chunk_key) == job:
                     del self._queued[chunk_key]
                 continue
-            if handle.evictable and not self._make_room(
-                len(handle.buffer.chunk(index)), exempt=tier == _DEMAND
+            if (
+                handle.evictable
+                and not handle.buffer.is_delivery(index)
+                and not self._make_room(len(handle.buffer.chunk(index)), exempt=tier == _DEMAND)
             ):
                 return None  # read-ahead paused until a reader frees room or demands a chunk
             heapq.heappop(self._heap)
@@ -469,7 +476,7 @@ class PrefetchScheduler:
                     length = 0  # outside the budget: never counted in _held
                 self._held += length
                 chunk = handle.buffer.chunk(index)
-                dest = handle.buffer.chunk_view(index)
+                dest = handle.buffer.fetch_view(index)
             try:
                 crc = handle.fetch_into(chunk.start, chunk.end, dest)
             except BaseException as exc:

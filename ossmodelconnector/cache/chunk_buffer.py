@@ -29,6 +29,7 @@ and closing leaves the bytes in place: a reader that mapped the file keeps readi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import mmap
@@ -51,6 +52,8 @@ __all__ = ["ChunkBuffer", "ChunkState"]
 log = logging.getLogger(__name__)
 
 _PAGE = mmap.PAGESIZE
+# How often withdraw() looks again while a worker finishes writing into a reader's buffer.
+_WITHDRAW_POLL_S = 0.5
 _MADV_DONTNEED: int | None = getattr(mmap, "MADV_DONTNEED", None)
 # On a shared mapping MADV_DONTNEED only drops this process's page tables; MADV_REMOVE frees the file's
 # pages (tmpfs) or punches a hole (disk), which is what releasing a chunk means there.
@@ -66,6 +69,25 @@ _MAP_NORESERVE: int = getattr(
     and platform.machine() in ("x86_64", "i386", "i686", "aarch64", "riscv64", "s390x")
     else 0,
 )
+
+
+class Delivery:
+    """A chunk a reader asked to be fetched straight into its own buffer, skipping the chunk buffer.
+
+    Made by :meth:`ChunkBuffer.deliver_to`; the worker that takes the chunk writes into ``dest`` instead
+    of the mapping, and the chunk stays EMPTY in the buffer (nothing held, nothing to evict): a reader
+    whose destination covers whole chunks not yet fetched pays neither the page faults of fresh memory
+    nor a second copy. Its CRC-64 still counts towards the object's check.
+    """
+
+    __slots__ = ("dest", "done", "started")
+
+    def __init__(self, dest: memoryview) -> None:
+        self.dest = dest
+        self.started = False
+        """A worker took it: it writes into ``dest`` until it reports back."""
+        self.done = False
+        """The worker reported back (the bytes are in ``dest``, or the chunk FAILED)."""
 
 
 class ChunkBuffer:
@@ -102,6 +124,7 @@ class ChunkBuffer:
         self._first_crcs: list[int | None] = [None] * self.count
         self._crcs_known = 0
         self._errors: dict[int, BaseException] = {}
+        self._deliveries: dict[int, Delivery] = {}
         self._object_error: IntegrityError | None = None
         self._closed_reason: str | None = None
         self.held_bytes = 0
@@ -193,6 +216,76 @@ class ChunkBuffer:
         chunk = self.chunk(index)
         return self._view[chunk.start : chunk.end]
 
+    def fetch_view(self, index: int) -> memoryview:
+        """Where the fetch of chunk ``index`` (just begun) lands: a reader's delivery, else the mapping."""
+        with self._cond:
+            delivery = self._deliveries.get(index)
+            return delivery.dest if delivery is not None else self.chunk_view(index)
+
+    def deliver_to(self, index: int, dest: memoryview) -> Delivery | None:
+        """Have chunk ``index`` fetched straight into ``dest`` (``len(dest)`` = the chunk's length).
+
+        Only for a private buffer (a shared one must hold the bytes for other readers) and a chunk that is
+        EMPTY with no other delivery pending. The caller must :meth:`withdraw` what it got, whatever
+        happens, before it lets go of ``dest``.
+
+        Returns:
+            The delivery to wait for (:meth:`wait_delivered`), or None if the chunk must be read as usual.
+        """
+        with self._cond:
+            if (
+                self._backing is not None
+                or self._states[index] != ChunkState.EMPTY
+                or index in self._deliveries
+                or self.closed
+            ):
+                return None
+            delivery = self._deliveries[index] = Delivery(dest)
+            return delivery
+
+    def is_delivery(self, index: int) -> bool:
+        """Whether chunk ``index`` goes to a reader's buffer (it holds no memory of ours)."""
+        return index in self._deliveries
+
+    def wait_delivered(
+        self, index: int, delivery: Delivery, timeout_s: float, on_empty: Callable[[int], None]
+    ) -> None:
+        """Block until the worker has written chunk ``index`` into ``delivery.dest``.
+
+        Raises:
+            Same as :meth:`wait_ready`.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while not delivery.done:
+                self.check_usable()
+                value = self._states[index]
+                if value == ChunkState.EMPTY and not delivery.started:
+                    on_empty(index)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._raise_timeout(index, timeout_s)
+                self._cond.wait(remaining)
+            if self._states[index] == ChunkState.FAILED:
+                self._raise_stored(self._errors[index], self.chunk(index))
+
+    def withdraw(self, deliveries: dict[int, Delivery]) -> None:
+        """Cancel the deliveries no worker took, and wait until those taken have reported back.
+
+        A worker writes into the reader's buffer until its request returns, so the reader must not let go
+        of that buffer before (the request's own timeouts bound the wait).
+        """
+        with self._cond:
+            for index, delivery in deliveries.items():
+                if not delivery.started and self._deliveries.get(index) is delivery:
+                    del self._deliveries[index]
+                    delivery.done = True
+            while not all(delivery.done for delivery in deliveries.values()):
+                self._cond.wait(_WITHDRAW_POLL_S)
+        for delivery in deliveries.values():
+            with contextlib.suppress(BufferError):
+                delivery.dest.release()
+
     def copy_into(self, start: int, dest: memoryview) -> None:
         """Copy ``len(dest)`` bytes from offset ``start`` into ``dest``; the caller pinned them READY.
 
@@ -257,6 +350,11 @@ class ChunkBuffer:
         with self._cond:
             self._expect(index, ChunkState.EMPTY)
             self._states[index] = ChunkState.FETCHING
+            delivery = self._deliveries.get(index)
+            if delivery is not None:
+                delivery.started = True
+                self._publish()
+                return 0
             length = len(self.chunk(index))
             self.held_bytes += length
             self._publish()
@@ -275,41 +373,62 @@ class ChunkBuffer:
         """
         with self._cond:
             self._expect(index, ChunkState.FETCHING)
+            delivery = self._deliveries.pop(index, None)
+            if delivery is not None:
+                return self._complete_delivery(index, crc, delivery)
             if self.closed:
                 self._to_empty(index)
                 self._publish()
                 return False
-            first = self._first_crcs[index]
-            if first is not None and first != crc:
-                chunk = self.chunk(index)
-                error = IntegrityError(
-                    f"{self.name}: bytes [{chunk.start}, {chunk.end}) fetched again after eviction have "
-                    f"CRC-64 {crc:#018x}, but the first fetch had {first:#018x}: the object changed or the "
-                    "data was corrupted in transit; open the object again to read the current version",
-                    bucket=self.info.bucket,
-                    key=self.info.key,
-                    range=chunk.as_tuple(),
-                )
-                self._object_error = error
-                self._fail_locked(index, error)
-                if self._backing is not None:
-                    self._backing.record_checked(error)
-                self._publish()
+            if not self._record_crc(index, crc):
                 return False
             self._states[index] = ChunkState.READY
-            if first is None:
-                self._first_crcs[index] = crc
-                self._crcs_known += 1
-                if self._crcs_known == self.count:
-                    self._check_object()
             self._cond.notify_all()
             self._publish()
             return True
+
+    def _complete_delivery(self, index: int, crc: int, delivery: Delivery) -> bool:
+        delivery.done = True
+        # The bytes are the reader's and none of ours were held: counted for a moment so _to_empty balances.
+        self.held_bytes += len(self.chunk(index))
+        if self.closed or self._record_crc(index, crc):
+            self._to_empty(index)
+            self._publish()
+        return False
+
+    def _record_crc(self, index: int, crc: int) -> bool:
+        """Keep a chunk's first CRC-64 (checking the object once all are known); False, and the chunk
+        FAILED, when a later fetch of it differs."""
+        first = self._first_crcs[index]
+        if first is None:
+            self._first_crcs[index] = crc
+            self._crcs_known += 1
+            if self._crcs_known == self.count:
+                self._check_object()
+            return True
+        if first == crc:
+            return True
+        chunk = self.chunk(index)
+        error = IntegrityError(
+            f"{self.name}: bytes [{chunk.start}, {chunk.end}) fetched again have CRC-64 {crc:#018x}, but "
+            f"the first fetch had {first:#018x}: the object changed or the data was corrupted in transit; "
+            "open the object again to read the current version",
+            bucket=self.info.bucket,
+            key=self.info.key,
+            range=chunk.as_tuple(),
+        )
+        self._object_error = error
+        self._fail_locked(index, error)
+        if self._backing is not None:
+            self._backing.record_checked(error)
+        self._publish()
+        return False
 
     def fail(self, index: int, error: BaseException) -> None:
         """Mark chunk ``index`` FAILED with ``error`` (re-raised to its readers); its pages are dropped."""
         with self._cond:
             self._expect(index, ChunkState.FETCHING)
+            self._end_delivery(index)
             if self.closed:
                 self._to_empty(index)
             else:
@@ -320,6 +439,7 @@ class ChunkBuffer:
         """Put a FETCHING chunk whose fetch will never report back (e.g. after ``fork``) back to EMPTY."""
         with self._cond:
             self._expect(index, ChunkState.FETCHING)
+            self._end_delivery(index)
             self._to_empty(index)
             self._publish()
 
@@ -419,15 +539,7 @@ class ChunkBuffer:
                     on_empty(index)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    chunk = self.chunk(index)
-                    raise RequestTimeoutError(
-                        f"{self.name}: timed out after {timeout_s:g} s waiting for bytes [{chunk.start}, "
-                        f"{chunk.end}) (chunk {index}, {ChunkState(value).name}): the download is stalled "
-                        "or too slow; check the network and the server, or raise wait_timeout_s",
-                        bucket=self.info.bucket,
-                        key=self.info.key,
-                        range=chunk.as_tuple(),
-                    )
+                    self._raise_timeout(index, timeout_s)
                 self._cond.wait(remaining)
 
     def check_usable(self) -> None:
@@ -458,6 +570,13 @@ class ChunkBuffer:
     def _publish(self) -> None:
         if self._backing is not None:
             self._backing.publish()
+
+    def _end_delivery(self, index: int) -> None:
+        delivery = self._deliveries.pop(index, None)
+        if delivery is not None:
+            delivery.done = True
+            # Nothing of ours was held: count it as held for a moment, so that _to_empty balances.
+            self.held_bytes += len(self.chunk(index))
 
     def _to_empty(self, index: int) -> None:
         self._states[index] = ChunkState.EMPTY
@@ -501,6 +620,17 @@ class ChunkBuffer:
             log.error("%s", self._object_error)
         if self._backing is not None:
             self._backing.record_checked(self._object_error)
+
+    def _raise_timeout(self, index: int, timeout_s: float) -> NoReturn:
+        chunk = self.chunk(index)
+        raise RequestTimeoutError(
+            f"{self.name}: timed out after {timeout_s:g} s waiting for bytes [{chunk.start}, {chunk.end}) "
+            f"(chunk {index}, {ChunkState(self._states[index]).name}): the download is stalled or too slow; "
+            "check the network and the server, or raise wait_timeout_s",
+            bucket=self.info.bucket,
+            key=self.info.key,
+            range=chunk.as_tuple(),
+        )
 
     def _raise_stored(self, stored: BaseException, chunk: ByteRange) -> NoReturn:
         # A fresh exception per reader: raising the stored one twice would chain its tracebacks.

@@ -661,3 +661,113 @@ def test_a_fetch_failing_after_its_object_was_closed_is_dropped_quietly(
     gate.opened.set()
     eventually(lambda: scheduler.held_bytes == 0)
     assert handle.buffer.states() == [ChunkState.EMPTY, ChunkState.EMPTY]
+
+
+# --- reads delivered straight into the reader's buffer ----------------------------------------------
+
+
+def test_a_read_covering_unfetched_chunks_lands_them_in_the_readers_buffer(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    gate = Gate(lambda number, *_: number == 0)  # read-ahead holds chunk 0; the rest are still EMPTY
+    obj = MemoryObject(payload(95), hook=gate)
+    scheduler = schedulers(connections=1)
+    handle = scheduler.register(obj.info, obj.fetch_into, chunk_size=10)
+    gate.wait_entered()
+    dest = bytearray(90)
+    reader = threading.Thread(target=lambda: handle.readinto(3, memoryview(dest), LIVENESS_LIMIT_S))
+    reader.start()
+    eventually(lambda: all(handle.buffer.is_delivery(i) for i in range(1, 9)))  # the whole chunks of [3, 93)
+    gate.opened.set()
+    reader.join(LIVENESS_LIMIT_S)
+    assert bytes(dest) == obj.data[3:93]
+    # Chunks 1..8 went to the reader: our buffer holds none of them, yet each was fetched once and its
+    # CRC-64 counts towards the object's check (done once chunk 9 comes in by read-ahead).
+    assert [handle.buffer.state(i) for i in range(1, 9)] == [ChunkState.EMPTY] * 8
+    assert sorted(obj.calls) == [(i * 10, min(95, i * 10 + 10)) for i in range(10)]
+    eventually(lambda: handle.buffer.actual_crc64 == crc64(obj.data))
+    assert handle.buffer.held_bytes == scheduler.held_bytes == 15  # chunks 0 and 9 only
+    assert handle.read_bytes(0, 95, LIVENESS_LIMIT_S) == obj.data  # delivered chunks are fetched again
+
+
+def test_a_delivered_chunk_with_a_lying_crc_fails_the_read(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    obj = MemoryObject(payload(60), hook=lambda number, start, end: 7 if start == 30 else None)
+    handle = schedulers(connections=1).register(obj.info, obj.fetch_into, chunk_size=10)
+    with pytest.raises(IntegrityError, match=r"oss://bucket/model\.bin"):
+        handle.readinto(0, memoryview(bytearray(60)), LIVENESS_LIMIT_S)
+    with pytest.raises(IntegrityError):
+        handle.read_bytes(0, 1, LIVENESS_LIMIT_S)
+
+
+def test_a_failed_delivery_raises_and_the_other_ranges_still_read(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    def fail_chunk_3(number: int, start: int, end: int) -> None:
+        if start == 30:
+            raise RetriesExhaustedError("503 SlowDown 5 times", bucket="bucket", range=(30, 40))
+
+    obj = MemoryObject(payload(60), hook=fail_chunk_3)
+    handle = schedulers().register(obj.info, obj.fetch_into, chunk_size=10)
+    with pytest.raises(RetriesExhaustedError):
+        handle.readinto(0, memoryview(bytearray(60)), LIVENESS_LIMIT_S)
+    dest = bytearray(30)
+    assert handle.readinto(0, memoryview(dest), LIVENESS_LIMIT_S) == 30 and bytes(dest) == obj.data[:30]
+    assert handle.read_bytes(40, 60, LIVENESS_LIMIT_S) == obj.data[40:]
+
+
+def test_closing_during_a_delivered_read_waits_for_the_worker_writing_into_the_buffer(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    busy = Gate(lambda number, *_: number == 0)
+    first = MemoryObject(payload(10), key="first", hook=busy)
+    writing = Gate(lambda number, *_: number == 0)
+    second = MemoryObject(payload(50, 3), key="second", hook=writing)
+    scheduler = schedulers(connections=1)
+    scheduler.register(first.info, first.fetch_into, chunk_size=10)
+    busy.wait_entered()  # the only worker is busy: every chunk of `second` is still EMPTY when read
+    handle = scheduler.register(second.info, second.fetch_into, chunk_size=10)
+    outcome: list[BaseException | int] = []
+
+    def reader() -> None:
+        try:
+            outcome.append(handle.readinto(0, memoryview(bytearray(50)), LIVENESS_LIMIT_S))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    eventually(lambda: handle.buffer.is_delivery(0))
+    busy.opened.set()
+    writing.wait_entered()  # the worker is writing chunk 0 into the reader's buffer
+    scheduler.unregister(handle)
+    thread.join(0.3)
+    assert thread.is_alive(), "readinto returned while a worker could still write into its buffer"
+    writing.opened.set()
+    thread.join(LIVENESS_LIMIT_S)
+    assert len(outcome) == 1 and isinstance(outcome[0], ClosedError), outcome
+    assert second.calls == [(0, 10)]  # the other deliveries were withdrawn, never fetched
+    assert scheduler.held_bytes == 10  # `first`'s chunk only: a delivery never counts
+
+
+def test_delivered_reads_are_outside_the_budget(schedulers: Callable[..., PrefetchScheduler]) -> None:
+    obj = MemoryObject(payload(200))
+    scheduler = schedulers(connections=3, budget_bytes=20)
+    handle = scheduler.register(obj.info, obj.fetch_into, chunk_size=10)
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], scheduler.held_bytes)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        dest = bytearray(200)
+        assert handle.readinto(0, memoryview(dest), LIVENESS_LIMIT_S) == 200
+    finally:
+        stop.set()
+        sampler.join()
+    assert bytes(dest) == obj.data and peak[0] <= 20
