@@ -10,7 +10,8 @@
     model_dir/<name> -> symlink to its data segment (full size, sparse), for every large file
     hooks.install()
     scheduler.register(..., backing=segment, evictable=False, first_chunk_first=True), in name order,
-        all under the scheduler's lock: every file's first chunk (its header) is fetched before bodies
+        all under the scheduler's lock: every file's first chunk (its header) is fetched before bodies,
+        then the bodies in the order frameworks read tensors (read_order.py; headers read after HEAD)
     registry.register_file(entry, handle)                             the hooks can find it
     small files: a thread pool, download_to_file (temporary name, then rename), CRC-checked
     return (wait=True: once every large file is READY and verified)
@@ -28,7 +29,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ from ossmodelconnector.errors import (
 from ossmodelconnector.listing import fast_list
 from ossmodelconnector.objects import ObjectInfo
 from ossmodelconnector.progress import STATE_CACHED, STATE_FAILED, DirectoryProgress, FileProgress
+from ossmodelconnector.read_order import chunk_order, fetch_tensor_ranges
 from ossmodelconnector.uri import parse_oss_uri
 
 if TYPE_CHECKING:
@@ -85,12 +87,15 @@ class PreparedFile:
         path: its absolute path.
         info: the object it mirrors (for a large file, as HEAD described it: with its CRC-64).
         large: streamed into the cache behind a symlink (True) or downloaded to disk (False).
+        tensors: for a large ``.safetensors`` file, its tensors' byte ranges, or None.
     """
 
     name: str
     path: str
     info: ObjectInfo
     large: bool
+    tensors: Mapping[str, tuple[int, int]] | None = None
+    """A large safetensors file's tensor byte ranges (read from its header), for the fetch order."""
 
     @property
     def size(self) -> int:
@@ -194,14 +199,18 @@ def prepare_directory(
         large = [entry for entry in entries if _is_large(entry.info, config)]
         # A listing has no CRC-64; the HEAD gives it (and the current version) so the cache can verify.
         heads = _run_all(pool, [partial(client.head_object, bucket, entry.info.key) for entry in large])
+        # Tensors are fetched in the order frameworks read them, which their headers tell (read_order.py).
+        headers = _run_all(
+            pool, [partial(fetch_tensor_ranges, client.make_fetch_into(info), info) for info in heads]
+        )
         files = [
             PreparedFile(entry.name, os.path.join(check.path, entry.name), entry.info, large=False)
             for entry in entries
             if not _is_large(entry.info, config)
         ]
         files += [
-            PreparedFile(entry.name, os.path.join(check.path, entry.name), info, large=True)
-            for entry, info in zip(large, heads, strict=True)
+            PreparedFile(entry.name, os.path.join(check.path, entry.name), info, large=True, tensors=tensors)
+            for entry, info, tensors in zip(large, heads, headers, strict=True)
         ]
         files.sort(key=lambda file: file.name)
         directory = PreparedDirectory(check.path, uri, files, config, show_bar=show_bar, started=started)
@@ -431,6 +440,10 @@ class PreparedDirectory:
                     )
                     self._handles[file.name] = handle
                 self.progress.set_verdict(file.name, partial(_verdict, handle))
+            order = chunk_order(
+                [file.size for file in large], [file.tensors for file in large], self._config.chunk_size
+            )
+            scheduler.read_ahead_in_order([(self._handles[large[i].name], chunk) for i, chunk in order])
         for file in large:
             with self._while_open():
                 register_file(file.path, self._handles[file.name])

@@ -8,7 +8,8 @@
     priority queue ── DEMAND  (a reader is blocked on this chunk: may exceed the budget, evicting)
         │             BOOST   (a reader asked for a span: front of the queue, within the budget)
         │             HEADER  (chunk 0 of objects registered first_chunk_first, in registration order)
-        │             AHEAD   (read-ahead: objects in registration order, chunks in file order)
+        │             AHEAD   (read-ahead: objects in registration order, chunks in file order or
+        │                      in the order given to read_ahead_in_order)
         v
     workers (N threads, lazily per PID) ── fetch_into(start, end, chunk view) -> CRC ── ChunkBuffer
                                                                                           │ notify
@@ -41,7 +42,7 @@ import time
 import traceback
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from ossmodelconnector.cache.chunk_buffer import ChunkState
 from ossmodelconnector.cache.shared_backing import SharedBacking
@@ -76,7 +77,9 @@ _HEADER = 2
 _AHEAD = 3
 
 _ChunkKey = tuple[int, int]  # (handle id, chunk index)
-_JobKey = tuple[int, int, int, int]  # (tier, order, handle id, chunk index)
+# (tier, order, position, handle id, chunk index): position is the chunk index, or its place in a
+# read_ahead_in_order() sequence.
+_JobKey = tuple[int, int, int, int, int]
 
 
 class PrefetchScheduler:
@@ -318,6 +321,30 @@ class PrefetchScheduler:
             if self._heap and self.budget_bytes is not None:
                 self._work.notify()  # read-ahead may be paused for exactly this room
 
+    def read_ahead_in_order(self, chunks: Sequence[tuple[ObjectHandle, int]]) -> None:
+        """Queue the read-ahead of registered objects in this order instead of file order.
+
+        For the order a framework will read them in (``read_order.chunk_order``). Chunks already in
+        flight, READY, or queued ahead of read-ahead (headers, boosts, demands) keep their place; the
+        sequence as a whole keeps the place of its first-registered object among other objects.
+
+        Args:
+            chunks: ``(handle, chunk index)`` pairs, best first.
+        """
+        with self._lock:
+            if not chunks:
+                return
+            group = min(handle.id for handle, _ in chunks)
+            for position, (handle, index) in enumerate(chunks):
+                chunk_key = (handle.id, index)
+                current = self._queued.get(chunk_key)
+                if current is None or current[0] < _AHEAD:
+                    continue
+                job = (_AHEAD, group, position, handle.id, index)
+                heapq.heappush(self._heap, job)
+                self._queued[chunk_key] = job
+            self._work.notify_all()
+
     def fits_at_once(self, length: int) -> bool:
         """Whether one read may hold ``length`` bytes at once within the budget."""
         return self.budget_bytes is None or length <= self.budget_bytes
@@ -341,7 +368,7 @@ class PrefetchScheduler:
             return
         if order is None:
             order = handle.id if tier in (_AHEAD, _HEADER) else self._next_order()
-        job = (tier, order, handle.id, index)
+        job = (tier, order, index, handle.id, index)
         heapq.heappush(self._heap, job)
         self._queued[chunk_key] = job
         if start:
@@ -361,7 +388,7 @@ class PrefetchScheduler:
     def _next_job(self) -> tuple[ObjectHandle, int] | None:
         while self._heap:
             job = self._heap[0]
-            tier, _, handle_id, index = job
+            tier, _, _, handle_id, index = job
             handle = self._handles.get(handle_id)
             chunk_key = (handle_id, index)
             if (

@@ -27,10 +27,8 @@ the proxy (its ``get_tensors``) without a patch of its own.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
-import struct
 import types
 from collections.abc import Callable
 from typing import Any
@@ -38,12 +36,11 @@ from typing import Any
 from ossmodelconnector.cache.registry import WaitableFile, lookup
 from ossmodelconnector.hooks.patching import PatchSet
 from ossmodelconnector.hooks.waits import opening_safetensors, wait_range, wait_whole
+from ossmodelconnector.safetensors_header import LENGTH_PREFIX, header_length, tensor_ranges
 
 __all__ = ["SafeOpenProxy", "SliceProxy", "install", "read_tensor_ranges"]
 
 log = logging.getLogger(__name__)
-
-_LENGTH_PREFIX = 8
 
 
 def read_tensor_ranges(path: Any, waitable: WaitableFile) -> dict[str, tuple[int, int]] | None:
@@ -60,28 +57,17 @@ def read_tensor_ranges(path: Any, waitable: WaitableFile) -> dict[str, tuple[int
     Raises:
         ConnectorError: whatever the waitable raises.
     """
-    wait_range(waitable, 0, _LENGTH_PREFIX)
-    if waitable.size < _LENGTH_PREFIX:
-        return None
+    wait_range(waitable, 0, LENGTH_PREFIX)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        (length,) = struct.unpack("<Q", os.pread(fd, _LENGTH_PREFIX, 0))
-        if length > waitable.size - _LENGTH_PREFIX:
+        length = header_length(os.pread(fd, LENGTH_PREFIX, 0), waitable.size)
+        if length is None:
             return None
-        wait_range(waitable, 0, _LENGTH_PREFIX + length)
-        header = os.pread(fd, length, _LENGTH_PREFIX)
+        wait_range(waitable, 0, LENGTH_PREFIX + length)
+        header = os.pread(fd, length, LENGTH_PREFIX)
     finally:
         os.close(fd)
-    try:
-        entries = json.loads(header)
-        data_start = _LENGTH_PREFIX + length
-        return {
-            name: (data_start + int(entry["data_offsets"][0]), data_start + int(entry["data_offsets"][1]))
-            for name, entry in entries.items()
-            if name != "__metadata__"
-        }
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-        return None
+    return tensor_ranges(header, length)
 
 
 class SliceProxy:

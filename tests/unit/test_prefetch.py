@@ -369,7 +369,8 @@ def test_a_refetched_chunk_with_a_different_crc_is_an_integrity_error(
 
     obj = MemoryObject(payload(30), hook=lie_on_second_fetch_of_chunk_0)
     handle = schedulers(connections=1, budget_bytes=10).register(obj.info, obj.fetch_into, chunk_size=10)
-    assert read_all(handle) == obj.data  # chunk 0 is evicted on the way
+    # One chunk at a time through a one-chunk budget: chunk 0 is evicted on the way.
+    assert b"".join(handle.read_bytes(i, i + 10, LIVENESS_LIMIT_S) for i in (0, 10, 20)) == obj.data
     with pytest.raises(IntegrityError, match="fetched again"):
         handle.read_bytes(0, 5, LIVENESS_LIMIT_S)
     with pytest.raises(IntegrityError):
@@ -771,3 +772,29 @@ def test_delivered_reads_are_outside_the_budget(schedulers: Callable[..., Prefet
         stop.set()
         sampler.join()
     assert bytes(dest) == obj.data and peak[0] <= 20
+
+
+def test_read_ahead_in_order_fetches_in_the_given_order(schedulers: Callable[..., PrefetchScheduler]) -> None:
+    first = MemoryObject(payload(30), key="a")
+    second = MemoryObject(payload(30, 1), key="b")
+    later = MemoryObject(payload(20, 2), key="c")
+    scheduler = schedulers(connections=1)
+    calls: list[tuple[str, int]] = []
+
+    def recording(obj: MemoryObject) -> Callable[[int, int, memoryview], int]:
+        def fetch_into(start: int, end: int, dest: memoryview) -> int:
+            calls.append((obj.info.key, start))
+            return obj.fetch_into(start, end, dest)
+
+        return fetch_into
+
+    with scheduler.lock:  # nothing starts before the order is set
+        a = scheduler.register(first.info, recording(first), chunk_size=10, first_chunk_first=True)
+        b = scheduler.register(second.info, recording(second), chunk_size=10, first_chunk_first=True)
+        scheduler.read_ahead_in_order([(a, 0), (b, 0), (b, 2), (a, 2), (b, 1), (a, 1)])
+        c = scheduler.register(later.info, recording(later), chunk_size=10)
+    eventually(lambda: len(calls) == 8)  # no reader: read-ahead alone, in its order
+    assert read_all(c) == later.data and read_all(a) == first.data and read_all(b) == second.data
+    # Headers first, then the given order; an object registered afterwards comes after the sequence.
+    assert calls[:6] == [("a", 0), ("b", 0), ("b", 20), ("a", 20), ("b", 10), ("a", 10)]
+    assert sorted(calls[6:]) == [("c", 0), ("c", 10)]
