@@ -32,6 +32,7 @@ from ossmodelconnector.logfiles import configure_logging
 from ossmodelconnector.objects import ObjectInfo
 from ossmodelconnector.prefetch import PrefetchScheduler
 from ossmodelconnector.stream import OssStream, open_stream
+from ossmodelconnector.termination import exit_on_sigterm
 from ossmodelconnector.uri import is_valid_bucket_name, parse_endpoint, parse_oss_uri
 
 __all__ = ["OssModelConnector"]
@@ -258,6 +259,7 @@ class OssModelConnector:
             previous = self._prepared.get(path)
         if previous is not None:
             previous.close()  # its files are about to be cleaned: release them first
+        exit_on_sigterm()  # a SIGTERM'd process would otherwise leave the model in /dev/shm
         directory = prepare_directory(
             self._client,
             self._scheduler,
