@@ -25,7 +25,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from ossmodelconnector.cache.chunk_buffer import ChunkBuffer, Delivery
+from ossmodelconnector.cache.chunk_buffer import ChunkBuffer
+from ossmodelconnector.cache.delivery import Delivery
 from ossmodelconnector.cache.shared_backing import SharedBacking
 from ossmodelconnector.errors import RequestTimeoutError
 from ossmodelconnector.objects import ObjectInfo

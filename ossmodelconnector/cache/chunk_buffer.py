@@ -29,7 +29,6 @@ and closing leaves the bytes in place: a reader that mapped the file keeps readi
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import mmap
@@ -42,6 +41,7 @@ from typing import NoReturn
 
 from ossmodelconnector._fast import crc64_combine
 from ossmodelconnector.cache.chunk_state import ChunkState
+from ossmodelconnector.cache.delivery import Deliveries, Delivery
 from ossmodelconnector.cache.shared_backing import SharedBacking
 from ossmodelconnector.errors import ClosedError, ConnectorError, IntegrityError, RequestTimeoutError
 from ossmodelconnector.objects import ObjectInfo
@@ -52,8 +52,6 @@ __all__ = ["ChunkBuffer", "ChunkState"]
 log = logging.getLogger(__name__)
 
 _PAGE = mmap.PAGESIZE
-# How often withdraw() looks again while a worker finishes writing into a reader's buffer.
-_WITHDRAW_POLL_S = 0.5
 _MADV_DONTNEED: int | None = getattr(mmap, "MADV_DONTNEED", None)
 # On a shared mapping MADV_DONTNEED only drops this process's page tables; MADV_REMOVE frees the file's
 # pages (tmpfs) or punches a hole (disk), which is what releasing a chunk means there.
@@ -69,25 +67,6 @@ _MAP_NORESERVE: int = getattr(
     and platform.machine() in ("x86_64", "i386", "i686", "aarch64", "riscv64", "s390x")
     else 0,
 )
-
-
-class Delivery:
-    """A chunk a reader asked to be fetched straight into its own buffer, skipping the chunk buffer.
-
-    Made by :meth:`ChunkBuffer.deliver_to`; the worker that takes the chunk writes into ``dest`` instead
-    of the mapping, and the chunk stays EMPTY in the buffer (nothing held, nothing to evict): a reader
-    whose destination covers whole chunks not yet fetched pays neither the page faults of fresh memory
-    nor a second copy. Its CRC-64 still counts towards the object's check.
-    """
-
-    __slots__ = ("dest", "done", "started")
-
-    def __init__(self, dest: memoryview) -> None:
-        self.dest = dest
-        self.started = False
-        """A worker took it: it writes into ``dest`` until it reports back."""
-        self.done = False
-        """The worker reported back (the bytes are in ``dest``, or the chunk FAILED)."""
 
 
 class ChunkBuffer:
@@ -124,7 +103,7 @@ class ChunkBuffer:
         self._first_crcs: list[int | None] = [None] * self.count
         self._crcs_known = 0
         self._errors: dict[int, BaseException] = {}
-        self._deliveries: dict[int, Delivery] = {}
+        self._deliveries = Deliveries()
         self._object_error: IntegrityError | None = None
         self._closed_reason: str | None = None
         self.held_bytes = 0
@@ -219,8 +198,8 @@ class ChunkBuffer:
     def fetch_view(self, index: int) -> memoryview:
         """Where the fetch of chunk ``index`` (just begun) lands: a reader's delivery, else the mapping."""
         with self._cond:
-            delivery = self._deliveries.get(index)
-            return delivery.dest if delivery is not None else self.chunk_view(index)
+            dest = self._deliveries.destination(index)
+            return dest if dest is not None else self.chunk_view(index)
 
     def deliver_to(self, index: int, dest: memoryview) -> Delivery | None:
         """Have chunk ``index`` fetched straight into ``dest`` (``len(dest)`` = the chunk's length).
@@ -233,15 +212,9 @@ class ChunkBuffer:
             The delivery to wait for (:meth:`wait_delivered`), or None if the chunk must be read as usual.
         """
         with self._cond:
-            if (
-                self._backing is not None
-                or self._states[index] != ChunkState.EMPTY
-                or index in self._deliveries
-                or self.closed
-            ):
+            if self._backing is not None or self._states[index] != ChunkState.EMPTY or self.closed:
                 return None
-            delivery = self._deliveries[index] = Delivery(dest)
-            return delivery
+            return self._deliveries.add(index, dest)
 
     def is_delivery(self, index: int) -> bool:
         """Whether chunk ``index`` goes to a reader's buffer (it holds no memory of ours)."""
@@ -276,15 +249,7 @@ class ChunkBuffer:
         of that buffer before (the request's own timeouts bound the wait).
         """
         with self._cond:
-            for index, delivery in deliveries.items():
-                if not delivery.started and self._deliveries.get(index) is delivery:
-                    del self._deliveries[index]
-                    delivery.done = True
-            while not all(delivery.done for delivery in deliveries.values()):
-                self._cond.wait(_WITHDRAW_POLL_S)
-        for delivery in deliveries.values():
-            with contextlib.suppress(BufferError):
-                delivery.dest.release()
+            self._deliveries.withdraw(deliveries, self._cond)
 
     def copy_into(self, start: int, dest: memoryview) -> None:
         """Copy ``len(dest)`` bytes from offset ``start`` into ``dest``; the caller pinned them READY.
@@ -350,9 +315,7 @@ class ChunkBuffer:
         with self._cond:
             self._expect(index, ChunkState.EMPTY)
             self._states[index] = ChunkState.FETCHING
-            delivery = self._deliveries.get(index)
-            if delivery is not None:
-                delivery.started = True
+            if self._deliveries.start(index):
                 self._publish()
                 return 0
             length = len(self.chunk(index))
@@ -373,9 +336,11 @@ class ChunkBuffer:
         """
         with self._cond:
             self._expect(index, ChunkState.FETCHING)
-            delivery = self._deliveries.pop(index, None)
-            if delivery is not None:
-                return self._complete_delivery(index, crc, delivery)
+            if self._end_delivery(index):
+                if self.closed or self._record_crc(index, crc):
+                    self._to_empty(index)  # the bytes are the reader's, none of ours
+                    self._publish()
+                return False
             if self.closed:
                 self._to_empty(index)
                 self._publish()
@@ -386,15 +351,6 @@ class ChunkBuffer:
             self._cond.notify_all()
             self._publish()
             return True
-
-    def _complete_delivery(self, index: int, crc: int, delivery: Delivery) -> bool:
-        delivery.done = True
-        # The bytes are the reader's and none of ours were held: counted for a moment so _to_empty balances.
-        self.held_bytes += len(self.chunk(index))
-        if self.closed or self._record_crc(index, crc):
-            self._to_empty(index)
-            self._publish()
-        return False
 
     def _record_crc(self, index: int, crc: int) -> bool:
         """Keep a chunk's first CRC-64 (checking the object once all are known); False, and the chunk
@@ -571,12 +527,12 @@ class ChunkBuffer:
         if self._backing is not None:
             self._backing.publish()
 
-    def _end_delivery(self, index: int) -> None:
-        delivery = self._deliveries.pop(index, None)
-        if delivery is not None:
-            delivery.done = True
-            # Nothing of ours was held: count it as held for a moment, so that _to_empty balances.
-            self.held_bytes += len(self.chunk(index))
+    def _end_delivery(self, index: int) -> bool:
+        if not self._deliveries.finish(index):
+            return False
+        # Nothing of ours was held: counted as held for a moment, so that _to_empty balances.
+        self.held_bytes += len(self.chunk(index))
+        return True
 
     def _to_empty(self, index: int) -> None:
         self._states[index] = ChunkState.EMPTY
