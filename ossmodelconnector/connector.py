@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import atexit
+import builtins
 import contextlib
 import logging
 import os
@@ -31,6 +32,7 @@ from ossmodelconnector.listing import fast_list, list_objects
 from ossmodelconnector.logfiles import configure_logging
 from ossmodelconnector.objects import ObjectInfo
 from ossmodelconnector.prefetch import PrefetchScheduler
+from ossmodelconnector.residency import Residency
 from ossmodelconnector.stream import OssStream, open_stream
 from ossmodelconnector.termination import exit_on_sigterm
 from ossmodelconnector.uri import is_valid_bucket_name, parse_endpoint, parse_oss_uri
@@ -81,6 +83,8 @@ class OssModelConnector:
         self._audit = open_audit(self.config.audit_path)
         self._client = OssClient(self.endpoint, credentials, self.config, self._audit)
         self._scheduler = PrefetchScheduler(self.config.prefetch_connections, self.config.memory_limit_bytes)
+        # Lazy directories' files, kept within memoryLimitMB together by evicting whole files.
+        self._residency = Residency(self._scheduler, self.config.memory_limit_bytes)
         self._streams: weakref.WeakSet[OssStream] = weakref.WeakSet()
         self._prepared: dict[str, PreparedDirectory] = {}  # by model_dir; closed ones stay for stats()
         self._started = time.monotonic()
@@ -216,6 +220,7 @@ class OssModelConnector:
         lazy: bool = False,
         wait: bool = False,
         progress: bool | None = None,
+        gc_idle_seconds: float | None = None,
     ) -> PreparedDirectory:
         """Make an OSS prefix a local model directory that frameworks can read while it is arriving.
 
@@ -231,11 +236,18 @@ class OssModelConnector:
             oss_dir: ``oss://bucket/prefix/`` (a missing final ``/`` is added; ``oss://bucket/`` is the
                 whole bucket). Keys are taken literally.
             model_dir: the local directory; created (mode 0700) if missing.
-            lazy: not available yet: a ``ConfigError`` says so.
+            lazy: the web UI's mode: every large file's entry (right name, right size) exists at once,
+                but nothing large is fetched until a reader opens it; its first open starts the whole
+                file's prefetch, in order, and reads wait only for their bytes. Files are kept within
+                ``memoryLimitMB`` by evicting whole files no reader uses (least recently used first); an
+                evicted file keeps its entry and is fetched again when opened again. See :meth:`gc` and
+                :meth:`status`.
             wait: return only when every large file is local and its CRC-64 verified, for readers the
                 hooks do not cover (native code, other programs).
             progress: a tqdm bar (bytes, rate) on stderr while large files arrive; None: only when stderr
-                is a terminal.
+                is a terminal (never in lazy mode).
+            gc_idle_seconds: with ``lazy``: a file no reader used for this many seconds is released by a
+                background timer; None: ``gc.idleSeconds`` (0 = never).
 
         Returns:
             The :class:`~ossmodelconnector.directory.PreparedDirectory` (``.files``, ``.placement``,
@@ -247,6 +259,7 @@ class OssModelConnector:
             ObjectNotFoundError: nothing under the prefix, or no such bucket.
             OutOfMemoryError: the large files fit neither in ``cacheDir`` nor on the disk.
             ConnectorError: a download failed (of a small file; of any file with ``wait=True``).
+            ConfigError: ``lazy`` with ``wait``, or a bad ``gc_idle_seconds``.
             ClosedError: the connector is closed.
 
         Example:
@@ -271,6 +284,8 @@ class OssModelConnector:
             wait=wait,
             progress=progress,
             on_start=self._keep_directory,
+            residency=self._residency,
+            gc_idle_seconds=gc_idle_seconds,
         )
         if self._closed:  # the connector was closed meanwhile, by another thread
             directory.close()
@@ -300,7 +315,9 @@ class OssModelConnector:
         elapsed = time.monotonic() - self._started
         stats["elapsed_s"] = elapsed
         stats["throughput_gbps"] = stats["bytes"] / elapsed / 1e9 if elapsed > 0 else 0.0
-        stats["held_bytes"] = self._scheduler.held_bytes
+        stats["held_bytes"] = self._scheduler.held_bytes + self._residency.held_bytes
+        stats["lazy_held_bytes"] = self._residency.held_bytes
+        stats["memory_limit_bytes"] = self.config.memory_limit_bytes
         stats["open_streams"] = sum(1 for stream in self._streams if not stream.closed)
         with self._lock:
             directories = list(self._prepared.values())
@@ -310,9 +327,68 @@ class OssModelConnector:
         }
         files: dict[str, Any] = {}
         for directory in directories:
-            files.update(directory.progress.snapshot())
+            files.update(directory.file_states())
         stats["files"] = files
         return stats
+
+    def status(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """The state of one file of a prepared directory (what the web UI shows next to a model).
+
+        Args:
+            path: the file's path in a prepared directory (relative paths are taken from the current
+                directory).
+
+        Returns:
+            ``{"size", "state", "percent", ...}``: ``state`` is ``"not fetched"``, ``"fetching"`` (with
+            ``percent``), ``"cached"``, ``"evicted"`` or ``"failed"``; a lazy file also shows
+            ``"readers"``, ``"evictions"``, ``"held_bytes"`` and ``"last_used_at"``.
+
+        Raises:
+            FileNotFoundError: ``path`` is not a file of a directory this connector prepared.
+        """
+        absolute = os.path.abspath(os.fspath(path))
+        with self._lock:
+            directories = list(self._prepared.values())
+        for directory in reversed(directories):  # the latest prepare of a directory wins
+            state = directory.file_states().get(absolute)
+            if state is not None:
+                return state
+        raise FileNotFoundError(
+            f"status({os.fspath(path)!r}): not a file of a directory this connector prepared "
+            f"({', '.join(directory.model_dir for directory in directories) or 'none'}); give the path of "
+            "a file inside one"
+        )
+
+    def gc(self, idle_seconds: float | None = None) -> builtins.list[dict[str, Any]]:
+        """Release, now, the lazy files that no reader uses and nobody read for ``idle_seconds``.
+
+        A file is in use while it is open (a stream, a ``safe_open`` handle, a load in progress) or while
+        tensors made from it still map it; those are never released. A released file keeps its entry and
+        is fetched again when opened. Each release is logged (INFO) with its reason.
+
+        Args:
+            idle_seconds: seconds since the last read; None: each directory's ``gc.idleSeconds`` (and
+                when that is 0, every file not in use).
+
+        Returns:
+            ``[{"path", "bytes", "reason"}]`` for every file released.
+
+        Raises:
+            ClosedError: the connector is closed.
+            ConfigError: a negative ``idle_seconds``.
+        """
+        self._check_open("gc()")
+        if idle_seconds is not None and not idle_seconds >= 0:
+            raise ConfigError(
+                f"gc(idle_seconds={idle_seconds!r}): give seconds >= 0, or None for gc.idleSeconds"
+            )
+        with self._lock:
+            directories = [directory for directory in self._prepared.values() if directory.lazy]
+        released = []
+        for directory in directories:
+            for release in directory.collect_idle(idle_seconds, why="connector.gc()"):
+                released.append({"path": release.path, "bytes": release.nbytes, "reason": release.reason})
+        return released
 
 
 def _close_at_exit(connector: OssModelConnector) -> Any:

@@ -56,10 +56,12 @@ from ossmodelconnector.errors import (
     ObjectNotFoundError,
     UnsafePathError,
 )
+from ossmodelconnector.idle_gc import IdleCollector
 from ossmodelconnector.listing import fast_list
 from ossmodelconnector.objects import ObjectInfo
 from ossmodelconnector.progress import STATE_CACHED, STATE_FAILED, DirectoryProgress, FileProgress
 from ossmodelconnector.read_order import chunk_order, fetch_tensor_ranges
+from ossmodelconnector.residency import LazyFile, Release, Residency
 from ossmodelconnector.uri import parse_oss_uri
 
 if TYPE_CHECKING:
@@ -146,6 +148,8 @@ def prepare_directory(
     wait: bool = False,
     progress: bool | None = None,
     on_start: Callable[[PreparedDirectory], None] | None = None,
+    residency: Residency | None = None,
+    gc_idle_seconds: float | None = None,
 ) -> PreparedDirectory:
     """Mirror ``oss_dir`` into ``model_dir``: small files on disk, large ones streaming into the cache.
 
@@ -159,11 +163,17 @@ def prepare_directory(
         oss_dir: ``oss://bucket/prefix/`` (``oss://bucket/`` for the whole bucket).
         model_dir: the local directory; created if missing, cleaned if prepared before.
         namespace: the endpoint, so that two endpoints' objects never share a segment.
-        lazy: not available yet (a ``ConfigError`` says so).
-        wait: return only when every large file is local and verified.
+        lazy: create every large file's entry (name, size) at once but fetch nothing large until a
+            reader opens it (see :mod:`ossmodelconnector.residency`); the files are then kept within
+            ``memoryLimitMB`` by eviction and released after ``gc_idle_seconds`` without a reader.
+        wait: return only when every large file is local and verified (not with ``lazy``).
         progress: a tqdm bar on stderr while prefetching; None: only when stderr is a terminal.
         on_start: called with the :class:`PreparedDirectory` as soon as it exists, before anything is
             written (the connector keeps it, so that a prepare that fails still shows in ``stats()``).
+        residency: the memory budget lazy files are kept within (the connector's); a new one over
+            ``memoryLimitMB`` when None.
+        gc_idle_seconds: lazy files not read for this long are released; None: ``gc.idleSeconds``
+            (0 = never).
 
     Returns:
         The :class:`PreparedDirectory`; close it (or the connector) to release the cache.
@@ -178,10 +188,16 @@ def prepare_directory(
     started = (time.time(), time.monotonic())
     bucket, prefix = parse_prefix_uri(oss_dir)
     uri = f"oss://{bucket}/{prefix}"
-    if lazy:
+    if lazy and wait:
         raise ConfigError(
-            f"prepare_directory({uri!r}, lazy=True): lazy mode (large files fetched only when first "
-            "opened) arrives in a later release; call it without lazy= to prefetch everything now"
+            f"prepare_directory({uri!r}, lazy=True, wait=True): lazy mode fetches a file only when it is "
+            "opened, so there is nothing to wait for; pass one of them"
+        )
+    idle_s = config.gc_idle_seconds if gc_idle_seconds is None else gc_idle_seconds
+    if not (isinstance(idle_s, (int, float)) and not isinstance(idle_s, bool) and 0 <= idle_s < float("inf")):
+        raise ConfigError(
+            f"prepare_directory({uri!r}, gc_idle_seconds={gc_idle_seconds!r}): give a number of seconds "
+            ">= 0 (0 = never release idle files), or None for gc.idleSeconds"
         )
     _refuse_live_overlap(normalize_model_dir(model_dir))
     check = check_model_dir(model_dir)
@@ -193,7 +209,8 @@ def prepare_directory(
             bucket=bucket,
             key=prefix,
         )
-    show_bar = progress if progress is not None else _stderr_is_a_terminal()
+    # A lazy directory's bytes arrive only as files are opened: a bar over all of them would never end.
+    show_bar = (progress if progress is not None else _stderr_is_a_terminal()) and not lazy
     threads = max(1, min(config.prefetch_connections, len(entries)))
     with ThreadPoolExecutor(threads, thread_name_prefix="ossmodelconnector-prepare") as pool:
         large = [entry for entry in entries if _is_large(entry.info, config)]
@@ -214,6 +231,8 @@ def prepare_directory(
         ]
         files.sort(key=lambda file: file.name)
         directory = PreparedDirectory(check.path, uri, files, config, show_bar=show_bar, started=started)
+        if lazy:
+            directory._make_lazy(residency or Residency(scheduler, config.memory_limit_bytes), float(idle_s))
         _reserve(directory)
         if on_start is not None:
             on_start(directory)
@@ -290,6 +309,11 @@ class PreparedDirectory:
         self._links: dict[str, str] = {}
         self._hooks_installed = False
         self._stop_downloads = threading.Event()
+        self.lazy = False
+        self.gc_idle_seconds = 0.0
+        self._residency: Residency | None = None
+        self._lazy_files: dict[str, LazyFile] = {}
+        self._collector: IdleCollector | None = None
 
     # --- public -------------------------------------------------------------------------------------
 
@@ -329,6 +353,11 @@ class PreparedDirectory:
         if self._closed:
             raise ClosedError(f"{self.model_dir}: the prepared directory is closed; prepare it again")
         stall_s = timeout_s if timeout_s is not None else self._config.wait_timeout_s
+        if self.lazy:  # only the files opened so far are on their way
+            for lazy_file in list(self._lazy_files.values()):
+                if lazy_file.resident:
+                    lazy_file.wait_all(stall_s)
+            return
         self.progress.wait(stall_s)
         failed = {file.name for file in self.progress.failures()}
         # Every chunk has arrived, or one failed: the failed files first, so that their error is raised
@@ -343,12 +372,38 @@ class PreparedDirectory:
             ``uri``, ``placement``, ``files`` (count), ``bytes``, ``started_at``, ``ready_at``,
             ``finished_at``, ``seconds``, ``throughput_gbps``, ``time_to_first_byte_s`` and ``states``:
             ``{path: {"size", "state", "percent", "first_byte_at", "done_at"}}``, the state being one of
-            ``"not fetched"``, ``"fetching"``, ``"cached"``, ``"failed"``.
+            ``"not fetched"``, ``"fetching"``, ``"cached"``, ``"failed"`` (and ``"evicted"`` in a lazy
+            directory, whose files also show ``"readers"``, ``"evictions"``, ``"held_bytes"`` and
+            ``"last_used_at"``).
         """
         summary = self.progress.summary()
         summary["placement"] = self.placement
-        summary["states"] = self.progress.snapshot()
+        summary["states"] = self.file_states()
         return summary
+
+    def file_states(self) -> dict[str, dict[str, Any]]:
+        """Per file path: ``{"size", "state", "percent", ...}`` (see :meth:`stats`)."""
+        states = self.progress.snapshot()
+        if not self._closed:
+            for lazy_file in list(self._lazy_files.values()):
+                states[lazy_file.path] = {**states.get(lazy_file.path, {}), **lazy_file.status()}
+        return states
+
+    def collect_idle(self, idle_s: float | None = None, *, why: str | None = None) -> list[Release]:
+        """Release this lazy directory's files that no reader uses and nobody read for ``idle_s`` seconds.
+
+        Args:
+            idle_s: seconds; None: this directory's ``gc_idle_seconds`` (0 there: every file not in use).
+            why: what asked, for the log line; the ``gc.idleSeconds`` timer by default.
+
+        Returns:
+            What was released (nothing for a directory that is not lazy, or closed).
+        """
+        if self._residency is None or self._closed:
+            return []
+        idle = self.gc_idle_seconds if idle_s is None else idle_s
+        reason = why or f"gc.idleSeconds={self.gc_idle_seconds:g}"
+        return self._residency.collect(idle, why=reason, files=list(self._lazy_files.values()))
 
     def close(self) -> None:
         """Unregister the files, uninstall the hooks, unlink the cache, remove the symlinks. Idempotent.
@@ -361,14 +416,17 @@ class PreparedDirectory:
             self._closed = True
             registered, handles = list(self._registered), list(self._handles.items())
             links, cache, hooks_installed = list(self._links.items()), self._cache, self._hooks_installed
+            collector, lazy_files = self._collector, list(self._lazy_files.values())
         self._stop_downloads.set()
         self.progress.freeze()
-        steps: list[tuple[str, Callable[[], None]]] = [
-            (f"unregister {path}", partial(unregister_file, path)) for path in registered
-        ]
+        steps: list[tuple[str, Callable[[], None]]] = []
+        if collector is not None:
+            steps.append(("stop the gc.idleSeconds timer", collector.stop))
+        steps += [(f"unregister {path}", partial(unregister_file, path)) for path in registered]
         if hooks_installed:
             steps.append(("uninstall the hooks", _uninstall_hooks))
         steps += [(f"close {name}", handle.close) for name, handle in handles]
+        steps += [(f"close {lazy_file.path}", lazy_file.close) for lazy_file in lazy_files]
         if cache is not None:
             steps.append(("close the cache", cache.close))
         steps += [(f"remove {path}", partial(_unlink_link, path, target)) for path, target in links]
@@ -408,6 +466,7 @@ class PreparedDirectory:
             cache_dir=self._config.cache_dir,
             memory_limit_bytes=self._config.memory_limit_bytes,
             relative_paths=[file.name for file in large],
+            lazy=self.lazy,
         )
         try:
             with self._while_open():
@@ -424,6 +483,9 @@ class PreparedDirectory:
         with self._while_open():  # before the workers start: importing the hooks competes with them
             _install_hooks()
             self._hooks_installed = True
+        if self.lazy:
+            self._register_lazy(client, scheduler, cache, large)
+            return
         # Fetching starts once every entry exists (a framework globbing the directory sees them all), and
         # with the scheduler's lock held throughout, so that the first chunk of every file is queued
         # before any worker starts on a body: transformers opens every shard before reading a tensor.
@@ -448,6 +510,51 @@ class PreparedDirectory:
             with self._while_open():
                 register_file(file.path, self._handles[file.name])
                 self._registered.append(file.path)
+
+    def _make_lazy(self, residency: Residency, gc_idle_seconds: float) -> None:
+        self.lazy = True
+        self.gc_idle_seconds = gc_idle_seconds
+        self._residency = residency
+
+    def _register_lazy(
+        self, client: OssClient, scheduler: PrefetchScheduler, cache: SharedCache, large: list[PreparedFile]
+    ) -> None:
+        # Entries and registry first, nothing fetched: the first open (or wait) of a file starts it.
+        residency = self._residency
+        assert residency is not None
+        for index, file in enumerate(large):
+            start = partial(self._start_lazy_file, client, scheduler, cache, index, file)
+            lazy_file = LazyFile(residency, file.path, cache.data_path(index), file.info, start)
+            with self._while_open():
+                self._lazy_files[file.name] = lazy_file
+                residency.add(lazy_file)
+        for file in large:
+            with self._while_open():
+                register_file(file.path, self._lazy_files[file.name])
+                self._registered.append(file.path)
+        if self.gc_idle_seconds > 0:
+            with self._while_open():
+                self._collector = IdleCollector(self.collect_idle, self.gc_idle_seconds, name=self.model_dir)
+
+    def _start_lazy_file(
+        self,
+        client: OssClient,
+        scheduler: PrefetchScheduler,
+        cache: SharedCache,
+        index: int,
+        file: PreparedFile,
+    ) -> ObjectHandle:
+        with self._while_open():
+            handle = scheduler.register(
+                file.info,
+                self.progress.track(file.name, client.make_fetch_into(file.info)),
+                chunk_size=self._config.chunk_size,
+                backing=cache.backing(index),
+                evictable=False,
+            )
+        self.progress.set_verdict(file.name, partial(_verdict, handle))
+        log.debug("%s: first opened, fetching %d bytes", file.path, file.size)
+        return handle
 
     @contextlib.contextmanager
     def _while_open(self) -> Iterator[None]:

@@ -263,6 +263,18 @@ class PrefetchScheduler:
                 if handle.buffer.state(index) == ChunkState.EMPTY:
                     self._queue(handle, index, _BOOST, order)
 
+    def cancel_queued(self, handle: ObjectHandle) -> None:
+        """Drop the object's chunks that wait in the queue (read-ahead or boosted; a later read demands
+        them again). Chunks already FETCHING finish.
+
+        Args:
+            handle: the object.
+        """
+        with self._lock:
+            for index in range(handle.buffer.count):
+                # Its heap entry stays behind, stale: _next_job skips entries no longer in _queued.
+                self._queued.pop((handle.id, index), None)
+
     def acquire(self, handle: ObjectHandle, index: int, timeout_s: float) -> None:
         """Wait until chunk ``index`` is READY, demanding it if EMPTY, and pin it; :meth:`unpin` it after.
 

@@ -44,7 +44,7 @@ from ossmodelconnector.cache.segments import (
     unlink_segment,
 )
 from ossmodelconnector.cache.shared_backing import SharedBacking
-from ossmodelconnector.cache.state_table import FileSpec, StateTable, TableStatus, plan_layout
+from ossmodelconnector.cache.state_table import FLAG_LAZY, FileSpec, StateTable, TableStatus, plan_layout
 from ossmodelconnector.errors import CacheError, ClosedError, OutOfMemoryError, UnsafePathError
 from ossmodelconnector.objects import ObjectInfo
 
@@ -147,6 +147,7 @@ class SharedCache:
         cache_dir: str = DEFAULT_CACHE_DIR,
         memory_limit_bytes: int | None = None,
         relative_paths: Sequence[str] | None = None,
+        lazy: bool = False,
     ) -> SharedCache:
         """Create the segments, state table and manifest for ``files`` about to be fetched into ``model_dir``.
 
@@ -159,6 +160,9 @@ class SharedCache:
             memory_limit_bytes: if the files' total exceeds this, they go to disk (``memoryLimitMB``).
             relative_paths: each file's path in ``model_dir``; default: the key after the keys' common
                 folder.
+            lazy: the files are fetched when first opened and kept within ``memory_limit_bytes`` by
+                evicting whole files: only that much must fit in ``cache_dir``, and the limit never sends
+                them to disk. The table's header carries ``FLAG_LAZY`` (its chunks may go back to EMPTY).
 
         Returns:
             The cache, status FILLING, every chunk EMPTY.
@@ -191,7 +195,11 @@ class SharedCache:
         if len(set(names)) != len(names):
             raise ValueError(f"{self.model_dir}: the same object version is listed twice; list each once")
         total = sum(info.size for info in self.files)
-        self.placement, why = _choose_placement(total, cache_dir, memory_limit_bytes)
+        if lazy:
+            resident = total if memory_limit_bytes is None else min(total, memory_limit_bytes)
+            self.placement, why = _choose_placement(resident, cache_dir, None)
+        else:
+            self.placement, why = _choose_placement(total, cache_dir, memory_limit_bytes)
         own_dir = self.model_dir / OWN_DIR_NAME
         if self.placement == "shm":
             self._data_dir = cache_dir
@@ -218,6 +226,8 @@ class SharedCache:
             for info, name in zip(self.files, names, strict=True):
                 self._resources.data.append(self._create_data(info, name))
             self._resources.manifest = write_manifest(self.model_dir, self._manifest(names))
+            if lazy:
+                self.table.set_flags(FLAG_LAZY)
             self.table.set_status(TableStatus.FILLING)
             self.table.publish()
         except BaseException:

@@ -35,6 +35,7 @@ __all__ = [
     "DEMAND_CAPACITY",
     "ERROR_SLOT_SIZE",
     "FILE_ENTRY_SIZE",
+    "FLAG_LAZY",
     "GENERATION_OFFSET",
     "HEADER_SIZE",
     "LAYOUT_VERSION",
@@ -68,6 +69,9 @@ DEMAND_HEAD_OFFSET = 128
 DEMAND_TAIL_OFFSET = 132
 _DEMAND_RING_OFFSET = 144
 _STATUS_OFFSET = 16
+_FLAGS_OFFSET = 108
+FLAG_LAZY = 1
+"""Header flags bit 0: a lazy directory, whose READY chunks the owner may release (evict) back to EMPTY."""
 _SECTION_ALIGN = 64
 _PAGE = 4096
 _MASK32 = 0xFFFFFFFF
@@ -473,6 +477,14 @@ class StateTable:
     def set_status(self, status: TableStatus) -> None:
         """Set the header's status (then :meth:`publish`)."""
         _fast.atomic_store_u32(self._view, _STATUS_OFFSET, int(status))
+
+    def flags(self) -> int:
+        """The header's flags word (:data:`FLAG_LAZY`); 0 in tables of earlier versions."""
+        return int(_U32.unpack_from(self._view, _FLAGS_OFFSET)[0])
+
+    def set_flags(self, flags: int) -> None:
+        """Set the header's flags word (then :meth:`publish`)."""
+        _fast.atomic_store_u32(self._view, _FLAGS_OFFSET, flags)
 
     def set_file_status(self, index: int, status: FileStatus) -> None:
         """Set file ``index``'s status (then :meth:`publish`)."""

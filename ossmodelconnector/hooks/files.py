@@ -29,7 +29,7 @@ from typing import IO, Any
 
 from ossmodelconnector.cache.registry import WaitableFile, lookup
 from ossmodelconnector.hooks.patching import PatchSet
-from ossmodelconnector.hooks.waits import wait_range, wait_whole
+from ossmodelconnector.hooks.waits import reader_closed, reader_opened, wait_range, wait_whole
 
 __all__ = ["WaitingFileIO", "install", "open_registered"]
 
@@ -52,6 +52,22 @@ class WaitingFileIO(io.FileIO):
     def __init__(self, file: Any, waitable: WaitableFile, closefd: bool = True, opener: Any = None) -> None:
         super().__init__(file, "r", closefd, opener)
         self.waitable = waitable
+        self._counted = False
+        try:
+            reader_opened(waitable)  # a lazy file starts arriving now, and stays until close()
+        except BaseException:
+            super().close()
+            raise
+        self._counted = True
+
+    def close(self) -> None:
+        """Close the file; the reader it counted for a lazy file is released (once)."""
+        try:
+            super().close()
+        finally:
+            if getattr(self, "_counted", False):
+                self._counted = False
+                reader_closed(self.waitable)
 
     def readinto(self, buffer: Any) -> int | None:
         """Wait for the bytes the read covers, then read them into ``buffer``."""

@@ -30,12 +30,19 @@ import functools
 import logging
 import os
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from ossmodelconnector.cache.registry import WaitableFile, lookup
 from ossmodelconnector.hooks.patching import PatchSet
-from ossmodelconnector.hooks.waits import opening_safetensors, wait_range, wait_whole
+from ossmodelconnector.hooks.waits import (
+    opening_safetensors,
+    reader_closed,
+    reader_opened,
+    wait_range,
+    wait_whole,
+)
 from ossmodelconnector.safetensors_header import LENGTH_PREFIX, header_length, tensor_ranges
 
 __all__ = ["SafeOpenProxy", "SliceProxy", "install", "read_tensor_ranges"]
@@ -118,13 +125,21 @@ class SafeOpenProxy:
         self._real = real
         self._waitable = waitable
         self._ranges = ranges
+        # The reader counted when it was opened is released at __exit__, or when the proxy is dropped
+        # (transformers keeps handles without a with-block); tensors it handed out map the file, which
+        # the lazy files' eviction checks on its own.
+        self._reader = weakref.finalize(self, reader_closed, waitable)
+        self._reader.atexit = False
 
     def __enter__(self) -> SafeOpenProxy:
         self._real.__enter__()
         return self
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> Any:
-        return self._real.__exit__(exc_type, exc_value, traceback)
+        try:
+            return self._real.__exit__(exc_type, exc_value, traceback)
+        finally:
+            self._reader()
 
     def keys(self) -> Any:
         """The tensor names (no wait)."""
@@ -195,9 +210,14 @@ def _make_safe_open(real_safe_open: Any, filename_of: Callable[..., Any]) -> Any
         waitable = lookup(filename) if isinstance(filename, (str, bytes, os.PathLike)) else None
         if waitable is None:
             return real_safe_open(*args, **kwargs)
-        ranges = read_tensor_ranges(filename, waitable)
-        with opening_safetensors():
-            real = real_safe_open(*args, **kwargs)
+        reader_opened(waitable)  # a lazy file starts arriving now; the proxy releases the reader
+        try:
+            ranges = read_tensor_ranges(filename, waitable)
+            with opening_safetensors():
+                real = real_safe_open(*args, **kwargs)
+        except BaseException:
+            reader_closed(waitable)
+            raise
         return SafeOpenProxy(real, waitable, ranges)
 
     return safe_open

@@ -14,27 +14,31 @@ import functools
 import inspect
 import logging
 import types
+from collections.abc import Callable
 from typing import Any
 
 from ossmodelconnector.hooks.patching import PatchSet
-from ossmodelconnector.hooks.waits import inside_safetensors_open, wait_whole, waitable_for
+from ossmodelconnector.hooks.waits import inside_safetensors_open, reading, wait_whole, waitable_for
 
 __all__ = ["install"]
 
 log = logging.getLogger(__name__)
 
 
-def _wait_if_registered(target: object) -> None:
+def _call_when_whole(target: object, call: Callable[[], Any]) -> Any:
+    # The reader count is held until the call returns: a lazy file is not evicted under the load.
     waitable = waitable_for(target)
-    if waitable is not None:
+    if waitable is None:
+        return call()
+    with reading(waitable):
         wait_whole(waitable)
+        return call()
 
 
 def _make_load(real_load: Any) -> Any:
     @functools.wraps(real_load)
     def load(f: Any, *args: Any, **kwargs: Any) -> Any:
-        _wait_if_registered(f)
-        return real_load(f, *args, **kwargs)
+        return _call_when_whole(f, functools.partial(real_load, f, *args, **kwargs))
 
     return load
 
@@ -42,8 +46,7 @@ def _make_load(real_load: Any) -> Any:
 def _make_function_from_file(real_from_file: Any) -> Any:
     @functools.wraps(real_from_file)
     def from_file(filename: Any, *args: Any, **kwargs: Any) -> Any:
-        _wait_if_registered(filename)
-        return real_from_file(filename, *args, **kwargs)
+        return _call_when_whole(filename, functools.partial(real_from_file, filename, *args, **kwargs))
 
     return from_file
 
@@ -51,9 +54,10 @@ def _make_function_from_file(real_from_file: Any) -> Any:
 def _make_storage_from_file(descriptor: Any) -> classmethod[Any, Any, Any]:
     def from_file(cls: type, *args: Any, **kwargs: Any) -> Any:
         filename = args[0] if args else kwargs.get("filename")
-        if not inside_safetensors_open():
-            _wait_if_registered(filename)
-        return descriptor.__get__(None, cls)(*args, **kwargs)
+        real = functools.partial(descriptor.__get__(None, cls), *args, **kwargs)
+        if inside_safetensors_open():
+            return real()
+        return _call_when_whole(filename, real)
 
     from_file.__doc__ = getattr(descriptor, "__doc__", None)
     from_file.__wrapped__ = descriptor  # type: ignore[attr-defined]

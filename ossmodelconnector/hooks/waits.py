@@ -18,6 +18,9 @@ __all__ = [
     "DEFAULT_WAIT_TIMEOUT_S",
     "inside_safetensors_open",
     "opening_safetensors",
+    "reader_closed",
+    "reader_opened",
+    "reading",
     "wait_range",
     "wait_whole",
     "waitable_for",
@@ -78,6 +81,36 @@ def wait_whole(waitable: WaitableFile) -> None:
         ConnectorError: whatever the waitable raises.
     """
     waitable.wait_all(DEFAULT_WAIT_TIMEOUT_S)
+
+
+def reader_opened(waitable: WaitableFile) -> None:
+    """A reader opened the file: a lazy file starts its prefetch and is not evicted until it closes.
+
+    Waitables without reader counts (a prepared directory's eager files) ignore it.
+
+    Raises:
+        ConnectorError: whatever starting the file raises (its directory was closed...).
+    """
+    add = getattr(waitable, "add_reader", None)
+    if add is not None:
+        add()
+
+
+def reader_closed(waitable: WaitableFile) -> None:
+    """Undo one :func:`reader_opened`."""
+    remove = getattr(waitable, "remove_reader", None)
+    if remove is not None:
+        remove()
+
+
+@contextlib.contextmanager
+def reading(waitable: WaitableFile) -> Iterator[None]:
+    """Count a reader for the duration of the block (a ``torch.load`` reading the whole file)."""
+    reader_opened(waitable)
+    try:
+        yield
+    finally:
+        reader_closed(waitable)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,433 @@
+"""Lazy files of prepared directories: fetched when first opened, kept within ``memoryLimitMB`` by evicting
+whole files (least recently used first), released after ``gc.idleSeconds`` without a reader.
+
+::
+
+    prepare_directory(lazy=True): one LazyFile per large file, in the registry (path -> LazyFile)
+    hooks: open / safe_open / load_file / torch.load
+        add_reader()     -> start(): make room (evict idle files, LRU), register or boost every chunk
+        wait(range)      -> start() if evicted meanwhile, then the handle's wait (as in eager mode)
+        remove_reader()  when the file object / safe_open handle closes, or the load returns
+    evict(file): cancel its queued chunks, release its READY chunks (MADV_REMOVE: the tmpfs pages go back
+                 to the system, the shared states go back to EMPTY and are published); entry and size stay
+    collect(idle_s): evict every file not in use and not read for idle_s (the IdleCollector thread of
+                 idle_gc.py, and connector.gc())
+
+A file is *in use*, and never evicted, while its reader count is above zero (open streams, live
+``safe_open`` handles, a ``load_file``/``torch.load`` in progress) or while this process holds a mapping
+of its data segment other than the cache's own: ``safe_open``/``load_file`` hand out tensors that map the
+file with no copy and outlive the handle that made them; punching the pages out would turn those
+tensors into zeros. The cache's own mapping is the only writable shared one (the hooks refuse to open a
+cache file for writing), so any other mapping of the segment in ``/proc/self/maps`` is a reader's.
+
+When every other file is in use, opening one more exceeds the budget (a WARNING says so) rather than
+failing the load or evicting bytes under a reader.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ossmodelconnector.cache.chunk_state import ChunkState
+from ossmodelconnector.errors import ClosedError, IntegrityError
+
+if TYPE_CHECKING:
+    from ossmodelconnector.object_handle import ObjectHandle
+    from ossmodelconnector.objects import ObjectInfo
+    from ossmodelconnector.prefetch import PrefetchScheduler
+
+__all__ = [
+    "STATE_CACHED",
+    "STATE_EVICTED",
+    "STATE_FAILED",
+    "STATE_FETCHING",
+    "STATE_NOT_FETCHED",
+    "LazyFile",
+    "Release",
+    "Residency",
+    "mapped_by_readers",
+]
+
+log = logging.getLogger(__name__)
+
+STATE_NOT_FETCHED = "not fetched"
+STATE_FETCHING = "fetching"
+STATE_CACHED = "cached"
+STATE_EVICTED = "evicted"
+STATE_FAILED = "failed"
+
+_MAPS = "/proc/self/maps"
+
+
+@dataclass(frozen=True)
+class Release:
+    """One file released by an eviction or a garbage collection.
+
+    Args:
+        path: the entry in the prepared directory.
+        nbytes: bytes of memory given back.
+        reason: why (``"least recently used, to make room for ..."``, ``"idle for 12 s ..."``).
+    """
+
+    path: str
+    nbytes: int
+    reason: str
+
+
+class LazyFile:
+    """One large file of a lazily prepared directory; the registry's waitable for its entry.
+
+    Made by ``prepare_directory(lazy=True)``; every method is thread-safe.
+
+    Args:
+        residency: the budget it is kept within.
+        path: its entry in the prepared directory.
+        data_path: its data segment (what ``/proc/self/maps`` names for a mapping of it).
+        info: the object version.
+        start: registers the object with the prefetch scheduler (every chunk queued) and returns its
+            handle; called once, at the first open or wait.
+    """
+
+    def __init__(
+        self,
+        residency: Residency,
+        path: str,
+        data_path: str,
+        info: ObjectInfo,
+        start: Callable[[], ObjectHandle],
+    ) -> None:
+        self.path = path
+        self.data_path = data_path
+        self.info = info
+        self._residency = residency
+        self._start = start
+        self.handle: ObjectHandle | None = None
+        self.resident = False
+        """Started and not evicted since: its chunks are fetched or on their way."""
+        self.readers = 0
+        self.evictions = 0
+        self.last_used = time.monotonic()
+        self.last_used_at: float | None = None
+        """``time.time()`` of the last open, read or close (None before the first)."""
+        self.closed = False
+
+    @property
+    def size(self) -> int:
+        """The object's size in bytes."""
+        return self.info.size
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of its FETCHING and READY chunks: the memory it holds now."""
+        handle = self.handle
+        return 0 if handle is None else handle.buffer.held_bytes
+
+    def wait(self, start: int, end: int, timeout_s: float | None = None) -> None:
+        """Fetch the file if it is not (or no longer) resident, then wait until ``[start, end)`` is READY.
+
+        Raises:
+            RequestTimeoutError: not READY within ``timeout_s``.
+            IntegrityError: the object's CRC-64 does not match (also after a fetch following an eviction).
+            ConnectorError: fetching failed (the worker's error is the cause).
+            ClosedError: the directory was closed.
+        """
+        handle = self._residency.use(self)
+        handle.wait(start, end, timeout_s)
+
+    def wait_all(self, timeout_s: float | None = None) -> None:
+        """Fetch the file if needed and wait until all of it is READY and verified.
+
+        Raises:
+            Same as :meth:`wait`.
+        """
+        self.wait(0, self.size, timeout_s)
+
+    def add_reader(self) -> None:
+        """A reader opened the file: it is in use until :meth:`remove_reader`; starts its prefetch.
+
+        Raises:
+            ClosedError: the directory was closed.
+        """
+        self._residency.add_reader(self)
+
+    def remove_reader(self) -> None:
+        """Undo one :meth:`add_reader` (the file object or handle closed, or the load returned)."""
+        self._residency.remove_reader(self)
+
+    def status(self) -> dict[str, Any]:
+        """``{"size", "state", "percent", "readers", "evictions", "last_used_at"}``; ``state`` one of
+        ``"not fetched"``, ``"fetching"``, ``"cached"``, ``"evicted"``, ``"failed"``."""
+        return self._residency.status(self)
+
+    def close(self) -> None:
+        """Unregister from the scheduler and the budget (the directory is closing). Idempotent."""
+        self._residency.remove(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"<LazyFile {self.path} ({self.size} bytes, {'resident' if self.resident else 'not resident'})>"
+        )
+
+
+class Residency:
+    """The memory budget of lazy files: which are resident, who reads them, which to evict.
+
+    One per connector (``memoryLimitMB`` is a connector setting), shared by its lazy directories.
+
+    Args:
+        scheduler: the prefetch scheduler the files are fetched by.
+        limit_bytes: the most bytes the lazy files may hold at once; None for no limit (then only the
+            garbage collection releases them).
+    """
+
+    def __init__(self, scheduler: PrefetchScheduler, limit_bytes: int | None) -> None:
+        if limit_bytes is not None and limit_bytes < 0:
+            raise ValueError(f"limit_bytes={limit_bytes} must be >= 0, or None for no limit")
+        self.scheduler = scheduler
+        self.limit_bytes = limit_bytes
+        self._lock = threading.RLock()
+        self._files: dict[str, LazyFile] = {}
+
+    # --- membership ---------------------------------------------------------------------------------
+
+    def add(self, file: LazyFile) -> None:
+        """Put a file under this budget (nothing is fetched)."""
+        with self._lock:
+            self._files[file.path] = file
+
+    def remove(self, file: LazyFile) -> None:
+        """Take a file out (its directory closes): its handle is closed, its memory freed. Idempotent."""
+        with self._lock:
+            file.closed = True
+            if self._files.get(file.path) is file:
+                del self._files[file.path]
+            handle, file.handle, file.resident = file.handle, None, False
+        if handle is not None:
+            handle.close()
+
+    def files(self) -> list[LazyFile]:
+        """The files under this budget."""
+        with self._lock:
+            return list(self._files.values())
+
+    def find(self, path: str) -> LazyFile | None:
+        """The file whose entry is ``path`` (absolute), or None."""
+        with self._lock:
+            return self._files.get(path)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes the lazy files hold now (FETCHING and READY chunks)."""
+        with self._lock:
+            return sum(file.held_bytes for file in self._files.values())
+
+    # --- readers ------------------------------------------------------------------------------------
+
+    def use(self, file: LazyFile) -> ObjectHandle:
+        """Record a read of ``file`` and make it resident; returns its handle.
+
+        Raises:
+            ClosedError: the directory was closed.
+        """
+        with self._lock:
+            self._touch(file)
+            if not file.resident:
+                self._start(file)
+            assert file.handle is not None
+            return file.handle
+
+    def add_reader(self, file: LazyFile) -> None:
+        """See :meth:`LazyFile.add_reader`."""
+        with self._lock:
+            self.use(file)
+            file.readers += 1
+
+    def remove_reader(self, file: LazyFile) -> None:
+        """See :meth:`LazyFile.remove_reader`."""
+        with self._lock:
+            if file.readers > 0:
+                file.readers -= 1
+            self._touch(file)
+
+    # --- eviction -----------------------------------------------------------------------------------
+
+    def collect(self, idle_s: float, *, why: str, files: Iterable[LazyFile] | None = None) -> list[Release]:
+        """Evict every file (of ``files``, default all) not in use and not read for ``idle_s`` seconds.
+
+        Args:
+            idle_s: seconds since the last read, ``>= 0`` (0: every file not in use).
+            why: what asked (``"gc.idleSeconds=600"``, ``"connector.gc()"``), for the log.
+            files: limit the collection to these (a directory's own files).
+
+        Returns:
+            What was released.
+        """
+        now = time.monotonic()
+        with self._lock:
+            candidates = [
+                file
+                for file in (self._files.values() if files is None else files)
+                if not file.closed
+                and file.held_bytes
+                and file.readers == 0
+                and now - file.last_used >= idle_s
+            ]
+            mapped = mapped_by_readers(file.data_path for file in candidates)
+            released = []
+            for file in sorted(candidates, key=lambda file: file.last_used):
+                if file.data_path in mapped:
+                    log.debug("%s: not released: a reader still maps it (tensors in use)", file.path)
+                    continue
+                idle = now - file.last_used
+                released.append(self._evict(file, f"not read for {idle:.1f} s ({why})"))
+            return released
+
+    def status(self, file: LazyFile) -> dict[str, Any]:
+        """See :meth:`LazyFile.status`."""
+        with self._lock:
+            handle = file.handle
+            ready = 0
+            state = STATE_NOT_FETCHED
+            if handle is not None:
+                buffer = handle.buffer
+                states = buffer.states()
+                ready = sum(
+                    len(buffer.chunk(i)) for i, value in enumerate(states) if value == ChunkState.READY
+                )
+                if _failed(handle, states):
+                    state = STATE_FAILED
+                elif not file.resident:
+                    state = STATE_EVICTED
+                elif ready == file.size:
+                    state = STATE_CACHED
+                else:
+                    state = STATE_FETCHING
+            elif file.evictions:
+                state = STATE_EVICTED
+            return {
+                "size": file.size,
+                "state": state,
+                "percent": round(100.0 * ready / file.size, 2) if file.size else 100.0,
+                "held_bytes": file.held_bytes,
+                "readers": file.readers,
+                "evictions": file.evictions,
+                "last_used_at": file.last_used_at,
+            }
+
+    # --- internals (lock held) ----------------------------------------------------------------------
+
+    def _touch(self, file: LazyFile) -> None:
+        file.last_used = time.monotonic()
+        file.last_used_at = time.time()
+
+    def _start(self, file: LazyFile) -> None:
+        if file.closed:
+            raise ClosedError(f"{file.path}: its prepared directory is closed; prepare it again to read it")
+        self._make_room(file, file.size - file.held_bytes)
+        if file.handle is None:
+            file.handle = file._start()
+        handle = file.handle
+        # Every chunk not yet there, in file order, ahead of the read-ahead of files opened earlier:
+        # the model being switched to comes first.
+        self.scheduler.boost(handle, range(handle.buffer.count))
+        file.resident = True
+        log.debug("%s: fetching (%d bytes, %d held by lazy files)", file.path, file.size, self.held_bytes)
+
+    def _make_room(self, wanted: LazyFile, need: int) -> None:
+        limit = self.limit_bytes
+        if limit is None:
+            return
+        held = sum(file.held_bytes for file in self._files.values())
+        if held + need <= limit:
+            return
+        candidates = [
+            file
+            for file in self._files.values()
+            if file is not wanted and file.held_bytes and file.readers == 0 and not file.closed
+        ]
+        mapped = mapped_by_readers(file.data_path for file in candidates)
+        for file in sorted(candidates, key=lambda file: file.last_used):
+            if held + need <= limit:
+                return
+            if file.data_path in mapped:
+                continue
+            released = self._evict(
+                file,
+                f"least recently used, to make room for {wanted.path} within memoryLimitMB ({limit} bytes)",
+            )
+            held -= released.nbytes
+        if held + need > limit:
+            log.warning(
+                "%s: fetching its %d bytes exceeds memoryLimitMB (%d bytes; %d held by files in use or "
+                "still mapped by readers): close the files or models no longer needed, or raise "
+                "memoryLimitMB",
+                wanted.path,
+                need,
+                limit,
+                held,
+            )
+
+    def _evict(self, file: LazyFile, reason: str) -> Release:
+        handle = file.handle
+        freed = 0
+        if handle is not None:
+            buffer = handle.buffer
+            with self.scheduler.lock:
+                before = buffer.held_bytes
+                self.scheduler.cancel_queued(handle)
+                for index, value in enumerate(buffer.states()):
+                    if value == ChunkState.READY and not buffer.pinned(index):
+                        buffer.release(index)
+                freed = before - buffer.held_bytes
+        file.resident = False
+        file.evictions += 1
+        log.info("released %s (%d bytes): %s", file.path, freed, reason)
+        return Release(file.path, freed, reason)
+
+
+def _failed(handle: ObjectHandle, states: Sequence[ChunkState]) -> bool:
+    if ChunkState.FAILED in states:
+        return True
+    try:
+        handle.buffer.check_usable()
+    except IntegrityError:
+        return True
+    except ClosedError:
+        return False
+    return False
+
+
+def mapped_by_readers(paths: Iterable[str]) -> set[str]:
+    """Those of ``paths`` (data segments) that this process maps other than as the cache's writer.
+
+    The cache maps each data segment once, writable and shared (``rw-s``); any other mapping of it is a
+    reader's (``safe_open``'s private mapping, an ``mmap`` of an opened file, tensors made from them).
+
+    Args:
+        paths: data segment paths, as ``/proc/self/maps`` shows them.
+
+    Returns:
+        The subset that a reader maps.
+    """
+    wanted = set(paths)
+    if not wanted:
+        return set()
+    found: set[str] = set()
+    try:
+        with open(_MAPS, encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) < 6:
+                    continue
+                path = fields[5].rstrip("\n")
+                if path in wanted and not (fields[1][1] == "w" and fields[1][3] == "s"):
+                    found.add(path)
+    except OSError:
+        # No /proc: nothing tells whether a reader maps the file, so treat every one as mapped.
+        return wanted
+    return found
