@@ -444,12 +444,6 @@ def test_a_foreign_directory_is_refused_before_anything_is_listed(
     assert connector.stats()["requests"] == requests
 
 
-def test_lazy_is_refused_clearly(connector: OssModelConnector, model_bucket: str, tmp_path: Path) -> None:
-    with pytest.raises(ConnectorError, match="lazy mode"):
-        connector.prepare_directory(f"oss://{model_bucket}/{PREFIX}", tmp_path / "m", lazy=True)
-    assert not (tmp_path / "m").exists()
-
-
 def test_a_failed_small_download_reaches_the_caller_and_a_retry_cleans_up(
     make_connector: Callable[..., OssModelConnector],
     localoss_factory: Callable[..., LocalOss],
