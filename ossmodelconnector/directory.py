@@ -49,19 +49,18 @@ from ossmodelconnector.dirsafety import (
 )
 from ossmodelconnector.errors import (
     ClosedError,
-    ConfigError,
     ConnectorError,
     IntegrityError,
     InvalidURIError,
     ObjectNotFoundError,
     UnsafePathError,
 )
-from ossmodelconnector.idle_gc import IdleCollector
+from ossmodelconnector.lazy_directory import LazyFiles, lazy_idle_seconds
 from ossmodelconnector.listing import fast_list
 from ossmodelconnector.objects import ObjectInfo
 from ossmodelconnector.progress import STATE_CACHED, STATE_FAILED, DirectoryProgress, FileProgress
 from ossmodelconnector.read_order import chunk_order, fetch_tensor_ranges
-from ossmodelconnector.residency import LazyFile, Release, Residency
+from ossmodelconnector.residency import Release, Residency
 from ossmodelconnector.uri import parse_oss_uri
 
 if TYPE_CHECKING:
@@ -188,17 +187,7 @@ def prepare_directory(
     started = (time.time(), time.monotonic())
     bucket, prefix = parse_prefix_uri(oss_dir)
     uri = f"oss://{bucket}/{prefix}"
-    if lazy and wait:
-        raise ConfigError(
-            f"prepare_directory({uri!r}, lazy=True, wait=True): lazy mode fetches a file only when it is "
-            "opened, so there is nothing to wait for; pass one of them"
-        )
-    idle_s = config.gc_idle_seconds if gc_idle_seconds is None else gc_idle_seconds
-    if not (isinstance(idle_s, (int, float)) and not isinstance(idle_s, bool) and 0 <= idle_s < float("inf")):
-        raise ConfigError(
-            f"prepare_directory({uri!r}, gc_idle_seconds={gc_idle_seconds!r}): give a number of seconds "
-            ">= 0 (0 = never release idle files), or None for gc.idleSeconds"
-        )
+    idle_s = lazy_idle_seconds(uri, config, lazy=lazy, wait=wait, gc_idle_seconds=gc_idle_seconds)
     _refuse_live_overlap(normalize_model_dir(model_dir))
     check = check_model_dir(model_dir)
     entries = plan_entries(fast_list(client, bucket, prefix, config.fast_list_requests), bucket, prefix)
@@ -232,7 +221,9 @@ def prepare_directory(
         files.sort(key=lambda file: file.name)
         directory = PreparedDirectory(check.path, uri, files, config, show_bar=show_bar, started=started)
         if lazy:
-            directory._make_lazy(residency or Residency(scheduler, config.memory_limit_bytes), float(idle_s))
+            directory._lazy = LazyFiles(
+                residency or Residency(scheduler, config.memory_limit_bytes), idle_s, check.path
+            )
         _reserve(directory)
         if on_start is not None:
             on_start(directory)
@@ -309,11 +300,7 @@ class PreparedDirectory:
         self._links: dict[str, str] = {}
         self._hooks_installed = False
         self._stop_downloads = threading.Event()
-        self.lazy = False
-        self.gc_idle_seconds = 0.0
-        self._residency: Residency | None = None
-        self._lazy_files: dict[str, LazyFile] = {}
-        self._collector: IdleCollector | None = None
+        self._lazy: LazyFiles | None = None
 
     # --- public -------------------------------------------------------------------------------------
 
@@ -353,10 +340,8 @@ class PreparedDirectory:
         if self._closed:
             raise ClosedError(f"{self.model_dir}: the prepared directory is closed; prepare it again")
         stall_s = timeout_s if timeout_s is not None else self._config.wait_timeout_s
-        if self.lazy:  # only the files opened so far are on their way
-            for lazy_file in list(self._lazy_files.values()):
-                if lazy_file.resident:
-                    lazy_file.wait_all(stall_s)
+        if self._lazy is not None:  # only the files opened so far are on their way
+            self._lazy.wait(stall_s)
             return
         self.progress.wait(stall_s)
         failed = {file.name for file in self.progress.failures()}
@@ -384,10 +369,20 @@ class PreparedDirectory:
     def file_states(self) -> dict[str, dict[str, Any]]:
         """Per file path: ``{"size", "state", "percent", ...}`` (see :meth:`stats`)."""
         states = self.progress.snapshot()
-        if not self._closed:
-            for lazy_file in list(self._lazy_files.values()):
-                states[lazy_file.path] = {**states.get(lazy_file.path, {}), **lazy_file.status()}
+        if self._lazy is not None and not self._closed:
+            for path, state in self._lazy.states().items():
+                states[path] = {**states.get(path, {}), **state}
         return states
+
+    @property
+    def lazy(self) -> bool:
+        """Whether large files are fetched only when opened (``prepare_directory(..., lazy=True)``)."""
+        return self._lazy is not None
+
+    @property
+    def gc_idle_seconds(self) -> float:
+        """Seconds without a reader before a lazy file is released (0: never, or not lazy)."""
+        return self._lazy.gc_idle_seconds if self._lazy is not None else 0.0
 
     def collect_idle(self, idle_s: float | None = None, *, why: str | None = None) -> list[Release]:
         """Release this lazy directory's files that no reader uses and nobody read for ``idle_s`` seconds.
@@ -399,11 +394,9 @@ class PreparedDirectory:
         Returns:
             What was released (nothing for a directory that is not lazy, or closed).
         """
-        if self._residency is None or self._closed:
+        if self._lazy is None or self._closed:
             return []
-        idle = self.gc_idle_seconds if idle_s is None else idle_s
-        reason = why or f"gc.idleSeconds={self.gc_idle_seconds:g}"
-        return self._residency.collect(idle, why=reason, files=list(self._lazy_files.values()))
+        return self._lazy.collect(idle_s, why)
 
     def close(self) -> None:
         """Unregister the files, uninstall the hooks, unlink the cache, remove the symlinks. Idempotent.
@@ -416,17 +409,15 @@ class PreparedDirectory:
             self._closed = True
             registered, handles = list(self._registered), list(self._handles.items())
             links, cache, hooks_installed = list(self._links.items()), self._cache, self._hooks_installed
-            collector, lazy_files = self._collector, list(self._lazy_files.values())
+            lazy_first, lazy_last = self._lazy.close_steps() if self._lazy is not None else ([], [])
         self._stop_downloads.set()
         self.progress.freeze()
-        steps: list[tuple[str, Callable[[], None]]] = []
-        if collector is not None:
-            steps.append(("stop the gc.idleSeconds timer", collector.stop))
+        steps: list[tuple[str, Callable[[], None]]] = list(lazy_first)
         steps += [(f"unregister {path}", partial(unregister_file, path)) for path in registered]
         if hooks_installed:
             steps.append(("uninstall the hooks", _uninstall_hooks))
         steps += [(f"close {name}", handle.close) for name, handle in handles]
-        steps += [(f"close {lazy_file.path}", lazy_file.close) for lazy_file in lazy_files]
+        steps += lazy_last
         if cache is not None:
             steps.append(("close the cache", cache.close))
         steps += [(f"remove {path}", partial(_unlink_link, path, target)) for path, target in links]
@@ -466,7 +457,7 @@ class PreparedDirectory:
             cache_dir=self._config.cache_dir,
             memory_limit_bytes=self._config.memory_limit_bytes,
             relative_paths=[file.name for file in large],
-            lazy=self.lazy,
+            lazy=self._lazy is not None,
         )
         try:
             with self._while_open():
@@ -483,8 +474,8 @@ class PreparedDirectory:
         with self._while_open():  # before the workers start: importing the hooks competes with them
             _install_hooks()
             self._hooks_installed = True
-        if self.lazy:
-            self._register_lazy(client, scheduler, cache, large)
+        if self._lazy is not None:
+            self._register_lazy(self._lazy, client, scheduler, cache, large)
             return
         # Fetching starts once every entry exists (a framework globbing the directory sees them all), and
         # with the scheduler's lock held throughout, so that the first chunk of every file is queued
@@ -511,30 +502,22 @@ class PreparedDirectory:
                 register_file(file.path, self._handles[file.name])
                 self._registered.append(file.path)
 
-    def _make_lazy(self, residency: Residency, gc_idle_seconds: float) -> None:
-        self.lazy = True
-        self.gc_idle_seconds = gc_idle_seconds
-        self._residency = residency
-
     def _register_lazy(
-        self, client: OssClient, scheduler: PrefetchScheduler, cache: SharedCache, large: list[PreparedFile]
+        self,
+        lazy: LazyFiles,
+        client: OssClient,
+        scheduler: PrefetchScheduler,
+        cache: SharedCache,
+        large: list[PreparedFile],
     ) -> None:
-        # Entries and registry first, nothing fetched: the first open (or wait) of a file starts it.
-        residency = self._residency
-        assert residency is not None
+        # Entries in the registry, nothing fetched: the first open (or wait) of a file starts it.
         for index, file in enumerate(large):
             start = partial(self._start_lazy_file, client, scheduler, cache, index, file)
-            lazy_file = LazyFile(residency, file.path, cache.data_path(index), file.info, start)
             with self._while_open():
-                self._lazy_files[file.name] = lazy_file
-                residency.add(lazy_file)
-        for file in large:
-            with self._while_open():
-                register_file(file.path, self._lazy_files[file.name])
+                register_file(file.path, lazy.add(file.path, cache.data_path(index), file.info, start))
                 self._registered.append(file.path)
-        if self.gc_idle_seconds > 0:
-            with self._while_open():
-                self._collector = IdleCollector(self.collect_idle, self.gc_idle_seconds, name=self.model_dir)
+        with self._while_open():
+            lazy.start_timer(self.collect_idle)
 
     def _start_lazy_file(
         self,
