@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -137,7 +137,7 @@ def rclone_mount(server: LocalOss, mountpoint: Path) -> Iterator[Path]:
             process.wait()
 
 
-def download(server: LocalOss, name: str, target: Path, connections: int) -> Path:
+def download(server: LocalOss, name: str, *, target: Path, connections: int) -> Path:
     import oss2
 
     bucket = oss2.Bucket(oss2.Auth(server.access_key_id, server.access_key_secret), server.endpoint, BUCKET)
@@ -180,22 +180,20 @@ def one_rep(
                     prefetch_workers=args.workers,
                 ) as connector:
                     folder = scratch / "Stable-diffusion"
-                    prepare_s, _ = timed(
-                        lambda: connector.prepare_directory(f"oss://{BUCKET}/{PREFIX}", folder, lazy=True)
-                    )
-                    switch_s, _ = timed(lambda: model.load(folder / switch_to))
-                    hash_s, digest = timed(lambda: sha256_in_blocks(folder / hash_of))
+                    uri = f"oss://{BUCKET}/{PREFIX}"
+                    prepare_s, _ = timed(partial(connector.prepare_directory, uri, folder, lazy=True))
+                    switch_s, _ = timed(partial(model.load, folder / switch_to))
+                    hash_s, digest = timed(partial(sha256_in_blocks, folder / hash_of))
                     results[contender] = {"prepare": prepare_s, "switch": switch_s, "hash": hash_s}
             elif contender == RCLONE:
                 with rclone_mount(server, scratch / "mnt") as folder:
-                    switch_s, _ = timed(lambda: model.load(folder / switch_to))
-                    hash_s, digest = timed(lambda: sha256_in_blocks(folder / hash_of))
+                    switch_s, _ = timed(partial(model.load, folder / switch_to))
+                    hash_s, digest = timed(partial(sha256_in_blocks, folder / hash_of))
                 results[contender] = {"switch": switch_s, "hash": hash_s}
             else:
-                switch_s, _ = timed(lambda: model.load(download(server, switch_to, scratch, connections)))
-                hash_s, digest = timed(
-                    lambda: sha256_in_blocks(download(server, hash_of, scratch, connections))
-                )
+                fetch = partial(download, server, target=scratch, connections=connections)
+                switch_s, _ = timed(lambda: model.load(fetch(switch_to)))  # noqa: B023 - called at once
+                hash_s, digest = timed(lambda: sha256_in_blocks(fetch(hash_of)))  # noqa: B023
                 results[contender] = {"switch": switch_s, "hash": hash_s}
             if digest != expected_hash:
                 raise AssertionError(f"{contender}: sha256 of {hash_of} differs from the source")
@@ -278,12 +276,12 @@ def report(reps: list[dict[str, dict[str, float]]], args: argparse.Namespace) ->
         "GB/s",
         "x connector",
     ]
-    prepare, prepare_text = _figure(reps, CONNECTOR, "prepare")
+    _, prepare_text = _figure(reps, CONNECTOR, "prepare")
     table = markdown_table(header, rows)
     body = (
         f"A folder of {args.models} checkpoints of {args.size_mib} MiB in localoss (loopback, unthrottled); "
-        f"each figure switches to a checkpoint no contender state has fetched yet, {args.reps} reps, shuffled "
-        f"order. Connector: `prefetch.vcpus={args.vcpus}`, `prefetch.workers={args.workers}`, "
+        f"each figure switches to a checkpoint no contender state has fetched yet, {args.reps} reps, "
+        f"shuffled order. Connector: `prefetch.vcpus={args.vcpus}`, `prefetch.workers={args.workers}`, "
         f"`memoryLimitMB` = 2 checkpoints; its `prepare_directory(lazy=True)` of the folder took "
         f"{prepare_text} (nothing large fetched), not counted in the switch.\n\n{table}\n\n"
         "rclone: `rclone mount` of the bucket through localoss's S3 dialect, `--vfs-cache-mode off`, mounted "
@@ -293,7 +291,6 @@ def report(reps: list[dict[str, dict[str, float]]], args: argparse.Namespace) ->
     print(body)
     if not args.no_write:
         write_section("switch_model", body)
-    del prepare
 
 
 if __name__ == "__main__":
