@@ -4,10 +4,13 @@ whole files (least recently used first), released after ``gc.idleSeconds`` witho
 ::
 
     prepare_directory(lazy=True): one LazyFile per large file, in the registry (path -> LazyFile)
-    hooks: open / safe_open / load_file / torch.load
-        add_reader()     -> start(): make room (evict idle files, LRU), register or boost every chunk
-        wait(range)      -> start() if evicted meanwhile, then the handle's wait (as in eager mode)
-        remove_reader()  when the file object / safe_open handle closes, or the load returns
+    hooks: open / safe_open / load_file / torch.load, per file:
+        add_reader() ... remove_reader()   while a file object / safe_open handle is open, a load runs
+        wait(range)      (safe_open, load_file, torch.load, any other open): a model load: start() the
+                         whole file: make room (evict idle files, LRU), every chunk queued in file order
+        wait_read(range, sequential)  (open() streams): the whole file once the stream has read
+                         DEFAULT_SEQUENTIAL_BYTES in order (hashing, a load); before that only the
+                         chunks read are fetched (the web UI's listing peeks at every checkpoint)
     evict(file): cancel its queued chunks, release its READY chunks (MADV_REMOVE: the tmpfs pages go back
                  to the system, the shared states go back to EMPTY and are published); entry and size stay
     collect(idle_s): evict every file not in use and not read for idle_s (the IdleCollector thread of
@@ -22,6 +25,11 @@ cache file for writing), so any other mapping of the segment in ``/proc/self/map
 
 When every other file is in use, opening one more exceeds the budget (a WARNING says so) rather than
 failing the load or evicting bytes under a reader.
+
+Why a plain ``open()`` does not start the whole file at once: the web UI opens every checkpoint when it
+lists them (the legacy short hash reads 64 KiB at offset 1 MiB; the safetensors metadata is read from
+the header), and fetching every file whole for that would churn the budget. A load (``safe_open``,
+``load_file``, ``torch.load``) or a sequential read (the sha256 in 1 MiB blocks) starts it whole.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ if TYPE_CHECKING:
     from ossmodelconnector.prefetch import PrefetchScheduler
 
 __all__ = [
+    "DEFAULT_SEQUENTIAL_BYTES",
     "STATE_CACHED",
     "STATE_EVICTED",
     "STATE_FAILED",
@@ -62,6 +71,10 @@ STATE_EVICTED = "evicted"
 STATE_FAILED = "failed"
 
 _MAPS = "/proc/self/maps"
+
+DEFAULT_SEQUENTIAL_BYTES = 4 << 20
+"""An ``open()`` stream that has read this many bytes in order (or half the file, if less) is reading
+the file through: its whole prefetch starts. Smaller peeks fetch only the chunks they read."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +149,20 @@ class LazyFile:
             ConnectorError: fetching failed (the worker's error is the cause).
             ClosedError: the directory was closed.
         """
-        handle = self._residency.use(self)
+        handle = self._residency.use(self, whole=True, need=self.size)
+        handle.wait(start, end, timeout_s)
+
+    def wait_read(self, start: int, end: int, timeout_s: float | None = None, *, sequential: int) -> None:
+        """Wait for ``[start, end)`` for an ``open()`` stream that has read ``sequential`` bytes in order.
+
+        A stream reading the file through (``sequential`` reaches :data:`DEFAULT_SEQUENTIAL_BYTES`, or half
+        the file) starts the whole file's prefetch; a peek fetches only the chunks it reads.
+
+        Raises:
+            Same as :meth:`wait`.
+        """
+        whole = sequential >= min(DEFAULT_SEQUENTIAL_BYTES, self.size // 2)
+        handle = self._residency.use(self, whole=whole, need=self.size if whole else end - start)
         handle.wait(start, end, timeout_s)
 
     def wait_all(self, timeout_s: float | None = None) -> None:
@@ -148,7 +174,7 @@ class LazyFile:
         self.wait(0, self.size, timeout_s)
 
     def add_reader(self) -> None:
-        """A reader opened the file: it is in use until :meth:`remove_reader`; starts its prefetch.
+        """A reader opened the file: it is in use (never evicted) until :meth:`remove_reader`.
 
         Raises:
             ClosedError: the directory was closed.
@@ -228,23 +254,37 @@ class Residency:
 
     # --- readers ------------------------------------------------------------------------------------
 
-    def use(self, file: LazyFile) -> ObjectHandle:
-        """Record a read of ``file`` and make it resident; returns its handle.
+    def use(self, file: LazyFile, *, whole: bool, need: int) -> ObjectHandle:
+        """Record a read of ``file``; returns its handle, registered with the scheduler.
+
+        Args:
+            file: the file.
+            whole: fetch all of it (a load): every chunk queued, ahead of older read-ahead. False: only
+                what the read waits for is fetched (the wait demands it).
+            need: bytes about to be held, to make room for within the budget.
 
         Raises:
             ClosedError: the directory was closed.
         """
         with self._lock:
+            _check_open(file)
             self._touch(file)
-            if not file.resident:
+            if whole and not file.resident:
                 self._start(file)
+            elif not file.resident:
+                self._make_room(file, need)
+                if file.handle is None:
+                    with self.scheduler.lock:  # no worker takes a chunk before the queue is emptied
+                        file.handle = file._start()
+                        self.scheduler.cancel_queued(file.handle)
             assert file.handle is not None
             return file.handle
 
     def add_reader(self, file: LazyFile) -> None:
         """See :meth:`LazyFile.add_reader`."""
         with self._lock:
-            self.use(file)
+            _check_open(file)
+            self._touch(file)
             file.readers += 1
 
     def remove_reader(self, file: LazyFile) -> None:
@@ -301,12 +341,13 @@ class Residency:
                 )
                 if _failed(handle, states):
                     state = STATE_FAILED
-                elif not file.resident:
-                    state = STATE_EVICTED
                 elif ready == file.size:
                     state = STATE_CACHED
-                else:
+                elif file.resident:
                     state = STATE_FETCHING
+                elif file.evictions:
+                    state = STATE_EVICTED
+                # else only peeked at (chunks read, the whole file never asked for): still not fetched
             elif file.evictions:
                 state = STATE_EVICTED
             return {
@@ -326,8 +367,6 @@ class Residency:
         file.last_used_at = time.time()
 
     def _start(self, file: LazyFile) -> None:
-        if file.closed:
-            raise ClosedError(f"{file.path}: its prepared directory is closed; prepare it again to read it")
         self._make_room(file, file.size - file.held_bytes)
         if file.handle is None:
             file.handle = file._start()
@@ -384,10 +423,16 @@ class Residency:
                     if value == ChunkState.READY and not buffer.pinned(index):
                         buffer.release(index)
                 freed = before - buffer.held_bytes
+        if file.resident:  # a file only peeked at was never fetched: it stays "not fetched"
+            file.evictions += 1
         file.resident = False
-        file.evictions += 1
         log.info("released %s (%d bytes): %s", file.path, freed, reason)
         return Release(file.path, freed, reason)
+
+
+def _check_open(file: LazyFile) -> None:
+    if file.closed:
+        raise ClosedError(f"{file.path}: its prepared directory is closed; prepare it again to read it")
 
 
 def _failed(handle: ObjectHandle, states: Sequence[ChunkState]) -> bool:

@@ -29,7 +29,13 @@ from typing import IO, Any
 
 from ossmodelconnector.cache.registry import WaitableFile, lookup
 from ossmodelconnector.hooks.patching import PatchSet
-from ossmodelconnector.hooks.waits import reader_closed, reader_opened, wait_range, wait_whole
+from ossmodelconnector.hooks.waits import (
+    DEFAULT_WAIT_TIMEOUT_S,
+    reader_closed,
+    reader_opened,
+    wait_range,
+    wait_whole,
+)
 
 __all__ = ["WaitingFileIO", "install", "open_registered"]
 
@@ -52,6 +58,8 @@ class WaitingFileIO(io.FileIO):
     def __init__(self, file: Any, waitable: WaitableFile, closefd: bool = True, opener: Any = None) -> None:
         super().__init__(file, "r", closefd, opener)
         self.waitable = waitable
+        self._run_end = -1  # where the last read ended, and how many bytes were read in order up to it
+        self._run_bytes = 0
         self._counted = False
         try:
             reader_opened(waitable)  # a lazy file starts arriving now, and stays until close()
@@ -94,9 +102,19 @@ class WaitingFileIO(io.FileIO):
         return super().fileno()
 
     def _wait_from_here(self, length: int) -> None:
-        if length > 0:
-            position = self.tell()
+        if length <= 0:
+            return
+        position = self.tell()
+        self._run_bytes = self._run_bytes + length if position == self._run_end else length
+        self._run_end = position + length
+        wait_read = getattr(self.waitable, "wait_read", None)
+        if wait_read is None:
             wait_range(self.waitable, position, position + length)
+            return
+        # A lazy file: a stream reading it through gets the whole file queued, a peek only its chunks.
+        end = min(position + length, self.waitable.size)
+        if position < end:
+            wait_read(position, end, DEFAULT_WAIT_TIMEOUT_S, sequential=self._run_bytes)
 
 
 def open_registered(

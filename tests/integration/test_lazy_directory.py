@@ -213,7 +213,7 @@ def test_a_file_being_read_is_never_evicted(
     connector.prepare_directory(f"oss://{sd_bucket}/{PREFIX}", model_dir, lazy=True)
     caplog.set_level(logging.INFO, logger="ossmodelconnector")
     with open(model_dir / "A.safetensors", "rb") as reading_a:
-        head = reading_a.read(MIB)
+        head = reading_a.read(2 * MIB)  # reading it through: the whole file is fetched
         held_tensors = load_file(model_dir / "B.safetensors")  # zero-copy: maps B after the load returns
         for name in ("C.safetensors", "D.safetensors"):
             _load_like_the_web_ui(model_dir / name)
@@ -222,8 +222,8 @@ def test_a_file_being_read_is_never_evicted(
         assert states["A.safetensors"] == "cached" and states["B.safetensors"] == "cached"
         assert states["C.safetensors"] == "evicted" and states["D.safetensors"] == "cached"
         assert any("exceeds memoryLimitMB" in record.getMessage() for record in caplog.records)
-        assert reading_a.read() == FILES["A.safetensors"][MIB:]
-    assert head == FILES["A.safetensors"][:MIB]
+        assert reading_a.read() == FILES["A.safetensors"][2 * MIB :]
+    assert head == FILES["A.safetensors"][: 2 * MIB]
     for key, expected in TENSORS["B.safetensors"].items():
         assert torch.equal(held_tensors[key], expected)  # never zeroed under its holder
     del held_tensors
@@ -237,6 +237,34 @@ def test_a_file_being_read_is_never_evicted(
     assert all(item["reason"].endswith("(connector.gc())") for item in released)
     assert _resident_bytes(model_dir) == 0
     assert connector.stats()["lazy_held_bytes"] == 0
+
+
+def test_listing_peeks_fetch_only_what_they_read(
+    make_connector: Callable[..., OssModelConnector], sd_bucket: str, tmp_path: Path
+) -> None:
+    connector = make_connector()
+    model_dir = tmp_path / "models"
+    connector.prepare_directory(f"oss://{sd_bucket}/{PREFIX}", model_dir, lazy=True)
+    # What the web UI does to every checkpoint when it lists them: the legacy short hash (64 KiB at
+    # offset 1 MiB) and, for safetensors, the metadata in the header.
+    for name in LARGE:
+        with open(model_dir / name, "rb") as stream:
+            stream.seek(0x100000)
+            assert stream.read(0x10000) == FILES[name][0x100000:0x110000]
+        if name.endswith(".safetensors"):
+            with open(model_dir / name, "rb") as stream:
+                length = int.from_bytes(stream.read(8), "little")
+                assert json.loads(stream.read(length))["__metadata__"] == {"format": "pt"}
+    records = _requests(connector)
+    for name in LARGE:  # the first two 1 MiB chunks at most, never the whole file
+        assert 0 < _bytes_fetched(records, name) <= 2 * MIB < len(FILES[name]), name
+    assert set(_states(connector, model_dir).values()) == {"not fetched"}
+    # A load afterwards fetches the rest.
+    _load_like_the_web_ui(model_dir / "B.safetensors")
+    assert connector.status(model_dir / "B.safetensors")["state"] == "cached"
+    # Its peeked chunks may have been released meanwhile (seven peeks exceed the limit): at most those twice.
+    size = len(FILES["B.safetensors"])
+    assert size <= _bytes_fetched(_requests(connector), "B.safetensors") <= size + 2 * MIB
 
 
 def _mapping_rss(path: str) -> int:
@@ -270,7 +298,7 @@ def test_idle_files_are_released_by_the_timer_and_files_in_use_are_kept(
     assert _mapping_rss(segment_a) > 0  # the cache's own mapping holds A's pages
     free_before = os.statvfs("/dev/shm").f_bfree
     with open(model_dir / "B.safetensors", "rb") as in_use:
-        in_use.read(10)
+        in_use.read(2 * MIB)  # reading it through: fetched whole, and in use while open
         released = threading.Event()
 
         def a_released() -> bool:
@@ -285,7 +313,7 @@ def test_idle_files_are_released_by_the_timer_and_files_in_use_are_kept(
         threading.Event().wait(1.0)  # B stays in use well past the idle time
         assert connector.status(model_dir / "B.safetensors")["state"] in ("cached", "fetching")
         assert os.stat(model_dir / "B.safetensors").st_blocks > 0
-        assert in_use.read() == FILES["B.safetensors"][10:]
+        assert in_use.read() == FILES["B.safetensors"][2 * MIB :]
     assert os.stat(segment_a).st_blocks == 0
     assert _mapping_rss(segment_a) == 0  # and the process's RSS no longer holds them
     assert os.statvfs("/dev/shm").f_bfree >= free_before - 1  # other tests may allocate meanwhile

@@ -98,6 +98,22 @@ def test_nothing_is_fetched_until_first_use_then_the_whole_file_is(scheduler: Pr
     assert first.status()["readers"] == 0
 
 
+def test_a_peek_fetches_only_its_chunks_and_reading_through_fetches_the_whole_file(
+    scheduler: PrefetchScheduler,
+) -> None:
+    residency = Residency(scheduler, None)
+    (peeked,), (source,) = _files(residency, scheduler, 1)
+    peeked.add_reader()  # an open() alone fetches nothing
+    assert source.fetched == 0 and peeked.status()["state"] == "not fetched"
+    peeked.wait_read(CHUNK + 1, CHUNK + 9, 10, sequential=8)
+    assert source.fetched == CHUNK and peeked.status()["state"] == "not fetched"
+    assert peeked.status()["percent"] == round(100 / 3, 2)
+    peeked.wait_read(0, SIZE // 2, 10, sequential=SIZE // 2)  # reading it through: the whole file
+    peeked.wait_all(10)
+    assert source.fetched == SIZE and peeked.status()["state"] == "cached"
+    peeked.remove_reader()
+
+
 def test_least_recently_used_file_is_evicted_and_fetched_again(scheduler: PrefetchScheduler) -> None:
     residency = Residency(scheduler, 2 * SIZE)
     (a, b, c), (source_a, _, _) = _files(residency, scheduler, 3)
