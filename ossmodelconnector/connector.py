@@ -383,10 +383,12 @@ class OssModelConnector:
                 f"gc(idle_seconds={idle_seconds!r}): give seconds >= 0, or None for gc.idleSeconds"
             )
         with self._lock:
-            directories = [directory for directory in self._prepared.values() if directory.lazy]
+            lazy = [directory.lazy_files for directory in self._prepared.values() if not directory.closed]
         released = []
-        for directory in directories:
-            for release in directory.collect_idle(idle_seconds, why="connector.gc()"):
+        for files in lazy:
+            if files is None:
+                continue
+            for release in files.collect(idle_seconds, why="connector.gc()"):
                 released.append({"path": release.path, "bytes": release.nbytes, "reason": release.reason})
         return released
 

@@ -60,7 +60,7 @@ from ossmodelconnector.listing import fast_list
 from ossmodelconnector.objects import ObjectInfo
 from ossmodelconnector.progress import STATE_CACHED, STATE_FAILED, DirectoryProgress, FileProgress
 from ossmodelconnector.read_order import chunk_order, fetch_tensor_ranges
-from ossmodelconnector.residency import Release, Residency
+from ossmodelconnector.residency import Residency
 from ossmodelconnector.uri import parse_oss_uri
 
 if TYPE_CHECKING:
@@ -221,7 +221,7 @@ def prepare_directory(
         files.sort(key=lambda file: file.name)
         directory = PreparedDirectory(check.path, uri, files, config, show_bar=show_bar, started=started)
         if lazy:
-            directory._lazy = LazyFiles(
+            directory.lazy_files = LazyFiles(
                 residency or Residency(scheduler, config.memory_limit_bytes), idle_s, check.path
             )
         _reserve(directory)
@@ -300,7 +300,8 @@ class PreparedDirectory:
         self._links: dict[str, str] = {}
         self._hooks_installed = False
         self._stop_downloads = threading.Event()
-        self._lazy: LazyFiles | None = None
+        self.lazy_files: LazyFiles | None = None
+        """The lazy side (``prepare_directory(..., lazy=True)``): files, ``gc_idle_seconds``, ``collect``."""
 
     # --- public -------------------------------------------------------------------------------------
 
@@ -340,8 +341,8 @@ class PreparedDirectory:
         if self._closed:
             raise ClosedError(f"{self.model_dir}: the prepared directory is closed; prepare it again")
         stall_s = timeout_s if timeout_s is not None else self._config.wait_timeout_s
-        if self._lazy is not None:  # only the files opened so far are on their way
-            self._lazy.wait(stall_s)
+        if self.lazy_files is not None:  # only the files opened so far are on their way
+            self.lazy_files.wait(stall_s)
             return
         self.progress.wait(stall_s)
         failed = {file.name for file in self.progress.failures()}
@@ -369,34 +370,10 @@ class PreparedDirectory:
     def file_states(self) -> dict[str, dict[str, Any]]:
         """Per file path: ``{"size", "state", "percent", ...}`` (see :meth:`stats`)."""
         states = self.progress.snapshot()
-        if self._lazy is not None and not self._closed:
-            for path, state in self._lazy.states().items():
+        if self.lazy_files is not None and not self._closed:
+            for path, state in self.lazy_files.states().items():
                 states[path] = {**states.get(path, {}), **state}
         return states
-
-    @property
-    def lazy(self) -> bool:
-        """Whether large files are fetched only when opened (``prepare_directory(..., lazy=True)``)."""
-        return self._lazy is not None
-
-    @property
-    def gc_idle_seconds(self) -> float:
-        """Seconds without a reader before a lazy file is released (0: never, or not lazy)."""
-        return self._lazy.gc_idle_seconds if self._lazy is not None else 0.0
-
-    def collect_idle(self, idle_s: float | None = None, *, why: str | None = None) -> list[Release]:
-        """Release this lazy directory's files that no reader uses and nobody read for ``idle_s`` seconds.
-
-        Args:
-            idle_s: seconds; None: this directory's ``gc_idle_seconds`` (0 there: every file not in use).
-            why: what asked, for the log line; the ``gc.idleSeconds`` timer by default.
-
-        Returns:
-            What was released (nothing for a directory that is not lazy, or closed).
-        """
-        if self._lazy is None or self._closed:
-            return []
-        return self._lazy.collect(idle_s, why)
 
     def close(self) -> None:
         """Unregister the files, uninstall the hooks, unlink the cache, remove the symlinks. Idempotent.
@@ -409,7 +386,7 @@ class PreparedDirectory:
             self._closed = True
             registered, handles = list(self._registered), list(self._handles.items())
             links, cache, hooks_installed = list(self._links.items()), self._cache, self._hooks_installed
-            lazy_first, lazy_last = self._lazy.close_steps() if self._lazy is not None else ([], [])
+            lazy_first, lazy_last = self.lazy_files.close_steps() if self.lazy_files is not None else ([], [])
         self._stop_downloads.set()
         self.progress.freeze()
         steps: list[tuple[str, Callable[[], None]]] = list(lazy_first)
@@ -457,7 +434,7 @@ class PreparedDirectory:
             cache_dir=self._config.cache_dir,
             memory_limit_bytes=self._config.memory_limit_bytes,
             relative_paths=[file.name for file in large],
-            lazy=self._lazy is not None,
+            lazy=self.lazy_files is not None,
         )
         try:
             with self._while_open():
@@ -474,8 +451,8 @@ class PreparedDirectory:
         with self._while_open():  # before the workers start: importing the hooks competes with them
             _install_hooks()
             self._hooks_installed = True
-        if self._lazy is not None:
-            self._register_lazy(self._lazy, client, scheduler, cache, large)
+        if self.lazy_files is not None:
+            self._register_lazy(self.lazy_files, client, scheduler, cache, large)
             return
         # Fetching starts once every entry exists (a framework globbing the directory sees them all), and
         # with the scheduler's lock held throughout, so that the first chunk of every file is queued
@@ -517,7 +494,7 @@ class PreparedDirectory:
                 register_file(file.path, lazy.add(file.path, cache.data_path(index), file.info, start))
                 self._registered.append(file.path)
         with self._while_open():
-            lazy.start_timer(self.collect_idle)
+            lazy.start_timer()
 
     def _start_lazy_file(
         self,

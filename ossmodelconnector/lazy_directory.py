@@ -5,7 +5,7 @@
     lazy_idle_seconds(...)      the options checked before anything is touched
     LazyFiles(residency, idle_s)
         add(path, data_path, info, start) -> LazyFile     one per large file (nothing fetched)
-        start_timer(collect)                              the gc.idleSeconds timer (idle_gc.py)
+        start_timer()                                     the gc.idleSeconds timer (idle_gc.py)
         collect(idle_s, why)                              release idle files (timer, connector.gc())
         states() / wait() / close_steps()                 what PreparedDirectory reports, waits for, undoes
 
@@ -97,22 +97,28 @@ class LazyFiles:
         self.residency.add(lazy_file)
         return lazy_file
 
-    def start_timer(self, collect: Callable[[], object]) -> None:
-        """Start the ``gc.idleSeconds`` timer calling ``collect`` (a bound method, held weakly)."""
+    def start_timer(self) -> None:
+        """Start the ``gc.idleSeconds`` timer (none when it is 0); it holds this object weakly."""
         if self.gc_idle_seconds > 0 and self._collector is None:
-            self._collector = IdleCollector(collect, self.gc_idle_seconds, name=self.model_dir)
+            self._collector = IdleCollector(self._collect_idle, self.gc_idle_seconds, name=self.model_dir)
+
+    def _collect_idle(self) -> None:
+        self.collect(None, None)
 
     def files(self) -> list[LazyFile]:
         """Every lazy file, in entry order."""
         with self._lock:
             return list(self._files.values())
 
-    def collect(self, idle_s: float | None, why: str | None) -> list[Release]:
+    def collect(self, idle_s: float | None = None, why: str | None = None) -> list[Release]:
         """Release the files no reader uses and nobody read for ``idle_s`` (None: ``gc_idle_seconds``).
+
+        A file is in use while it is open (a stream, a ``safe_open`` handle, a load in progress) or while
+        tensors made from it map it. Closed files (their directory closed) are skipped.
 
         Args:
             idle_s: seconds; None: ``gc_idle_seconds`` (0 there: every file not in use).
-            why: what asked, for the log line; the timer by default.
+            why: what asked, for the log line; the ``gc.idleSeconds`` timer by default.
 
         Returns:
             What was released.

@@ -168,7 +168,7 @@ def test_lazy_prepare_fetches_nothing_large_and_switching_stays_within_the_limit
     ]
     assert _resident_bytes(model_dir) == 0
     assert set(_states(connector, model_dir).values()) == {"not fetched"}
-    assert prepared.lazy and prepared.placement == "shm"
+    assert prepared.lazy_files is not None and prepared.placement == "shm"
 
     sampler = _Sampler(connector, model_dir)
     try:
@@ -292,7 +292,7 @@ def test_idle_files_are_released_by_the_timer_and_files_in_use_are_kept(
     prepared = connector.prepare_directory(
         f"oss://{sd_bucket}/{PREFIX}", model_dir, lazy=True, gc_idle_seconds=0.3
     )
-    assert prepared.gc_idle_seconds == 0.3
+    assert prepared.lazy_files is not None and prepared.lazy_files.gc_idle_seconds == 0.3
     segment_a = os.path.realpath(model_dir / "A.safetensors")
     _load_like_the_web_ui(model_dir / "A.safetensors")
     assert _mapping_rss(segment_a) > 0  # the cache's own mapping holds A's pages
@@ -337,7 +337,7 @@ def test_gc_settings_come_from_the_nested_config_and_the_timer_thread_goes_with_
     connector = make_connector(gc={"idleSeconds": 45})
     assert connector.config.gc_idle_seconds == 45
     prepared = connector.prepare_directory(f"oss://{sd_bucket}/{PREFIX}", tmp_path / "m", lazy=True)
-    assert prepared.gc_idle_seconds == 45
+    assert prepared.lazy_files is not None and prepared.lazy_files.gc_idle_seconds == 45
     assert any(thread.name.startswith("ossmodelconnector-gc") for thread in threading.enumerate())
     connector.close()
     assert not any(thread.name.startswith("ossmodelconnector-gc") for thread in threading.enumerate())
