@@ -303,13 +303,16 @@ class OssModelConnector:
         Returns:
             ``requests``, ``retries``, ``bytes`` (fetched), ``errors``, ``connections``,
             ``elapsed_s``, ``throughput_gbps`` (bytes fetched per second of the connector's life, in
-            GB/s), ``held_bytes`` (memory the cache holds now) and ``open_streams``; for prepared
+            GB/s), ``held_bytes`` (memory the cache holds now; ``lazy_held_bytes`` of it by lazy
+            directories' files, kept within ``memory_limit_bytes``) and ``open_streams``; for prepared
             directories: ``time_to_first_byte_s`` (of the latest prepare: seconds from its start to its
             first byte on local storage; None before), ``directories`` (``{model_dir: {"uri",
             "placement", "files", "bytes", "started_at", "ready_at", "finished_at", "seconds",
             "throughput_gbps", "time_to_first_byte_s", "failed", "closed", ...}}``) and ``files``
             (``{path: {"size", "state", "percent", "first_byte_at", "done_at"}}``, ``state`` one of
-            ``"not fetched"``, ``"fetching"``, ``"cached"``, ``"failed"``; times are ``time.time()``).
+            ``"not fetched"``, ``"fetching"``, ``"cached"``, ``"evicted"``, ``"failed"``; a lazy file
+            also has ``"readers"``, ``"evictions"``, ``"held_bytes"``, ``"last_used_at"``; times are
+            ``time.time()``).
         """
         stats: dict[str, Any] = dict(self._client.stats())
         elapsed = time.monotonic() - self._started

@@ -459,17 +459,7 @@ class PreparedDirectory:
         # before any worker starts on a body: transformers opens every shard before reading a tensor.
         with scheduler.lock:
             for index, file in enumerate(large):
-                with self._while_open():
-                    handle = scheduler.register(
-                        file.info,
-                        self.progress.track(file.name, client.make_fetch_into(file.info)),
-                        chunk_size=self._config.chunk_size,
-                        backing=cache.backing(index),
-                        evictable=False,
-                        first_chunk_first=True,
-                    )
-                    self._handles[file.name] = handle
-                self.progress.set_verdict(file.name, partial(_verdict, handle))
+                self._register_large(client, scheduler, cache, index, file, eager=True)
             order = chunk_order(
                 [file.size for file in large], [file.tensors for file in large], self._config.chunk_size
             )
@@ -489,21 +479,25 @@ class PreparedDirectory:
     ) -> None:
         # Entries in the registry, nothing fetched: the first open (or wait) of a file starts it.
         for index, file in enumerate(large):
-            start = partial(self._start_lazy_file, client, scheduler, cache, index, file)
+            start = partial(self._register_large, client, scheduler, cache, index, file)
             with self._while_open():
                 register_file(file.path, lazy.add(file.path, cache.data_path(index), file.info, start))
                 self._registered.append(file.path)
         with self._while_open():
             lazy.start_timer()
 
-    def _start_lazy_file(
+    def _register_large(
         self,
         client: OssClient,
         scheduler: PrefetchScheduler,
         cache: SharedCache,
         index: int,
         file: PreparedFile,
+        *,
+        eager: bool = False,
     ) -> ObjectHandle:
+        # Eager: every file at prepare time, headers first, the handle kept here; lazy: one file at its
+        # first open (the residency calls it and keeps the handle).
         with self._while_open():
             handle = scheduler.register(
                 file.info,
@@ -511,9 +505,11 @@ class PreparedDirectory:
                 chunk_size=self._config.chunk_size,
                 backing=cache.backing(index),
                 evictable=False,
+                first_chunk_first=eager,
             )
+            if eager:
+                self._handles[file.name] = handle  # recorded with the registration: close() undoes both
         self.progress.set_verdict(file.name, partial(_verdict, handle))
-        log.debug("%s: first opened, fetching %d bytes", file.path, file.size)
         return handle
 
     @contextlib.contextmanager
