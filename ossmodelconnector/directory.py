@@ -206,8 +206,13 @@ def prepare_directory(
         # A listing has no CRC-64; the HEAD gives it (and the current version) so the cache can verify.
         heads = _run_all(pool, [partial(client.head_object, bucket, entry.info.key) for entry in large])
         # Tensors are fetched in the order frameworks read them, which their headers tell (read_order.py).
-        headers = _run_all(
-            pool, [partial(fetch_tensor_ranges, client.make_fetch_into(info), info) for info in heads]
+        # A lazy directory reads no header now: nothing large is fetched before a reader opens the file.
+        headers = (
+            [None] * len(heads)
+            if lazy
+            else _run_all(
+                pool, [partial(fetch_tensor_ranges, client.make_fetch_into(info), info) for info in heads]
+            )
         )
         files = [
             PreparedFile(entry.name, os.path.join(check.path, entry.name), entry.info, large=False)
@@ -452,7 +457,15 @@ class PreparedDirectory:
             _install_hooks()
             self._hooks_installed = True
         if self.lazy_files is not None:
-            self._register_lazy(self.lazy_files, client, scheduler, cache, large)
+            # Entries in the registry, nothing fetched: the first load or read of a file starts it.
+            for index, file in enumerate(large):
+                start = partial(self._register_large, client, scheduler, cache, index, file)
+                with self._while_open():
+                    lazy_file = self.lazy_files.add(file.path, cache.data_path(index), file.info, start)
+                    register_file(file.path, lazy_file)
+                    self._registered.append(file.path)
+            with self._while_open():
+                self.lazy_files.start_timer()
             return
         # Fetching starts once every entry exists (a framework globbing the directory sees them all), and
         # with the scheduler's lock held throughout, so that the first chunk of every file is queued
@@ -468,23 +481,6 @@ class PreparedDirectory:
             with self._while_open():
                 register_file(file.path, self._handles[file.name])
                 self._registered.append(file.path)
-
-    def _register_lazy(
-        self,
-        lazy: LazyFiles,
-        client: OssClient,
-        scheduler: PrefetchScheduler,
-        cache: SharedCache,
-        large: list[PreparedFile],
-    ) -> None:
-        # Entries in the registry, nothing fetched: the first open (or wait) of a file starts it.
-        for index, file in enumerate(large):
-            start = partial(self._register_large, client, scheduler, cache, index, file)
-            with self._while_open():
-                register_file(file.path, lazy.add(file.path, cache.data_path(index), file.info, start))
-                self._registered.append(file.path)
-        with self._while_open():
-            lazy.start_timer()
 
     def _register_large(
         self,
