@@ -62,7 +62,7 @@ class WaitingFileIO(io.FileIO):
         self._run_bytes = 0
         self._counted = False
         try:
-            reader_opened(waitable)  # a lazy file starts arriving now, and stays until close()
+            reader_opened(waitable)  # a lazy file is in use (never evicted) until close()
         except BaseException:
             super().close()
             raise

@@ -210,7 +210,7 @@ def _make_safe_open(real_safe_open: Any, filename_of: Callable[..., Any]) -> Any
         waitable = lookup(filename) if isinstance(filename, (str, bytes, os.PathLike)) else None
         if waitable is None:
             return real_safe_open(*args, **kwargs)
-        reader_opened(waitable)  # a lazy file starts arriving now; the proxy releases the reader
+        reader_opened(waitable)  # in use until the proxy closes; the header wait starts a lazy file
         try:
             ranges = read_tensor_ranges(filename, waitable)
             with opening_safetensors():

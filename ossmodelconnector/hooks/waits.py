@@ -84,12 +84,12 @@ def wait_whole(waitable: WaitableFile) -> None:
 
 
 def reader_opened(waitable: WaitableFile) -> None:
-    """A reader opened the file: a lazy file starts its prefetch and is not evicted until it closes.
+    """A reader opened the file: a lazy file is not evicted until the matching :func:`reader_closed`.
 
     Waitables without reader counts (a prepared directory's eager files) ignore it.
 
     Raises:
-        ConnectorError: whatever starting the file raises (its directory was closed...).
+        ClosedError: the lazy file's directory was closed.
     """
     add = getattr(waitable, "add_reader", None)
     if add is not None:
