@@ -28,10 +28,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -202,6 +204,63 @@ def one_rep(
     return results
 
 
+def switching(
+    server: LocalOss, names: list[str], model: Model, work: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """A -> B -> C -> A with ``memoryLimitMB`` holding two: requests at prepare, memory held, re-fetches."""
+    limit_mb = 2 * args.size_mib + args.size_mib // 2
+    scratch = Path(tempfile.mkdtemp(dir=work))
+    try:
+        with OssModelConnector(
+            server.endpoint,
+            cred_provider=_creds(server),
+            memory_limit_mb=limit_mb,
+            prefetch_vcpus=args.vcpus,
+            prefetch_workers=args.workers,
+        ) as connector:
+            folder = scratch / "Stable-diffusion"
+            prepare_s, _ = timed(
+                partial(connector.prepare_directory, f"oss://{BUCKET}/{PREFIX}", folder, lazy=True)
+            )
+            at_prepare = connector.stats()
+            large = [folder / name for name in names]
+            peak = {"held": 0, "shm": 0}
+            stop = threading.Event()
+
+            def sample() -> None:
+                while not stop.wait(0.005):
+                    peak["held"] = max(peak["held"], connector.stats()["lazy_held_bytes"])
+                    peak["shm"] = max(peak["shm"], sum(os.stat(path).st_blocks * 512 for path in large))
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            times = []
+            try:
+                for name in (names[0], names[1], names[2], names[0]):
+                    elapsed, _ = timed(partial(model.load, folder / name))
+                    times.append(elapsed)
+            finally:
+                stop.set()
+                sampler.join()
+            final = connector.stats()
+            states = [connector.status(path)["state"] for path in large[:3]]
+            evictions = connector.status(large[0])["evictions"]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {
+        "prepare_s": prepare_s,
+        "prepare_requests": at_prepare["requests"],
+        "prepare_bytes": at_prepare["bytes"],
+        "limit": limit_mb * MIB,
+        "peak_held": peak["held"],
+        "peak_shm": peak["shm"],
+        "fetched": final["bytes"] - at_prepare["bytes"],
+        "times": times,
+        "states": states,
+        "evictions_a": evictions,
+    }
+
+
 def _creds(server: LocalOss) -> object:
     from ossmodelconnector.credentials import Credentials
 
@@ -235,11 +294,12 @@ def main() -> int:
         model = Model(source / names[0])
         shutil.rmtree(source)
         reps = [one_rep(server, names, model, work, args) for _ in range(args.reps)]
+        switched = switching(server, names, model, work, args)
     finally:
         if server is not None:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
-    report(reps, args)
+    report(reps, switched, args)
     return 0
 
 
@@ -248,7 +308,9 @@ def _figure(reps: list[dict[str, dict[str, float]]], contender: str, what: str) 
     return median(values), f"{median(values):.3f} s ({min(values):.3f}-{max(values):.3f})"
 
 
-def report(reps: list[dict[str, dict[str, float]]], args: argparse.Namespace) -> None:
+def report(
+    reps: list[dict[str, dict[str, float]]], switched: dict[str, Any], args: argparse.Namespace
+) -> None:
     size = args.size_mib * MIB
     rows = []
     base_switch, _ = _figure(reps, CONNECTOR, "switch")
@@ -286,7 +348,16 @@ def report(reps: list[dict[str, dict[str, float]]], args: argparse.Namespace) ->
         f"{prepare_text} (nothing large fetched), not counted in the switch.\n\n{table}\n\n"
         "rclone: `rclone mount` of the bucket through localoss's S3 dialect, `--vfs-cache-mode off`, mounted "
         "afresh per rep. download-then-load: oss2 `resumable_download` with the same number of threads to "
-        "local disk, then the same load."
+        "local disk, then the same load.\n\n"
+        f"Switching A -> B -> C -> A through one lazy connector with `memoryLimitMB` = "
+        f"{switched['limit'] // MIB} (two checkpoints fit, three do not): `prepare_directory(lazy=True)` "
+        f"took {switched['prepare_s']:.3f} s with {switched['prepare_requests']} requests and "
+        f"{switched['prepare_bytes']} bytes fetched (list, HEADs; no small files here); the four loads took "
+        f"{', '.join(f'{t:.2f}' for t in switched['times'])} s; {switched['fetched'] / size:.2f} checkpoints "
+        f"fetched in all (A twice: evicted when C came, {switched['evictions_a']} eviction); memory held, "
+        f"sampled every 5 ms: peak {switched['peak_held'] / MIB:.0f} MiB by the connector's count and "
+        f"{switched['peak_shm'] / MIB:.0f} MiB of /dev/shm blocks, limit {switched['limit'] // MIB} MiB; "
+        f"final states A, B, C: {', '.join(switched['states'])}."
     )
     print(body)
     if not args.no_write:
