@@ -192,7 +192,7 @@ class FaultInjector:
         return TokenBucket(rate, _slice_bytes(rate))
 
     def delay(self, plan: FaultPlan = _NO_FAULT) -> None:
-        """Sleep the configured latency, plus the stall if ``plan`` has one (before a response's first byte)."""
+        """Sleep the configured latency, plus the stall if ``plan`` has one, before a first byte."""
         delay_ms = self.config.latency_ms + (self.config.stall_ms if plan.stall else 0.0)
         if delay_ms:
             if plan.stall:

@@ -98,7 +98,7 @@ def assert_same_state(state: dict[str, torch.Tensor], expected: dict[str, torch.
 
 @pytest.fixture
 def crashable_localoss(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LocalOss]]:
-    """Like ``localoss_factory``, for servers a test kills and restarts: whatever runs at the end is stopped."""
+    """Like ``localoss_factory``, for servers a test kills and restarts; the survivors are stopped."""
     servers: list[LocalOss] = []
 
     def start(*args: str) -> LocalOss:

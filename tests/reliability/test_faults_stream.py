@@ -1,4 +1,4 @@
-"""The fault matrix for the stream API (``connector.open``): every fault ends in the exact bytes or a clear error.
+"""The fault matrix for the stream API (``connector.open``): the exact bytes or a clear error, always.
 
 Each case starts its own ``localoss`` subprocess with seeded faults. The object spans several 1 MiB chunks
 so that the prefetcher's concurrent ranged GETs each meet faults of their own.
@@ -108,7 +108,7 @@ def test_server_never_coming_back_is_a_clear_error(crashable_localoss: Callable[
 def test_object_overwritten_mid_download_never_mixes_versions(
     localoss_factory: Callable[..., LocalOss],
 ) -> None:
-    """The ETag is pinned (If-Match): a rewrite is an ``ObjectChangedError``, never old and new bytes mixed."""
+    """The ETag is pinned (If-Match): a rewrite is an ``ObjectChangedError``, never two versions mixed."""
     server = localoss_factory("--conn-bandwidth-mibps", "2")
     old, new = _blob(12 * MIB, seed=1), _blob(12 * MIB, seed=2)
     path = server.put_file(BUCKET, KEY, old)
