@@ -607,19 +607,29 @@ class OssClient:
         final = os.fspath(path)
         directory, name = os.path.split(os.path.abspath(final))
         temporary = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.part")
-        # 0o666 and the process umask: the same mode open(path, "wb") would give.
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         try:
-            with open(fd, "wb", closefd=True) as out:
-                out.write(data)
-                if fsync:
-                    out.flush()
-                    os.fsync(out.fileno())
-            os.replace(temporary, final)
-        except BaseException:
-            with suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
+            # 0o666 and the process umask: the same mode open(path, "wb") would give.
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            try:
+                with open(fd, "wb", closefd=True) as out:
+                    out.write(data)
+                    if fsync:
+                        out.flush()
+                        os.fsync(out.fileno())
+                os.replace(temporary, final)
+            except BaseException:
+                with suppress(FileNotFoundError):
+                    os.unlink(temporary)
+                raise
+        except OSError as exc:
+            # A bare "[Errno 28] No space left on device" names neither the file nor the fix.
+            raise OSError(
+                exc.errno,
+                f"oss://{bucket}/{key}: writing its {info.size} bytes failed ({exc.strerror}); nothing was "
+                "left under the final name: free space or fix permissions there, or choose another "
+                "directory",
+                final,
+            ) from exc
 
     # -- listing ---------------------------------------------------------------------------------------
 
