@@ -43,11 +43,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> SavedModel:
     import transformers
     from tiny_models import tiny_qwen2
 
-    model = tiny_qwen2(seed=3, vocab_size=2048, hidden_size=128, intermediate_size=256)
+    model = tiny_qwen2(seed=3, vocab_size=4096, hidden_size=128, intermediate_size=256)
     source = tmp_path_factory.mktemp("tiny-qwen2")
-    model.save_pretrained(source, max_shard_size="1MB")
+    model.save_pretrained(source, max_shard_size="2MB")
     files = {path.name: path.read_bytes() for path in sorted(source.iterdir())}
-    assert sum(name.endswith(".safetensors") for name in files) >= 2, sorted(files)
+    shards = [data for name, data in files.items() if name.endswith(".safetensors")]
+    # Every shard is a large file (>= smallFileMB = 1): it streams into the cache in 1 MiB chunks.
+    assert len(shards) >= 2 and all(len(data) >= MIB for data in shards), sorted(files)
     local = transformers.AutoModelForCausalLM.from_pretrained(source)
     state = {name: tensor.detach().clone() for name, tensor in local.state_dict().items()}
     return SavedModel(source, files, state)
