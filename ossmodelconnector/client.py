@@ -19,6 +19,7 @@ import http.client
 import logging
 import os
 import secrets
+import socket
 import ssl
 import threading
 import time
@@ -48,6 +49,7 @@ from ossmodelconnector.responses import (
     CODE_INVALID_RESPONSE,
     CODE_TIMEOUT,
     CODE_TLS,
+    CODE_UNKNOWN_HOST,
     ErrorDetails,
     ListPage,
     check_body_range,
@@ -280,6 +282,19 @@ class OssClient:
                 f"{place}: the server's TLS certificate was refused ({exc.verify_message}): use the "
                 "endpoint's real host name, or an http:// endpoint inside a trusted network",
                 code=CODE_TLS,
+                **context,
+            ) from exc
+        except socket.gaierror as exc:
+            if exc.errno != socket.EAI_NONAME:  # EAI_AGAIN and friends: a DNS hiccup, retried
+                raise RequestError(
+                    f"{place}: the endpoint {self._endpoint} could not be resolved ({exc}); retried",
+                    code=CODE_CONNECTION,
+                    **context,
+                ) from exc
+            raise RequestError(
+                f"{place}: the endpoint's host name does not exist ({self._endpoint}: {exc.strerror}); "
+                "check it for a typo (e.g. oss-cn-beijing-internal.aliyuncs.com)",
+                code=CODE_UNKNOWN_HOST,
                 **context,
             ) from exc
         except (OSError, http.client.HTTPException) as exc:
