@@ -597,8 +597,9 @@ class OssClient:
     ) -> None:
         """Download a (small) object to ``path`` atomically: all of it, CRC-checked, or nothing.
 
-        The bytes go to a hidden temporary file in the same directory, which is renamed over ``path``
-        only when complete; on any error the temporary file is removed and ``path`` is untouched.
+        The bytes go to a hidden temporary file (mode 0600, created ``O_EXCL``) in the same directory,
+        which is renamed over ``path`` only when complete; on any error the temporary file is removed and
+        ``path`` is untouched.
 
         Args:
             bucket: the bucket.
@@ -623,8 +624,11 @@ class OssClient:
         directory, name = os.path.split(os.path.abspath(final))
         temporary = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.part")
         try:
-            # 0o666 and the process umask: the same mode open(path, "wb") would give.
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            # 0600 like the cache segments: a model directory that existed with wider permissions
+            # must not expose the configs and tokenizer to other users (O_EXCL: no pre-planted file).
+            fd = os.open(
+                temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
             try:
                 with open(fd, "wb", closefd=True) as out:
                     out.write(data)
