@@ -294,6 +294,8 @@ class LocalOssServer:
 
     def _error_response(self, error: ServiceError, request: HttpRequest, request_id: str) -> Response:
         document = error_xml(error, request_id, self._domain or "localoss")
+        if self.faults.config.xml_bomb:
+            document = xml_bomb(document)
         headers = [("Content-Type", "application/xml"), *error.headers]
         if request.method == "HEAD":
             # HEAD answers have no body: OSS puts the error document in a header, which oss2 decodes.
@@ -344,7 +346,7 @@ class LocalOssServer:
             except ProtocolError:
                 return False
             response.close = response.close or not drained
-        if self.faults.config.xml_bomb and response.fd is None and response.body.startswith(b"<?xml"):
+        if self.faults.config.xml_bomb and response.status == 200 and response.body.startswith(b"<?xml"):
             response.body = xml_bomb(response.body)
         keep = request.keep_alive and not response.close and not self._stopping
         headers = response.headers
