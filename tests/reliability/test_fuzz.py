@@ -27,7 +27,7 @@ from ossmodelconnector.responses import (
 )
 
 PARSE_ERRORS = (ValueError, ParseError)
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 _TAGS = [
     "ListBucketResult",
