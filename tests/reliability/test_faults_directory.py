@@ -164,7 +164,7 @@ def test_sts_token_expiring_mid_prepare_is_refreshed(
     _token_file(tokens, {old: None, fresh: None})
     server = localoss_factory("--sts-token-file", str(tokens), "--conn-bandwidth-mibps", "1")
     uri = upload_model(server, BUCKET, tiny_model)
-    _token_file(tokens, {old: time.time() + 1.0, fresh: None})
+    _token_file(tokens, {old: time.time() + 0.5, fresh: None})  # the shards take > 1 s at 4 MiB/s
     provider = RotatingProvider(server.access_key_id, server.access_key_secret, [old, fresh])
     with make_connector(server, cred_provider=provider) as connector:
         connector.prepare_directory(uri, tmp_path / "model")

@@ -190,10 +190,11 @@ def test_sts_credentials_file_rotated_before_expiry_mid_load(
 ) -> None:
     tokens = tmp_path / "server-tokens.json"
     old, fresh = "sts-old-token-" + "c" * 24, "sts-new-token-" + "d" * 24
-    expires = time.time() + 1.5
-    _token_file(tokens, {old: expires, fresh: None})
+    _token_file(tokens, {old: None, fresh: None})
     server = localoss_factory("--sts-token-file", str(tokens), "--conn-bandwidth-mibps", "2")
-    blob = _blob(8 * MIB)
+    expires = time.time() + 1.5  # 16 MiB at 4 x 2 MiB/s: the rotation at 0.8 s falls mid-load
+    _token_file(tokens, {old: expires, fresh: None})
+    blob = _blob(16 * MIB)
     server.put_file(BUCKET, KEY, blob)
     creds = tmp_path / "creds.json"
 
