@@ -38,18 +38,27 @@ from _results import markdown_table, write_section
 BUCKET = "soak"
 PREFIX = "tiny-qwen2/"
 SHM = Path("/dev/shm")
+OURS: set[str] = set()
+"""The ``/dev/shm`` names a cycle maps (the same every cycle: same endpoint, objects and model_dir)."""
 
 
 def sample() -> dict[str, int]:
-    """This process's open fds, threads, RSS (KiB) and the ``ossmc-*`` entries in /dev/shm."""
+    """Open fds, threads, RSS (KiB); this run's segments in /dev/shm and every ``ossmc-*`` name there."""
     with open("/proc/self/status", encoding="ascii") as status:
         rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    names = set(os.listdir(SHM))
     return {
         "fds": len(os.listdir("/proc/self/fd")),
         "threads": len(os.listdir("/proc/self/task")),
         "rss_kib": rss,
-        "shm": sum(1 for name in os.listdir(SHM) if name.startswith("ossmc-")),
+        "ours": len(OURS & names),
+        "shm": sum(1 for name in names if name.startswith("ossmc-")),
     }
+
+
+def _mapped_shm_names() -> set[str]:
+    with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+        return {line.split("/dev/shm/", 1)[1].split()[0] for line in maps if "/dev/shm/ossmc-" in line}
 
 
 def save_tiny_model(target: Path) -> None:
@@ -72,6 +81,7 @@ def one_cycle(endpoint: str, key_id: str, secret: str, model_dir: Path) -> int:
     ) as connector:
         connector.prepare_directory(f"oss://{BUCKET}/{PREFIX}", model_dir)
         model = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
+        OURS.update(_mapped_shm_names())
         count = sum(p.numel() for p in model.parameters())
         del model
     return count
@@ -80,7 +90,7 @@ def one_cycle(endpoint: str, key_id: str, secret: str, model_dir: Path) -> int:
 def child(args: argparse.Namespace) -> int:
     count = one_cycle(args.endpoint, args.key_id, args.secret, Path(args.model_dir))
     gc.collect()
-    print(json.dumps({**sample(), "params": count}), flush=True)
+    print(json.dumps({**sample(), "params": count, "names": sorted(OURS)}), flush=True)
     return 0
 
 
@@ -128,6 +138,7 @@ def fresh_processes(endpoint: str, creds: tuple[str, str], workdir: Path, count:
         if done.returncode != 0:
             raise RuntimeError(f"child {number} failed ({done.returncode}): {done.stderr[-2000:]}")
         children.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        OURS.update(children[-1].pop("names"))
         if (number + 1) % 10 == 0:
             print(f"  fresh process {number + 1}/{count}: {children[-1]}")
     return {"before": before, "after": sample(), "children": children}
@@ -169,10 +180,17 @@ def main() -> int:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    header = ["sample", "open fds", "threads", "RSS (MiB)", "ossmc-* in /dev/shm"]
+    header = ["sample", "open fds", "threads", "RSS (MiB)", "this run's /dev/shm entries", "all ossmc-*"]
 
     def row(label: str, s: dict[str, int]) -> list[str]:
-        return [label, str(s["fds"]), str(s["threads"]), f"{s['rss_kib'] / 1024:.1f}", str(s["shm"])]
+        figures = [
+            str(s["fds"]),
+            str(s["threads"]),
+            f"{s['rss_kib'] / 1024:.1f}",
+            str(s["ours"]),
+            str(s["shm"]),
+        ]
+        return [label, *figures]
 
     warm = dict(samples)["after cycle 1"]
     mid = dict(samples)[f"after cycle {args.cycles // 2}"]
@@ -182,7 +200,9 @@ def main() -> int:
     growth = (
         f"Growth from after cycle 1 to after cycle {args.cycles}: fds {end['fds'] - warm['fds']:+d}, threads "
         f"{end['threads'] - warm['threads']:+d}, RSS {(end['rss_kib'] - warm['rss_kib']) / 1024:+.1f} MiB "
-        f"(second half: {slope:+.1f} KiB per cycle), /dev/shm entries {end['shm'] - warm['shm']:+d}. "
+        f"(second half: {slope:+.1f} KiB per cycle), this run's /dev/shm entries "
+        f"{end['ours'] - warm['ours']:+d} "
+        f"({len(OURS)} names per cycle while it runs, {end['ours']} left). "
         f"{args.cycles} cycles took {in_s:.0f} s."
     )
     kids = fresh["children"]
@@ -192,7 +212,8 @@ def main() -> int:
     ]
     for name in ("fds", "threads"):
         values = sorted(k[name] for k in kids)
-        kid_rows.append([f"children: {name} min..max", f"{values[0]}..{values[-1]}", "", "", ""])
+        cells = [f"{values[0]}..{values[-1]}", ""] if name == "fds" else ["", f"{values[0]}..{values[-1]}"]
+        kid_rows.append([f"children: {name} min..max", *cells, "", "", ""])
     rss = sorted(k["rss_kib"] for k in kids)
     kid_rows.append(
         ["children: RSS min..max (MiB)", "", "", f"{rss[0] / 1024:.1f}..{rss[-1] / 1024:.1f}", ""]
@@ -203,8 +224,8 @@ def main() -> int:
     ]
     fresh_table = markdown_table(header, kid_rows)
     fresh_note = (
-        f"{len(kids)} fresh processes took {fresh_s:.0f} s; /dev/shm entries left after all of them: "
-        f"{fresh['after']['shm'] - fresh['before']['shm']:+d}; every child loaded the same "
+        f"{len(kids)} fresh processes took {fresh_s:.0f} s; this run's /dev/shm entries left after all of "
+        f"them: {sample()['ours']}; every child loaded the same "
         f"{kids[0]['params']} parameters."
     )
     print()
@@ -217,7 +238,8 @@ def main() -> int:
         "Each cycle: `OssModelConnector` -> `prepare_directory` (tiny Qwen2, 3 safetensors shards of "
         "1-2 MiB streamed in 1 MiB chunks, JSON files on disk) -> `AutoModelForCausalLM.from_pretrained` -> "
         "`close()`. "
-        "The `/dev/shm` column counts every `ossmc-*` name on the machine (other runs may add theirs).\n\n"
+        '"This run\'s /dev/shm entries" counts the segment and state-table names a cycle maps (the same '
+        'names every cycle); "all ossmc-*" counts every such name on the machine, other runs\' included.\n\n'
         f"### {args.cycles} cycles in one process\n\n{in_table}\n\n{growth}\n\n"
         f"### {args.fresh} cycles in fresh processes\n\n{fresh_table}\n\n{fresh_note}\n"
     )
