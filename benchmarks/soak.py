@@ -216,7 +216,7 @@ def main() -> int:
         kid_rows.append([f"children: {name} min..max", *cells, "", "", ""])
     rss = sorted(k["rss_kib"] for k in kids)
     kid_rows.append(
-        ["children: RSS min..max (MiB)", "", "", f"{rss[0] / 1024:.1f}..{rss[-1] / 1024:.1f}", ""]
+        ["children: RSS min..max (MiB)", "", "", f"{rss[0] / 1024:.1f}..{rss[-1] / 1024:.1f}", "", ""]
     )
     kid_rows += [
         row("parent before the children", fresh["before"]),
