@@ -136,24 +136,26 @@ def test_a_corrupted_small_file_is_downloaded_again(
 def test_a_corrupted_shard_is_refused_by_its_crc(
     localoss_factory: Callable[..., LocalOss], tiny_model: SavedModel, tmp_path: Path
 ) -> None:
-    """A shard whose object CRC-64 does not match fails ``wait()`` and every later read: no wrong weights.
+    """A streamed file whose object CRC-64 does not match fails ``wait()`` and every later read.
 
-    The server sends only the whole object's CRC-64, so the mismatch is known once every chunk has
-    arrived, and the file is refused as a whole (see docs/reliability.md for what is not refetched).
+    Every body has a byte flipped and every file streams (``smallFileMB`` 0), so each file is refused
+    deterministically. The server sends only the whole object's CRC-64, so the mismatch is known once every
+    chunk has arrived (see docs/reliability.md, known limits).
     """
-    server = localoss_factory("--fault-corrupt", "0.3", "--seed", "1")
+    server = localoss_factory("--fault-corrupt", "1")
     uri = upload_model(server, BUCKET, tiny_model)
     model_dir = tmp_path / "model"
-    with make_connector(server) as connector:
+    with make_connector(server, small_file_mb=0) as connector:
         prepared = connector.prepare_directory(uri, model_dir)
         with pytest.raises(IntegrityError) as caught:
             prepared.wait()
         exc = caught.value
-        assert exc.key is not None and exc.key.endswith(".safetensors")
+        assert exc.bucket == BUCKET and exc.key is not None and exc.key.startswith(MODEL_PREFIX)
         assert "CRC-64" in str(exc) and "open the object again" in str(exc)
-        assert connector.stats()["files"][str(model_dir / os.path.basename(exc.key))]["state"] == "failed"
         with pytest.raises(IntegrityError):
             load_model(model_dir)
+        states = {os.path.basename(path): file["state"] for path, file in connector.stats()["files"].items()}
+        assert states == dict.fromkeys(tiny_model.files, "failed")
 
 
 def test_sts_token_expiring_mid_prepare_is_refreshed(
