@@ -2,7 +2,7 @@
 
 ::
 
-    localoss (subprocess) serving a tiny Qwen2 in 2 safetensors shards + JSON files
+    localoss (subprocess) serving a tiny Qwen2 in 3 safetensors shards + JSON files
     in-process:    N x [OssModelConnector -> prepare_directory -> from_pretrained -> close]   one process
     fresh process: M x [python soak.py --child: the same cycle once, then its figures as JSON]
 

@@ -1,6 +1,6 @@
 """The fault matrix for ``prepare_directory`` + ``transformers.from_pretrained``.
 
-A tiny Qwen2 in two safetensors shards (each streamed in 1 MiB chunks) plus small JSON files is served by
+A tiny Qwen2 in three safetensors shards (each streamed in 1 MiB chunks) plus small JSON files is served by
 ``localoss`` with seeded faults; the model loaded from the prepared directory must equal the one loaded
 from the local copy bit for bit, or the load must fail with the package's clear error. Nothing hangs.
 """
