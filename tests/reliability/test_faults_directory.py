@@ -34,6 +34,9 @@ from ossmodelconnector import (
     RetriesExhaustedError,
 )
 
+# A hang guard tighter than the suite's 300 s: each case resolves in seconds or fails clearly.
+pytestmark = pytest.mark.timeout(120)
+
 BUCKET = "models"
 needs_mount = pytest.mark.skipif(
     not can_mount(), reason="mounting a small tmpfs needs root (CAP_SYS_ADMIN); this run has neither"

@@ -27,6 +27,9 @@ from ossmodelconnector import (
 from ossmodelconnector.credentials import Credentials
 from ossmodelconnector.responses import CODE_CONNECTION
 
+# A hang guard tighter than the suite's 300 s: each case resolves in seconds or fails clearly.
+pytestmark = pytest.mark.timeout(120)
+
 MIB = 1 << 20
 BUCKET = "faults"
 KEY = "weights/blob.bin"

@@ -32,6 +32,9 @@ from ossmodelconnector.credentials import Credentials, FileCredentialProvider
 from ossmodelconnector.dirsafety import OWNER_DIR_NAME
 from ossmodelconnector.responses import CODE_INVALID_RESPONSE
 
+# A hang guard tighter than the suite's 300 s: each case resolves in seconds or fails clearly.
+pytestmark = pytest.mark.timeout(120)
+
 # --- keys that try to escape ------------------------------------------------------------------------
 
 
