@@ -19,6 +19,7 @@ import http.client
 import logging
 import os
 import secrets
+import socket
 import ssl
 import threading
 import time
@@ -48,6 +49,7 @@ from ossmodelconnector.responses import (
     CODE_INVALID_RESPONSE,
     CODE_TIMEOUT,
     CODE_TLS,
+    CODE_UNKNOWN_HOST,
     ErrorDetails,
     ListPage,
     check_body_range,
@@ -280,6 +282,19 @@ class OssClient:
                 f"{place}: the server's TLS certificate was refused ({exc.verify_message}): use the "
                 "endpoint's real host name, or an http:// endpoint inside a trusted network",
                 code=CODE_TLS,
+                **context,
+            ) from exc
+        except socket.gaierror as exc:
+            if exc.errno != socket.EAI_NONAME:  # EAI_AGAIN and friends: a DNS hiccup, retried
+                raise RequestError(
+                    f"{place}: the endpoint {self._endpoint} could not be resolved ({exc}); retried",
+                    code=CODE_CONNECTION,
+                    **context,
+                ) from exc
+            raise RequestError(
+                f"{place}: the endpoint's host name does not exist ({self._endpoint}: {exc.strerror}); "
+                "check it for a typo (e.g. oss-cn-beijing-internal.aliyuncs.com)",
+                code=CODE_UNKNOWN_HOST,
                 **context,
             ) from exc
         except (OSError, http.client.HTTPException) as exc:
@@ -582,8 +597,9 @@ class OssClient:
     ) -> None:
         """Download a (small) object to ``path`` atomically: all of it, CRC-checked, or nothing.
 
-        The bytes go to a hidden temporary file in the same directory, which is renamed over ``path``
-        only when complete; on any error the temporary file is removed and ``path`` is untouched.
+        The bytes go to a hidden temporary file (mode 0600, created ``O_EXCL``) in the same directory,
+        which is renamed over ``path`` only when complete; on any error the temporary file is removed and
+        ``path`` is untouched.
 
         Args:
             bucket: the bucket.
@@ -607,19 +623,32 @@ class OssClient:
         final = os.fspath(path)
         directory, name = os.path.split(os.path.abspath(final))
         temporary = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.part")
-        # 0o666 and the process umask: the same mode open(path, "wb") would give.
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         try:
-            with open(fd, "wb", closefd=True) as out:
-                out.write(data)
-                if fsync:
-                    out.flush()
-                    os.fsync(out.fileno())
-            os.replace(temporary, final)
-        except BaseException:
-            with suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
+            # 0600 like the cache segments: a model directory that existed with wider permissions
+            # must not expose the configs and tokenizer to other users (O_EXCL: no pre-planted file).
+            fd = os.open(
+                temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+            try:
+                with open(fd, "wb", closefd=True) as out:
+                    out.write(data)
+                    if fsync:
+                        out.flush()
+                        os.fsync(out.fileno())
+                os.replace(temporary, final)
+            except BaseException:
+                with suppress(FileNotFoundError):
+                    os.unlink(temporary)
+                raise
+        except OSError as exc:
+            # A bare "[Errno 28] No space left on device" names neither the file nor the fix.
+            raise OSError(
+                exc.errno,
+                f"oss://{bucket}/{key}: writing its {info.size} bytes failed ({exc.strerror}); nothing was "
+                "left under the final name: free space or fix permissions there, or choose another "
+                "directory",
+                final,
+            ) from exc
 
     # -- listing ---------------------------------------------------------------------------------------
 

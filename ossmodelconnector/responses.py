@@ -39,6 +39,7 @@ __all__ = [
     "CODE_INVALID_RESPONSE",
     "CODE_TIMEOUT",
     "CODE_TLS",
+    "CODE_UNKNOWN_HOST",
     "CREDENTIAL_CODES",
     "REFRESH_CODES",
     "RETRYABLE_CODES",
@@ -64,6 +65,7 @@ CODE_INCOMPLETE = "IncompleteBody"
 CODE_TIMEOUT = "RequestTimeout"
 CODE_INVALID_RESPONSE = "InvalidResponse"
 CODE_TLS = "TLSError"
+CODE_UNKNOWN_HOST = "UnknownHost"  # the endpoint's name does not resolve: a typo, not worth retrying
 RETRYABLE_CODES = frozenset({CODE_CONNECTION, CODE_INCOMPLETE, CODE_TIMEOUT, "SlowDown"})
 # The server refused the credentials themselves: re-read them once and retry (STS tokens rotate).
 REFRESH_CODES = frozenset(

@@ -50,6 +50,22 @@ class LocalOss:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would: open connections are cut, nothing is flushed."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def restart(self, *args: str) -> LocalOss:
+        """Start a new server on the same port and folder (``args``: other flags, default the same ones).
+
+        The caller stops the returned server; this one must have exited first (``kill`` or ``stop``).
+        """
+        assert self.proc.poll() is not None, "stop or kill the running server first"
+        return start_localoss(self.root, *(args or self.args), port=self.port)
+
     def stop(self) -> int:
         """SIGTERM the server and return its exit code (0 when it shut down cleanly)."""
         if self.proc.poll() is None:

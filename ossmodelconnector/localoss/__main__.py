@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"secret of that key (default {DEFAULT_ACCESS_KEY_SECRET}); never logged",
     )
     parser.add_argument("--sts-token", default=None, help="require this security token on every request")
+    parser.add_argument(
+        "--sts-token-file",
+        default=None,
+        type=Path,
+        help='accept the tokens of this JSON file {"<token>": <expiry epoch seconds or null>}, re-read when '
+        "it changes; an expired token is refused with SecurityTokenExpired",
+    )
     faults = parser.add_argument_group("fault injection and throttling (all off by default)")
     faults.add_argument(
         "--seed", type=int, default=None, help="seed of the fault decisions (reproducible runs)"
@@ -111,6 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     faults.add_argument(
         "--fault-corrupt", type=_fraction, default=0.0, help="fraction of GET bodies with one byte flipped"
+    )
+    faults.add_argument(
+        "--fault-stall",
+        type=_fraction,
+        default=0.0,
+        help="fraction of responses held back --stall-ms before their first byte (latency spikes)",
+    )
+    faults.add_argument(
+        "--stall-ms", type=_non_negative, default=0.0, help="length of a --fault-stall spike, in milliseconds"
+    )
+    faults.add_argument(
+        "--fault-xml-bomb",
+        action="store_true",
+        help="answer listings and error documents with a 'billion laughs' XML document (entity expansion)",
     )
     parser.add_argument(
         "--log-level",
@@ -146,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         access_key_id=args.access_key_id,
         access_key_secret=args.access_key_secret,
         sts_token=args.sts_token,
+        sts_token_file=args.sts_token_file,
         faults=FaultConfig(
             seed=args.seed,
             latency_ms=args.latency_ms,
@@ -155,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             fault_reset=args.fault_reset,
             fault_short=args.fault_short,
             fault_corrupt=args.fault_corrupt,
+            fault_stall=args.fault_stall,
+            stall_ms=args.stall_ms,
+            xml_bomb=args.fault_xml_bomb,
         ),
     )
     server = LocalOssServer(config)

@@ -87,6 +87,8 @@ class ServerCredentials:
         sts_token: when set, every request must carry exactly this security token
             (``x-oss-security-token`` / ``x-amz-security-token`` header or ``security-token``,
             ``x-oss-security-token``, ``X-Amz-Security-Token`` query parameter).
+        sts_tokens: when set (``--sts-token-file``), the tokens accepted instead, each with the epoch
+            second it expires at (None: never); an expired one is refused with ``SecurityTokenExpired``.
 
     Raises:
         ConfigError: the key id or the secret is empty, or the token is empty but not ``None``.
@@ -95,6 +97,7 @@ class ServerCredentials:
     access_key_id: str
     access_key_secret: str
     sts_token: str | None = None
+    sts_tokens: Mapping[str, float | None] | None = None
 
     def __post_init__(self) -> None:
         if not self.access_key_id or not self.access_key_secret:
@@ -106,7 +109,7 @@ class ServerCredentials:
             raise ConfigError("localoss ServerCredentials.sts_token is empty; pass None for no token")
 
     def __repr__(self) -> str:
-        token = "None" if self.sts_token is None else "'***'"
+        token = "None" if self.sts_token is None and self.sts_tokens is None else "'***'"
         name = type(self).__name__
         return f"{name}(access_key_id={self.access_key_id!r}, access_key_secret='***', sts_token={token})"
 
@@ -301,6 +304,9 @@ def _check_key_id(p: _Parsed, creds: ServerCredentials, access_key_id: str) -> N
 def _check_token(p: _Parsed, creds: ServerCredentials) -> None:
     presented = next((p.headers[n] for n in _TOKEN_HEADERS if p.headers.get(n)), None)
     presented = presented or next((p.params[n] for n in _TOKEN_PARAMS if p.params.get(n)), None)
+    if creds.sts_tokens is not None:
+        _check_rotating_token(p, creds.sts_tokens, presented)
+        return
     if creds.sts_token is None:
         problem = None if presented is None else "carries a security token but the server key is no STS key"
     elif presented is None:
@@ -313,6 +319,25 @@ def _check_token(p: _Parsed, creds: ServerCredentials) -> None:
             "InvalidSecurityToken",
             f"the request for {p.what} {problem}; sign with exactly the server's credentials "
             "(oss2.StsAuth or ProviderAuthV4 with the token, boto3 aws_session_token; no token otherwise)",
+        )
+
+
+def _check_rotating_token(p: _Parsed, tokens: Mapping[str, float | None], presented: str | None) -> None:
+    expires = next(
+        (at for token, at in tokens.items() if presented and hmac.compare_digest(_b(presented), _b(token))),
+        False,
+    )
+    if expires is False:
+        raise _deny(
+            "InvalidSecurityToken",
+            f"the request for {p.what} carries {'no' if presented is None else 'an unknown'} security token; "
+            "sign with a token this server issued (see its --sts-token-file)",
+        )
+    if expires is not None and p.now >= expires:
+        raise _deny(
+            "SecurityTokenExpired",
+            f"the security token used for {p.what} expired at {_iso(expires)}; "
+            "get a fresh token from the STS provider and sign with it",
         )
 
 

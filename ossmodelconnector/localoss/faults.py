@@ -1,5 +1,8 @@
 """Fault injection and throttling for ``localoss``: latency, bandwidth caps, 503s, cut/short/corrupt bodies.
 
+Also: first-byte stalls on a fraction of requests (a latency spike longer than a client's read timeout),
+and "billion laughs" XML (entity expansion) in place of listings and error documents.
+
 Everything is off by default. Decisions come from one ``random.Random(seed)``, drawn under a lock with a
 fixed number of draws per request, so two servers started with the same ``--seed`` and fed the same
 sequence of requests make the same decisions. A body with no fault and no throttle goes out in one
@@ -27,6 +30,7 @@ __all__ = [
     "FaultPlan",
     "TokenBucket",
     "send_file_body",
+    "xml_bomb",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,10 @@ class FaultConfig:
         fault_reset: fraction of object GET bodies cut mid-body by a connection reset.
         fault_short: fraction of object GET bodies ending early (then the connection is closed).
         fault_corrupt: fraction of object GET bodies with one byte flipped.
+        fault_stall: fraction of responses held back ``stall_ms`` before their first byte (a spike).
+        stall_ms: the length of such a stall, in milliseconds.
+        xml_bomb: answer listings and error documents with a "billion laughs" XML document (nested
+            entities that expand to gigabytes), which a safe parser must refuse.
     """
 
     seed: int | None = None
@@ -75,13 +83,16 @@ class FaultConfig:
     fault_reset: float = 0.0
     fault_short: float = 0.0
     fault_corrupt: float = 0.0
+    fault_stall: float = 0.0
+    stall_ms: float = 0.0
+    xml_bomb: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("fault_503", "fault_reset", "fault_short", "fault_corrupt"):
+        for name in ("fault_503", "fault_reset", "fault_short", "fault_corrupt", "fault_stall"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} is {value}; give a fraction between 0 and 1")
-        for name in ("latency_ms", "bandwidth_mibps", "conn_bandwidth_mibps"):
+        for name in ("latency_ms", "bandwidth_mibps", "conn_bandwidth_mibps", "stall_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} is negative; give 0 (off) or a positive number")
 
@@ -93,6 +104,7 @@ class FaultPlan:
     slowdown: bool = False
     body_fault: BodyFault | None = None
     position: float = 0.0
+    stall: bool = False
 
 
 _NO_FAULT = FaultPlan()
@@ -140,18 +152,26 @@ class FaultInjector:
         self.config = config
         self._rng = random.Random(config.seed)
         self._lock = threading.Lock()
-        self._draws = any((config.fault_503, config.fault_reset, config.fault_short, config.fault_corrupt))
+        self._draws = any(
+            (
+                config.fault_503,
+                config.fault_reset,
+                config.fault_short,
+                config.fault_corrupt,
+                config.fault_stall,
+            )
+        )
         self.shared_bucket: TokenBucket | None = None
         if config.bandwidth_mibps:
             rate = config.bandwidth_mibps * MIB
             self.shared_bucket = TokenBucket(rate, _slice_bytes(rate))
 
     def plan(self) -> FaultPlan:
-        """Decide the faults of the next request (the same five draws for every request)."""
+        """Decide the faults of the next request (the same six draws for every request)."""
         if not self._draws:
             return _NO_FAULT
         with self._lock:
-            r503, rreset, rshort, rcorrupt, position = (self._rng.random() for _ in range(5))
+            r503, rreset, rshort, rcorrupt, position, rstall = (self._rng.random() for _ in range(6))
         c = self.config
         fault = None
         if rreset < c.fault_reset:
@@ -160,7 +180,9 @@ class FaultInjector:
             fault = BodyFault.SHORT
         elif rcorrupt < c.fault_corrupt:
             fault = BodyFault.CORRUPT
-        return FaultPlan(slowdown=r503 < c.fault_503, body_fault=fault, position=position)
+        return FaultPlan(
+            slowdown=r503 < c.fault_503, body_fault=fault, position=position, stall=rstall < c.fault_stall
+        )
 
     def connection_bucket(self) -> TokenBucket | None:
         """A fresh per-connection bucket, or None without ``--conn-bandwidth-mibps``."""
@@ -169,10 +191,35 @@ class FaultInjector:
         rate = self.config.conn_bandwidth_mibps * MIB
         return TokenBucket(rate, _slice_bytes(rate))
 
-    def delay(self) -> None:
-        """Sleep the configured latency (before a response's first byte)."""
-        if self.config.latency_ms:
-            time.sleep(self.config.latency_ms / 1000.0)
+    def delay(self, plan: FaultPlan = _NO_FAULT) -> None:
+        """Sleep the configured latency, plus the stall if ``plan`` has one, before a first byte."""
+        delay_ms = self.config.latency_ms + (self.config.stall_ms if plan.stall else 0.0)
+        if delay_ms:
+            if plan.stall:
+                log.debug("fault: stalling %.0f ms before the first byte", delay_ms)
+            time.sleep(delay_ms / 1000.0)
+
+
+_LAUGH_LEVELS = 10
+_LAUGHS_PER_LEVEL = 10
+
+
+def xml_bomb(original: bytes) -> bytes:
+    """A "billion laughs" document with the root element of ``original`` (``ListBucketResult``, ``Error``).
+
+    Ten levels of ten references each: expanded, ``&lol9;`` is 10**9 copies of "lol" (3 GB).
+    """
+    start = original.find(b"<", original.find(b"?>") + 1 if original.startswith(b"<?xml") else 0)
+    match = original[start + 1 :].split(b">", 1)[0].split()[0] if start >= 0 else b""
+    root = match.decode("ascii", "replace") or "Error"
+    refs = ['  <!ENTITY lol0 "lol">']
+    for level in range(1, _LAUGH_LEVELS):
+        refs.append(f'  <!ENTITY lol{level} "' + f"&lol{level - 1};" * _LAUGHS_PER_LEVEL + '">')
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<!DOCTYPE {root} [\n" + "\n".join(refs) + "\n]>\n"
+        f"<{root}><Code>&lol{_LAUGH_LEVELS - 1};</Code></{root}>\n"
+    ).encode("ascii")
 
 
 def _sendfile_all(sock: socket.socket, fd: int, offset: int, count: int) -> None:

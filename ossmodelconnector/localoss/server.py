@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import selectors
@@ -33,6 +35,7 @@ from ossmodelconnector.localoss.faults import (
     FaultPlan,
     TokenBucket,
     send_file_body,
+    xml_bomb,
 )
 from ossmodelconnector.localoss.operations import Call, Operations, Response
 from ossmodelconnector.localoss.protocol import (
@@ -83,6 +86,8 @@ class ServerConfig:
         access_key_id: the one access key accepted.
         access_key_secret: its secret (never logged or shown in a repr).
         sts_token: when set, every request must carry this security token.
+        sts_token_file: when set, a JSON object ``{"<token>": <expiry epoch seconds or null>}`` of the
+            tokens accepted, re-read whenever it changes (tests rotate and expire STS tokens with it).
         faults: fault injection and throttling (off by default).
         backlog: listen backlog.
     """
@@ -94,6 +99,7 @@ class ServerConfig:
     access_key_id: str = DEFAULT_ACCESS_KEY_ID
     access_key_secret: str = field(default=DEFAULT_ACCESS_KEY_SECRET, repr=False)
     sts_token: str | None = field(default=None, repr=False)
+    sts_token_file: Path | None = None
     faults: FaultConfig = field(default_factory=FaultConfig)
     backlog: int = DEFAULT_BACKLOG
 
@@ -131,6 +137,7 @@ class LocalOssServer:
         self.operations = Operations(self.store)
         self.faults = FaultInjector(config.faults)
         self._creds = ServerCredentials(config.access_key_id, config.access_key_secret, config.sts_token)
+        self._token_stamp: tuple[int, int, int] | None = None
         self._domain = config.domain.lower().strip(".")
         self._listener = socket.create_server(
             (config.host, config.port), backlog=config.backlog, reuse_port=False
@@ -262,12 +269,33 @@ class LocalOssServer:
             key=call.key,
         )
         try:
-            verify(incoming, self._creds)
+            verify(incoming, self._current_credentials())
         except AuthError as exc:
             raise ServiceError(exc.status, exc.code, exc.message) from exc
 
+    def _current_credentials(self) -> ServerCredentials:
+        path = self.config.sts_token_file
+        if path is None:
+            return self._creds
+        try:
+            st = os.stat(path)
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if stamp != self._token_stamp:
+                tokens = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(tokens, dict):
+                    raise ValueError("not a JSON object")
+                accepted = {str(token): None if at is None else float(at) for token, at in tokens.items()}
+                with self._lock:
+                    self._creds = dataclasses.replace(self._creds, sts_tokens=accepted)
+                    self._token_stamp = stamp
+        except (OSError, ValueError, TypeError) as exc:  # mid-rewrite: keep the tokens read last time
+            log.warning("localoss: --sts-token-file %s unusable (%s); keeping the previous tokens", path, exc)
+        return self._creds
+
     def _error_response(self, error: ServiceError, request: HttpRequest, request_id: str) -> Response:
         document = error_xml(error, request_id, self._domain or "localoss")
+        if self.faults.config.xml_bomb:
+            document = xml_bomb(document)
         headers = [("Content-Type", "application/xml"), *error.headers]
         if request.method == "HEAD":
             # HEAD answers have no body: OSS puts the error document in a header, which oss2 decodes.
@@ -318,6 +346,8 @@ class LocalOssServer:
             except ProtocolError:
                 return False
             response.close = response.close or not drained
+        if self.faults.config.xml_bomb and response.status == 200 and response.body.startswith(b"<?xml"):
+            response.body = xml_bomb(response.body)
         keep = request.keep_alive and not response.close and not self._stopping
         headers = response.headers
         headers += [
@@ -333,7 +363,7 @@ class LocalOssServer:
         elif request.version == "HTTP/1.0":
             headers.append(("Connection", "keep-alive"))
         head = format_head(response.status, headers)
-        self.faults.delay()
+        self.faults.delay(plan)
         try:
             if response.fd is not None and response.send_body and request.method != "HEAD":
                 sock.sendall(head, socket.MSG_MORE)

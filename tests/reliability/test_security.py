@@ -1,0 +1,271 @@
+"""Security: keys that escape, private files, squatted names, planted symlinks, secrets, XML bombs.
+
+Keys a file system cannot hold (``..``, NUL, 300-byte names) come from a stub server that lists whatever
+it is told (a hostile or broken OSS-compatible peer); the rest runs against ``localoss``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from conftest import MODEL_PREFIX, SavedModel, make_connector, upload_model
+from localoss_harness import LocalOss
+
+from ossmodelconnector import (
+    CacheError,
+    ObjectNotFoundError,
+    OssModelConnector,
+    RequestError,
+    UnsafePathError,
+)
+from ossmodelconnector.cache.attached import AttachedCache
+from ossmodelconnector.credentials import Credentials, FileCredentialProvider
+from ossmodelconnector.dirsafety import OWNER_DIR_NAME
+from ossmodelconnector.responses import CODE_INVALID_RESPONSE
+
+# A hang guard tighter than the suite's 300 s: each case resolves in seconds or fails clearly.
+pytestmark = pytest.mark.timeout(120)
+
+# --- keys that try to escape ------------------------------------------------------------------------
+
+
+class _ListingStub(BaseHTTPRequestHandler):
+    """Answers every ListObjectsV2 with ``server.keys`` (URL-encoded); anything else is a 404."""
+
+    def do_GET(self) -> None:
+        keys: list[str] = self.server.keys  # type: ignore[attr-defined]
+        if "list-type=2" not in self.path:
+            self._send(404, b"<?xml version='1.0'?><Error><Code>NoSuchKey</Code></Error>")
+            return
+        contents = "".join(
+            f'<Contents><Key>{quote(key, safe="/")}</Key><Size>5</Size><ETag>"e"</ETag>'
+            "<LastModified>2026-11-25T10:00:00.000Z</LastModified></Contents>"
+            for key in keys
+        )
+        body = (
+            "<?xml version='1.0' encoding='UTF-8'?><ListBucketResult><Name>b</Name>"
+            f"<EncodingType>url</EncodingType><IsTruncated>false</IsTruncated>{contents}</ListBucketResult>"
+        ).encode()
+        self._send(200, body)
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+@pytest.fixture
+def listing_stub() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ListingStub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("../escaped.json", "'..'"),
+        ("a/../../escaped.json", "'..'"),
+        ("/etc/escaped.json", "absolute"),
+        ("..\\escaped.json", "backslash"),
+        ("a\0b.json", "NUL"),
+        ("x" * 300, "longer than 255"),
+        (f"{OWNER_DIR_NAME}/owner.json", "reserved"),
+    ],
+)
+def test_keys_that_would_escape_model_dir_are_refused(
+    listing_stub: ThreadingHTTPServer, tmp_path: Path, name: str, why: str
+) -> None:
+    listing_stub.keys = ["m/config.json", "m/" + name]  # type: ignore[attr-defined]
+    host, port = listing_stub.server_address[:2]
+    model_dir = tmp_path / "deep" / "model"
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    endpoint = f"http://{host}:{port}"
+    with (
+        OssModelConnector(endpoint, cred_provider=Credentials("id", "secret")) as connector,
+        pytest.raises(UnsafePathError, match=why) as caught,
+    ):
+        connector.prepare_directory("oss://bkt/m/", model_dir)
+    assert caught.value.key == "m/" + name and "cannot be mirrored" in str(caught.value)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written anywhere
+    assert not Path("/etc/escaped.json").exists()
+
+
+# --- private files, squatted names, planted symlinks ------------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_files_and_segments_are_private_and_owned_by_the_user(
+    localoss: LocalOss, tiny_model: SavedModel, tmp_path: Path
+) -> None:
+    uri = upload_model(localoss, "sec-modes", tiny_model)
+    model_dir = tmp_path / "model"
+    os.umask(umask := os.umask(0))  # read the umask
+    try:
+        os.umask(0o022)  # a usual umask: the library must not rely on it
+        with make_connector(localoss) as connector:
+            prepared = connector.prepare_directory(uri, model_dir, wait=True)
+            assert _mode(model_dir) == 0o700
+            for file in prepared.files:
+                path = Path(file.path)
+                assert os.lstat(path).st_uid == os.geteuid()
+                if file.large:
+                    target = Path(os.readlink(path))
+                    assert target.parent == Path("/dev/shm")
+                    st = os.lstat(target)
+                    assert stat.S_ISREG(st.st_mode) and _mode(target) == 0o600 and st.st_uid == os.geteuid()
+                else:
+                    assert _mode(path) == 0o600, file.name
+            manifest = model_dir / OWNER_DIR_NAME / "manifest.json"
+            table = Path("/dev/shm") / json.loads(manifest.read_text())["state_table"]
+            assert _mode(table) == 0o600 and os.lstat(table).st_uid == os.geteuid()
+            assert _mode(model_dir / OWNER_DIR_NAME) == 0o700
+    finally:
+        os.umask(umask)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file another owner needs root")
+def test_attaching_refuses_a_state_table_another_user_owns(
+    localoss: LocalOss, tiny_model: SavedModel, tmp_path: Path
+) -> None:
+    """A reader verifies the owner on attach: a table swapped for another user's file is not read."""
+    uri = upload_model(localoss, "sec-attach", tiny_model)
+    model_dir = tmp_path / "model"
+    with make_connector(localoss) as connector:
+        connector.prepare_directory(uri, model_dir, wait=True)
+        manifest = model_dir / OWNER_DIR_NAME / "manifest.json"
+        table = Path("/dev/shm") / json.loads(manifest.read_text())["state_table"]
+        with AttachedCache.from_manifest(manifest) as attached:  # ours: fine
+            assert attached is not None
+        os.chown(table, 65534, 65534)
+        try:
+            with pytest.raises(CacheError, match="not created by ossmodelconnector"):
+                AttachedCache.from_manifest(manifest)
+        finally:
+            os.chown(table, os.geteuid(), os.getegid())
+
+
+def test_planted_symlinks_in_model_dir_are_never_followed(
+    localoss: LocalOss, tiny_model: SavedModel, tmp_path: Path
+) -> None:
+    uri = upload_model(localoss, "sec-links", tiny_model)
+    model_dir = tmp_path / "model"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "config.json").write_text("precious")
+    (elsewhere / "keep.bin").write_bytes(b"keep")
+    with make_connector(localoss) as connector:
+        connector.prepare_directory(uri, model_dir, wait=True)
+        connector.close()
+    # Between two prepares someone plants links: over a file name, as a folder, and as a dangling link.
+    (model_dir / "config.json").unlink()
+    (model_dir / "config.json").symlink_to(elsewhere / "config.json")
+    (model_dir / "sub").symlink_to(elsewhere)
+    (model_dir / OWNER_DIR_NAME / "data").symlink_to(elsewhere)
+    with make_connector(localoss, memory_limit_mb=1) as connector:  # disk placement: writes under data/
+        prepared = connector.prepare_directory(uri, model_dir, wait=True)
+        assert prepared.placement == "disk"
+        assert (model_dir / "config.json").read_bytes() == tiny_model.files["config.json"]
+        assert not (model_dir / "config.json").is_symlink()
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["config.json", "keep.bin"]
+    assert (elsewhere / "config.json").read_text() == "precious"
+    assert (elsewhere / "keep.bin").read_bytes() == b"keep"
+
+
+# --- secrets ---------------------------------------------------------------------------------------------
+
+
+def test_secrets_never_reach_logs_audit_messages_or_reprs(
+    localoss_factory: object, tiny_model: SavedModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "sEcReT-" + os.urandom(12).hex()
+    token = "StS-tOkEn-" + os.urandom(16).hex()
+    server = localoss_factory(  # type: ignore[operator]
+        "--access-key-secret", secret, "--sts-token", token, "--fault-503", "0.2", "--seed", "3"
+    )
+    uri = upload_model(server, "sec-secrets", tiny_model)
+    creds = tmp_path / "creds.json"
+    creds.write_text(
+        json.dumps({"AccessKeyId": server.access_key_id, "AccessKeySecret": secret, "SecurityToken": token})
+    )
+    log_file, audit_file = tmp_path / "connector.log", tmp_path / "audit.log"
+    caplog.set_level(logging.DEBUG, logger="ossmodelconnector")
+    seen: list[str] = []
+    with make_connector(
+        server, cred_path=str(creds), log_level=0, log_path=str(log_file), audit_path=str(audit_file)
+    ) as connector:
+        prepared = connector.prepare_directory(uri, tmp_path / "model", wait=True)
+        with connector.open(f"oss://sec-secrets/{MODEL_PREFIX}config.json") as stream:
+            seen += [repr(stream), stream.read().decode()]
+        with pytest.raises(ObjectNotFoundError) as missing:
+            connector.open("oss://sec-secrets/missing")
+        seen += [
+            repr(connector),
+            repr(prepared),
+            json.dumps(connector.stats(), default=str),
+            str(missing.value),
+        ]
+        assert connector.stats()["retries"] > 0  # the retry paths logged too
+    seen += [repr(FileCredentialProvider(creds)), repr(FileCredentialProvider(creds).get())]
+    # Refused credentials: the error quotes the key id and the fix, never the secret or the token.
+    creds.write_text(
+        json.dumps(
+            {"AccessKeyId": server.access_key_id, "AccessKeySecret": secret, "SecurityToken": "x" + token}
+        )
+    )
+    with make_connector(server, cred_path=str(creds), max_attempts=1) as connector:
+        with pytest.raises(PermissionError) as refused:
+            connector.open(f"oss://sec-secrets/{MODEL_PREFIX}config.json")
+        seen += [str(refused.value), repr(refused.value), str(refused.value.__cause__)]
+    seen += [record.getMessage() for record in caplog.records]
+    seen += [log_file.read_text(), audit_file.read_text()]
+    assert audit_file.read_text().count("\n") > 5 and "DEBUG" in log_file.read_text()
+    text = "\n".join(seen)
+    assert secret not in text and token not in text
+    assert token[:-1] not in text and secret[4:] not in text  # not even most of them
+
+
+# --- XML bombs ---------------------------------------------------------------------------------------------
+
+
+def test_billion_laughs_in_listings_and_errors_is_refused(localoss_factory: object, tmp_path: Path) -> None:
+    """Listings with a DTD are refused before parsing; error documents (a GET's body, a HEAD's x-oss-err
+    header) are parsed with defusedxml, which refuses the entities: the error then comes from the status."""
+    server = localoss_factory("--fault-xml-bomb")  # type: ignore[operator]
+    server.put_file("bomb", "m/config.json", b"{}")
+    with make_connector(server, max_attempts=2) as connector:
+        with pytest.raises(RequestError) as caught:
+            connector.list("bomb", "m/")
+        assert caught.value.code == CODE_INVALID_RESPONSE and "DTD" in str(caught.value)
+        with pytest.raises(RequestError):
+            connector.prepare_directory("oss://bomb/m/", tmp_path / "model")
+        assert not (tmp_path / "model").exists()
+        # A 404 whose error document is a bomb: still a plain not-found, from the status alone.
+        with pytest.raises(ObjectNotFoundError) as missing:
+            connector.open("oss://bomb/m/missing.json")
+        assert missing.value.status == 404
+        with pytest.raises(ObjectNotFoundError) as no_bucket:  # a GET: the bomb is the error body
+            connector.list("no-such-bucket", "")
+        assert no_bucket.value.status == 404
+        # The object itself is untouched by the fault (bodies are not XML).
+        with connector.open("oss://bomb/m/config.json") as stream:
+            assert stream.read() == b"{}"
