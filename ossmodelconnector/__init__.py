@@ -7,10 +7,10 @@ reads the model directory; every process on the node shares one copy.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 # First: modules below read the version while this package is still initializing.
 from ossmodelconnector._version import __version__
-from ossmodelconnector.connector import OssModelConnector
 from ossmodelconnector.errors import (
     AccessDeniedError,
     CacheError,
@@ -52,3 +52,17 @@ __all__ = [
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+if TYPE_CHECKING:
+    from ossmodelconnector.connector import OssModelConnector
+else:
+
+    def __getattr__(name: str) -> Any:
+        # The connector pulls in oss2 and the HTTP client (~0.4 s). Imported on first use, so that a
+        # process the bootstrap only makes a reader (a vLLM worker) starts without that cost.
+        if name == "OssModelConnector":
+            from ossmodelconnector.connector import OssModelConnector
+
+            globals()[name] = OssModelConnector
+            return OssModelConnector
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

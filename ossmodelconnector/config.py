@@ -55,6 +55,7 @@ DEFAULT_MAX_ATTEMPTS = 8
 DEFAULT_RETRY_BASE_DELAY_S = 0.1
 DEFAULT_RETRY_MAX_DELAY_S = 5.0
 DEFAULT_WAIT_TIMEOUT_S = 600.0
+DEFAULT_OWNER_CHECK_S = 1.0
 
 # vcpus x workers threads each hold a connection; past this a machine spends its time switching threads.
 MAX_CONNECTIONS = 1024
@@ -153,6 +154,9 @@ class Config:
     ``OSSMC_RETRY_MAX_DELAY_S``                                          longest back-off
     ``wait_timeout_s``           ``waitTimeoutSeconds``      600         seconds > 0 a reader waits for bytes
     ``OSSMC_WAIT_TIMEOUT_S``                                             before a timeout error
+    ``owner_check_s``            ``ownerCheckSeconds``       1           seconds > 0 within which a reader in
+    ``OSSMC_OWNER_CHECK_S``                                              another process notices that the
+                                                                         owner died (``OwnerDiedError``)
     ============================ =========================== =========== ====================================
 
     Types are strict: an integer field refuses ``True``, ``8.0`` and ``"8"`` (the environment is the only
@@ -231,6 +235,9 @@ class Config:
     )
     wait_timeout_s: float = field(
         default=DEFAULT_WAIT_TIMEOUT_S, metadata=_key("waitTimeoutSeconds", float, lo=0, lo_exclusive=True)
+    )
+    owner_check_s: float = field(
+        default=DEFAULT_OWNER_CHECK_S, metadata=_key("ownerCheckSeconds", float, lo=0, lo_exclusive=True)
     )
 
     def __post_init__(self) -> None:

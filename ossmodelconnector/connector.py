@@ -22,10 +22,12 @@ import weakref
 from typing import Any
 
 from ossmodelconnector.audit import open_audit
+from ossmodelconnector.bootstrap import export_directory
+from ossmodelconnector.cache.remote import RemoteSettings
 from ossmodelconnector.client import OssClient
 from ossmodelconnector.config import Config, load_config
 from ossmodelconnector.credentials import resolve_credentials
-from ossmodelconnector.directory import PreparedDirectory, prepare_directory
+from ossmodelconnector.directory import PreparedDirectory, parse_prefix_uri, prepare_directory
 from ossmodelconnector.dirsafety import normalize_model_dir
 from ossmodelconnector.errors import ClosedError, ConfigError, InvalidURIError
 from ossmodelconnector.listing import fast_list, list_objects
@@ -33,6 +35,7 @@ from ossmodelconnector.logfiles import configure_logging
 from ossmodelconnector.objects import ObjectInfo
 from ossmodelconnector.prefetch import PrefetchScheduler
 from ossmodelconnector.residency import Residency
+from ossmodelconnector.shared_directory import AttachedDirectory, live_owner, prepare_lock
 from ossmodelconnector.stream import OssStream, open_stream
 from ossmodelconnector.termination import exit_on_sigterm
 from ossmodelconnector.uri import is_valid_bucket_name, parse_endpoint, parse_oss_uri
@@ -86,7 +89,8 @@ class OssModelConnector:
         # Lazy directories' files, kept within memoryLimitMB together by evicting whole files.
         self._residency = Residency(self._scheduler, self.config.memory_limit_bytes)
         self._streams: weakref.WeakSet[OssStream] = weakref.WeakSet()
-        self._prepared: dict[str, PreparedDirectory] = {}  # by model_dir; closed ones stay for stats()
+        # by model_dir; closed ones stay for stats()
+        self._prepared: dict[str, PreparedDirectory | AttachedDirectory] = {}
         self._started = time.monotonic()
         self._closed = False
         # A connector left open at interpreter exit still stops its workers and frees its memory.
@@ -221,7 +225,7 @@ class OssModelConnector:
         wait: bool = False,
         progress: bool | None = None,
         gc_idle_seconds: float | None = None,
-    ) -> PreparedDirectory:
+    ) -> PreparedDirectory | AttachedDirectory:
         """Make an OSS prefix a local model directory that frameworks can read while it is arriving.
 
         Lists the prefix, downloads the files smaller than ``smallFileMB`` into ``model_dir`` at once,
@@ -231,6 +235,13 @@ class OssModelConnector:
         ``model_dir`` is cleaned first, but only if it is empty, new, or was prepared before: ``/``, the
         home directory, a symlink, or a foreign non-empty directory are refused with nothing deleted.
         Preparing the same directory again replaces this connector's earlier prepare of it.
+
+        One copy per node: when another live process already prepared the same URI into the same
+        directory (or is preparing it: this call waits for it), nothing is downloaded here; the result is
+        an :class:`~ossmodelconnector.shared_directory.AttachedDirectory` whose reads wait on that
+        process's cache. Child processes (``spawn``, ``subprocess``) read through the cache with no code
+        of their own: the directory is exported in ``OSSMODELCONNECTOR_PREPARED_DIRS`` while it is open,
+        and the start-up hook (``ossmodelconnector.pth``) attaches them.
 
         Args:
             oss_dir: ``oss://bucket/prefix/`` (a missing final ``/`` is added; ``oss://bucket/`` is the
@@ -251,7 +262,8 @@ class OssModelConnector:
 
         Returns:
             The :class:`~ossmodelconnector.directory.PreparedDirectory` (``.files``, ``.placement``,
-            ``.wait()``, ``.stats()``); the connector keeps it and closes it on :meth:`close`.
+            ``.wait()``, ``.stats()``), or an ``AttachedDirectory`` (the same methods) when another process
+            owns the download; the connector keeps it and closes it on :meth:`close`.
 
         Raises:
             InvalidURIError: ``oss_dir`` is not ``oss://bucket/prefix/``.
@@ -261,6 +273,7 @@ class OssModelConnector:
             ConnectorError: a download failed (of a small file; of any file with ``wait=True``).
             ConfigError: ``lazy`` with ``wait``, or a bad ``gc_idle_seconds``.
             ClosedError: the connector is closed.
+            RequestTimeoutError: another process kept preparing the directory for ``waitTimeoutSeconds``.
 
         Example:
             >>> connector.prepare_directory("oss://models/qwen2-7b/", "/tmp/qwen2-7b")
@@ -273,26 +286,46 @@ class OssModelConnector:
         if previous is not None:
             previous.close()  # its files are about to be cleaned: release them first
         exit_on_sigterm()  # a SIGTERM'd process would otherwise leave the model in /dev/shm
-        directory = prepare_directory(
-            self._client,
-            self._scheduler,
-            self.config,
-            oss_dir,
-            model_dir,
-            namespace=str(self.endpoint),
-            lazy=lazy,
-            wait=wait,
-            progress=progress,
-            on_start=self._keep_directory,
-            residency=self._residency,
-            gc_idle_seconds=gc_idle_seconds,
-        )
+        bucket, prefix = parse_prefix_uri(oss_dir)
+        with prepare_lock(path, self.config.wait_timeout_s):
+            owner = live_owner(path, f"oss://{bucket}/{prefix}", str(self.endpoint))
+            if owner is not None:
+                return self._attach(path, f"oss://{bucket}/{prefix}", owner["pid"], wait=wait)
+            directory = prepare_directory(
+                self._client,
+                self._scheduler,
+                self.config,
+                oss_dir,
+                model_dir,
+                namespace=str(self.endpoint),
+                lazy=lazy,
+                wait=wait,
+                progress=progress,
+                on_start=self._keep_directory,
+                residency=self._residency,
+                gc_idle_seconds=gc_idle_seconds,
+            )
         if self._closed:  # the connector was closed meanwhile, by another thread
             directory.close()
             self._check_open(f"prepare_directory({oss_dir!r})")
         return directory
 
-    def _keep_directory(self, directory: PreparedDirectory) -> None:
+    def _attach(self, path: str, uri: str, owner_pid: int, *, wait: bool) -> AttachedDirectory:
+        settings = RemoteSettings(
+            owner_check_s=self.config.owner_check_s, wait_timeout_s=self.config.wait_timeout_s
+        )
+        directory = AttachedDirectory(path, uri, owner_pid, settings)
+        self._keep_directory(directory)
+        try:
+            export_directory(path)
+            if wait:
+                directory.wait()
+        except BaseException:
+            directory.close()
+            raise
+        return directory
+
+    def _keep_directory(self, directory: PreparedDirectory | AttachedDirectory) -> None:
         with self._lock:
             self._prepared.pop(directory.model_dir, None)
             self._prepared[directory.model_dir] = directory  # re-inserted: the latest is last

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from ossmodelconnector.bootstrap import export_directory, unexport_directory
+from ossmodelconnector.cache.demand import DemandServer
 from ossmodelconnector.cache.registry import register_file, unregister_file
 from ossmodelconnector.cache.shared_cache import SharedCache
 from ossmodelconnector.dirsafety import (
@@ -240,6 +242,7 @@ def prepare_directory(
             directory._start_large(client, scheduler, namespace)
             directory._download_small(client, pool)
             directory.progress.mark_ready()
+            export_directory(check.path)  # child processes (spawn, subprocess) attach instead of preparing
             log.debug(
                 "%s: ready after %.3f s (%d files, %d large, placement %s)",
                 check.path,
@@ -307,6 +310,8 @@ class PreparedDirectory:
         self._stop_downloads = threading.Event()
         self.lazy_files: LazyFiles | None = None
         """The lazy side (``prepare_directory(..., lazy=True)``): files, ``gc_idle_seconds``, ``collect``."""
+        self._demand: DemandServer | None = None
+        self._pid = os.getpid()
 
     # --- public -------------------------------------------------------------------------------------
 
@@ -398,13 +403,18 @@ class PreparedDirectory:
         steps += [(f"unregister {path}", partial(unregister_file, path)) for path in registered]
         if hooks_installed:
             steps.append(("uninstall the hooks", _uninstall_hooks))
+        if self._demand is not None:
+            steps.append(("stop serving demands", self._demand.close))
         steps += [(f"close {name}", handle.close) for name, handle in handles]
         steps += lazy_last
         if cache is not None:
             steps.append(("close the cache", cache.close))
-        steps += [(f"remove {path}", partial(_unlink_link, path, target)) for path, target in links]
+        if os.getpid() == self._pid:  # a forked child never removes what its parent serves
+            steps += [(f"remove {path}", partial(_unlink_link, path, target)) for path, target in links]
+            steps.append(("unexport it", partial(unexport_directory, self.model_dir)))
         steps.append(("stop the progress", self.progress.close))
-        steps.append(("release the owner record", partial(release_owner, self.model_dir)))
+        if os.getpid() == self._pid:
+            steps.append(("release the owner record", partial(release_owner, self.model_dir)))
         for what, step in steps:
             try:
                 step()
@@ -481,6 +491,13 @@ class PreparedDirectory:
             with self._while_open():
                 register_file(file.path, self._handles[file.name])
                 self._registered.append(file.path)
+        handles = [self._handles[file.name] for file in large]
+        with self._while_open():  # readers in other processes ask for chunks through the table's ring
+            self._demand = DemandServer(
+                cache.table,
+                lambda index, chunks: scheduler.boost(handles[index], chunks),
+                name=self.model_dir,
+            )
 
     def _register_large(
         self,

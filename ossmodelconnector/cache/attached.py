@@ -8,8 +8,10 @@
 
 A wait reads the generation, looks at the state bytes it needs, and futex-waits on the generation when
 they are not READY yet (``docs/cache-layout.md``, section 3); every half second it also checks that the
-owner still lives, so a dead owner is an :class:`OwnerDiedError`, not a hang. Issue 5 builds the reader
-hooks of other processes (vLLM tensor-parallel workers) on this.
+owner still lives, so a dead owner is an :class:`OwnerDiedError`, not a hang. When the table is mapped
+writable, a wait on chunks not yet in flight also posts them to the table's demand ring, so the owner
+fetches them next (what a wait in the owner's own process does through the scheduler). The reader hooks
+of other processes (vLLM tensor-parallel workers) wait through :class:`RemoteFile` (``cache/remote.py``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ DEFAULT_REMOTE_WAIT_TIMEOUT_S = 600.0
 
 _READY = bytes([ChunkState.READY])
 _FAILED = bytes([ChunkState.FAILED])
+_EMPTY = ChunkState.EMPTY
+_MAX_DEMAND_RUNS = 4  # runs of EMPTY chunks posted per wait: the ring holds 16, shared by every reader
 
 
 class AttachedCache:
@@ -94,9 +98,21 @@ class AttachedCache:
                 paths[entry.index] = entry.data_path
         return cls(manifest.state_table, writable=writable, data_paths=paths)
 
-    def file(self, index: int) -> RemoteFile:
-        """File ``index`` as a :class:`RemoteFile` (``wait``/``wait_all``)."""
-        return RemoteFile(self.table, index)
+    def file(
+        self,
+        index: int,
+        *,
+        owner_check_s: float = DEFAULT_OWNER_CHECK_S,
+        wait_timeout_s: float = DEFAULT_REMOTE_WAIT_TIMEOUT_S,
+    ) -> RemoteFile:
+        """File ``index`` as a :class:`RemoteFile` (``wait``/``wait_all``).
+
+        Args:
+            index: the file's index in the table.
+            owner_check_s: a waiting reader notices a dead owner within this many seconds.
+            wait_timeout_s: the default of ``timeout_s`` for its waits.
+        """
+        return RemoteFile(self.table, index, owner_check_s=owner_check_s, wait_timeout_s=wait_timeout_s)
 
     def data(self, index: int) -> memoryview:
         """A read-only view of file ``index``'s data segment; read a range only after ``wait`` for it.
@@ -136,17 +152,26 @@ class RemoteFile:
         table: the attached state table.
         index: the file's index in it.
         owner_check_s: check the owner's liveness at least this often while waiting.
+        wait_timeout_s: seconds a wait gives up after when its caller gives no timeout.
     """
 
     def __init__(
-        self, table: StateTable, index: int, *, owner_check_s: float = DEFAULT_OWNER_CHECK_S
+        self,
+        table: StateTable,
+        index: int,
+        *,
+        owner_check_s: float = DEFAULT_OWNER_CHECK_S,
+        wait_timeout_s: float = DEFAULT_REMOTE_WAIT_TIMEOUT_S,
     ) -> None:
+        if owner_check_s <= 0:
+            raise ValueError(f"owner_check_s={owner_check_s} must be > 0 seconds")
         entry = table.file(index)
         self.table = table
         self.index = index
         self.size = entry.size
         self.name = f"{table.directory}: file {index} ({entry.segment_name})"
         self._owner_check_s = owner_check_s
+        self._wait_timeout_s = wait_timeout_s
 
     def wait(self, start: int, end: int, timeout_s: float | None = None) -> None:
         """Wait until the bytes ``[start, end)`` (clamped to the file) are READY in the data segment.
@@ -168,7 +193,12 @@ class RemoteFile:
             return
         chunk_size = self.table.chunk_size
         first, last = start // chunk_size, (end - 1) // chunk_size + 1
-        self._wait_until(timeout_s, (start, end), lambda: self._chunks_ready(first, last))
+        self._wait_until(
+            timeout_s,
+            (start, end),
+            lambda: self._chunks_ready(first, last),
+            lambda: self._demand(first, last),
+        )
 
     def wait_all(self, timeout_s: float | None = None) -> None:
         """Wait until the whole file is READY and its CRC-64 was checked.
@@ -177,9 +207,28 @@ class RemoteFile:
             IntegrityError: the owner found the CRC-64 wrong.
             (and what :meth:`wait` raises)
         """
-        self._wait_until(timeout_s, (0, self.size), self._verified)
+        count = self.table.file(self.index).chunk_count
+        self._wait_until(timeout_s, (0, self.size), self._verified, lambda: self._demand(0, count))
 
     # --- internals -----------------------------------------------------------------------------------
+
+    def _demand(self, first: int, last: int) -> None:
+        """Post the runs of EMPTY chunks in ``[first, last)`` to the owner (a hint; needs writable access)."""
+        if not self.table.writable:
+            return
+        states = self.table.states(self.index)[first:last]
+        runs: list[tuple[int, int]] = []
+        for offset, state in enumerate(states):
+            if state != _EMPTY:
+                continue
+            if runs and runs[-1][0] + runs[-1][1] == first + offset:
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+            elif len(runs) == _MAX_DEMAND_RUNS:
+                break
+            else:
+                runs.append((first + offset, 1))
+        for run_first, run_count in runs:
+            self.table.post_demand(self.index, run_first, run_count)
 
     def _chunks_ready(self, first: int, last: int) -> bool:
         states = bytes(self.table.states(self.index)[first:last])
@@ -202,8 +251,14 @@ class RemoteFile:
         if self.table.released or self.table.status() == TableStatus.CLOSED:
             raise ClosedError(f"{self.name}: the owner closed the prepared directory; prepare it again")
 
-    def _wait_until(self, timeout_s: float | None, span: tuple[int, int], done: Callable[[], bool]) -> None:
-        limit = DEFAULT_REMOTE_WAIT_TIMEOUT_S if timeout_s is None else timeout_s
+    def _wait_until(
+        self,
+        timeout_s: float | None,
+        span: tuple[int, int],
+        done: Callable[[], bool],
+        demand: Callable[[], None],
+    ) -> None:
+        limit = self._wait_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + limit
         next_owner_check = 0.0
         while True:
@@ -213,6 +268,7 @@ class RemoteFile:
                 return
             now = time.monotonic()
             if now >= next_owner_check:
+                demand()  # at the first look, then again now and then: a request is only a hint
                 if not process_alive(self.table.owner_pid, self.table.owner_start_time):
                     raise OwnerDiedError(
                         f"{self.name}: the process {self.table.owner_pid} fetching bytes "

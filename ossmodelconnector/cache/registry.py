@@ -9,16 +9,34 @@ no lock.
 A file is registered under the path of its entry in the prepared directory, that path with the
 directory's symlinks resolved, and its data segment (the entry's ``realpath``, what ``open`` of the
 symlink really opens: ``/dev/shm/ossmc-d-...``).
+
+A process that did not prepare a directory itself (a vLLM worker, a ``spawn`` child) learns about it
+through :func:`set_fallback`: a path under one of the fallback directories that is not registered yet is
+handed to the resolver once (it attaches the directory's state table and registers its files); every
+other path still costs one ``str.startswith``.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["WaitableFile", "lookup", "register_file", "registered_directories", "unregister_file"]
+__all__ = [
+    "Resolver",
+    "WaitableFile",
+    "fallback_directories",
+    "lookup",
+    "lookup_registered",
+    "register_file",
+    "registered_directories",
+    "registered_files",
+    "reset_lock_after_fork",
+    "set_fallback",
+    "unregister_file",
+]
 
 
 class WaitableFile(Protocol):
@@ -44,13 +62,21 @@ class _Snapshot:
     prefixes: tuple[str, ...] = ()  # registered directories, each ending in "/"
     basenames: frozenset[str] = frozenset()
     directories: tuple[str, ...] = ()
+    fallback: tuple[str, ...] = ()  # fallback directories, each ending in "/"
+    all_prefixes: tuple[str, ...] = ()  # prefixes + fallback
 
+
+Resolver = Callable[[str], "WaitableFile | None"]
+"""Called with an absolute, normalized path under a fallback directory that is not registered; returns
+the waitable for it (registering what it found) or None."""
 
 _lock = threading.Lock()
 _snapshot = _Snapshot()
 # registered path -> (its keys in the prepared directory, the data segment it links to)
 _keys_by_path: dict[str, tuple[tuple[str, ...], str]] = {}
 _files: dict[str, WaitableFile] = {}
+_fallback_directories: tuple[str, ...] = ()
+_resolver: Resolver | None = None
 
 
 def _keys(absolute: str) -> tuple[tuple[str, ...], str]:
@@ -68,12 +94,14 @@ def _rebuild() -> None:
         for key in (*keys, segment):
             entries[key] = waitable
         model_side.update(os.path.dirname(key) for key in keys)
-    prefixes = {os.path.join(os.path.dirname(key), "") for key in entries}
+    prefixes = tuple(sorted({os.path.join(os.path.dirname(key), "") for key in entries}))
     _snapshot = _Snapshot(
         entries=entries,
-        prefixes=tuple(sorted(prefixes)),
+        prefixes=prefixes,
         basenames=frozenset(os.path.basename(key) for key in entries),
         directories=tuple(sorted(model_side)),
+        fallback=_fallback_directories,
+        all_prefixes=prefixes + _fallback_directories,
     )
 
 
@@ -112,7 +140,7 @@ def lookup(path: str | bytes | os.PathLike[str] | os.PathLike[bytes] | int) -> W
         The registered file, or None.
     """
     snapshot = _snapshot
-    if not snapshot.entries or isinstance(path, int):
+    if not snapshot.all_prefixes or isinstance(path, int):
         return None
     if isinstance(path, str):
         text = path
@@ -123,19 +151,61 @@ def lookup(path: str | bytes | os.PathLike[str] | os.PathLike[bytes] | int) -> W
             return None
         text = os.fsdecode(raw) if isinstance(raw, bytes) else raw
     if not text.startswith("/"):
-        if os.path.basename(text) not in snapshot.basenames:
+        if os.path.basename(text) not in snapshot.basenames and not snapshot.fallback:
             return None
         text = os.path.join(os.getcwd(), text)
-    if not text.startswith(snapshot.prefixes):
+    if not text.startswith(snapshot.all_prefixes):
         if "/." not in text and "//" not in text:
             return None
         text = os.path.normpath(text)  # "/model/./x", "/tmp/../model/x": normalize, then check again
-        if not text.startswith(snapshot.prefixes):
+        if not text.startswith(snapshot.all_prefixes):
             return None
     found = snapshot.entries.get(text)
     if found is None:
-        found = snapshot.entries.get(os.path.normpath(text))
+        text = os.path.normpath(text)
+        found = snapshot.entries.get(text)
+    if found is None and snapshot.fallback and text.startswith(snapshot.fallback):
+        resolver = _resolver
+        if resolver is not None:
+            found = resolver(text)
     return found
+
+
+def set_fallback(directories: Sequence[str], resolver: Resolver | None) -> None:
+    """Let :func:`lookup` ask ``resolver`` about unregistered paths under ``directories``.
+
+    Args:
+        directories: absolute directories (prepared by another process); ``[]`` turns the fallback off.
+        resolver: called once per unregistered path under them (it should register what it finds, so
+            that the next lookup of that path is a plain dictionary hit, and remember misses itself).
+    """
+    global _fallback_directories, _resolver
+    with _lock:
+        _fallback_directories = tuple(sorted({os.path.join(os.path.normpath(d), "") for d in directories}))
+        _resolver = resolver if _fallback_directories else None
+        _rebuild()
+
+
+def fallback_directories() -> tuple[str, ...]:
+    """The fallback directories given to :func:`set_fallback`, each ending in ``/``."""
+    return _snapshot.fallback
+
+
+def lookup_registered(path: str) -> WaitableFile | None:
+    """The waitable registered under exactly ``path`` (absolute, normalized); never asks the fallback."""
+    return _snapshot.entries.get(path)
+
+
+def registered_files() -> dict[str, WaitableFile]:
+    """Every registered entry path and its waitable (a copy)."""
+    with _lock:
+        return dict(_files)
+
+
+def reset_lock_after_fork() -> None:
+    """Give a forked child a fresh lock (another thread of the parent may have held it across fork)."""
+    global _lock
+    _lock = threading.Lock()
 
 
 def registered_directories() -> list[str]:

@@ -110,6 +110,7 @@ def test_every_field_reads_its_environment_variable() -> None:
         "retry_base_delay_s": ("0.5", 0.5),
         "retry_max_delay_s": ("9", 9.0),
         "wait_timeout_s": ("30", 30.0),
+        "owner_check_s": ("2", 2.0),
     }
     assert set(values) == {spec.name for spec in SPECS}
     for name, (text, _) in values.items():
@@ -165,6 +166,7 @@ def test_file_all_keys_nested(tmp_path: Path) -> None:
         "timeouts": {"connectSeconds": 3, "readSeconds": 4.5},
         "retry": {"maxAttempts": 2, "baseDelaySeconds": 0, "maxDelaySeconds": 1},
         "waitTimeoutSeconds": 20,
+        "ownerCheckSeconds": 3,
     }
     c = load_config(write_json(tmp_path, doc))
     assert c.prefetch_connections == 64 and c.fast_list_requests == 16
@@ -182,6 +184,7 @@ def test_file_all_keys_nested(tmp_path: Path) -> None:
         "timeouts": {"connectSeconds": 3.0, "readSeconds": 4.5},
         "retry": {"maxAttempts": 2, "baseDelaySeconds": 0.0, "maxDelaySeconds": 1.0},
         "waitTimeoutSeconds": 20.0,
+        "ownerCheckSeconds": 3.0,
     }
 
 

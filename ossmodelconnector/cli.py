@@ -1,0 +1,156 @@
+"""The ``ossmodelconnector`` command: ``run`` prepares a directory and runs a program over it (no-code mode).
+
+::
+
+    ossmodelconnector run [--endpoint E] [--cred-path P] [--config C] [--wait] OSS_URI MODEL_DIR -- CMD...
+        connector = OssModelConnector(E or $OSS_ENDPOINT, P or $OSSMODELCONNECTOR_CRED_PATH or the
+                                      OSS_ACCESS_KEY_* variables, C)
+        connector.prepare_directory(OSS_URI, MODEL_DIR)        this process owns the download
+        CMD runs with OSSMODELCONNECTOR_PREPARED_DIRS=MODEL_DIR and PYTHONPATH=<_startup>:$PYTHONPATH,
+            so every Python process under it (children, grandchildren, spawn, fork, python -m, entry
+            points) attaches to the cache at start-up
+        SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 are passed on to CMD
+        exit: CMD's exit code (128 + N when a signal N ended it); the cache is released first
+
+Example::
+
+    ossmodelconnector run oss://models/qwen2-7b/ /tmp/qwen2-7b -- \\
+        vllm serve /tmp/qwen2-7b --tensor-parallel-size 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from ossmodelconnector.bootstrap import CONFIG_PATH_ENV, CRED_PATH_ENV, OSS_ENDPOINT_ENV
+from ossmodelconnector.errors import ConnectorError
+
+__all__ = ["FORWARDED_SIGNALS", "main", "startup_dir"]
+
+log = logging.getLogger(__name__)
+
+FORWARDED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+"""Signals ``run`` passes on to the program instead of acting on them itself."""
+
+_USAGE_ERROR = 2
+
+
+def startup_dir() -> str:
+    """The folder holding the chaining ``sitecustomize.py`` that ``run`` puts first on ``PYTHONPATH``."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "_startup")
+
+
+def child_environment(environ: dict[str, str]) -> dict[str, str]:
+    """``environ`` with the start-up folder first on ``PYTHONPATH`` (once)."""
+    env = dict(environ)
+    folder = startup_dir()
+    parts = [part for part in env.get("PYTHONPATH", "").split(os.pathsep) if part and part != folder]
+    env["PYTHONPATH"] = os.pathsep.join([folder, *parts])
+    return env
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``ossmodelconnector`` command."""
+    parser = argparse.ArgumentParser(
+        prog="ossmodelconnector", description="Load AI models straight from Alibaba Cloud OSS."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run",
+        help="prepare a model directory, then run a program that reads it through the shared cache",
+        description="Prepare OSS_URI into MODEL_DIR (this process owns the download), run COMMAND so that "
+        "every Python process it starts reads MODEL_DIR through the shared cache, pass signals on, "
+        "return COMMAND's exit code and release the cache.",
+    )
+    run.add_argument("--endpoint", default="", help=f"OSS endpoint (default ${OSS_ENDPOINT_ENV})")
+    run.add_argument(
+        "--cred-path",
+        default="",
+        help=f"credentials JSON (default ${CRED_PATH_ENV}, else OSS_ACCESS_KEY_ID/OSS_ACCESS_KEY_SECRET)",
+    )
+    run.add_argument("--config", default="", help=f"config JSON (default ${CONFIG_PATH_ENV})")
+    run.add_argument(
+        "--wait", action="store_true", help="start COMMAND only once every byte is local and verified"
+    )
+    run.add_argument("oss_uri", metavar="OSS_URI", help="oss://bucket/prefix/")
+    run.add_argument("model_dir", metavar="MODEL_DIR", help="the local directory to prepare")
+    run.add_argument("program", metavar="COMMAND", nargs=argparse.REMAINDER, help="after --: what to run")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line.
+
+    Args:
+        argv: the arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: COMMAND's for ``run`` (128 + N when signal N ended it), 2 for a usage error, 1
+        when preparing failed.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    program = list(args.program)
+    if program and program[0] == "--":
+        program = program[1:]
+    if not program:
+        parser.error("give the program to run after --, e.g. -- python serve.py")
+    endpoint = args.endpoint or os.environ.get(OSS_ENDPOINT_ENV, "")
+    if not endpoint:
+        parser.error(f"give --endpoint or set {OSS_ENDPOINT_ENV}")
+    from ossmodelconnector.connector import OssModelConnector
+
+    try:
+        connector = OssModelConnector(
+            endpoint,
+            cred_path=args.cred_path or os.environ.get(CRED_PATH_ENV, ""),
+            config_path=args.config or os.environ.get(CONFIG_PATH_ENV, ""),
+        )
+    except ConnectorError as exc:
+        print(f"ossmodelconnector: {exc}", file=sys.stderr)
+        return _USAGE_ERROR
+    with connector:
+        try:
+            connector.prepare_directory(args.oss_uri, args.model_dir, wait=args.wait)
+        except ConnectorError as exc:
+            print(f"ossmodelconnector: preparing {args.model_dir} failed: {exc}", file=sys.stderr)
+            return 1
+        return _run_program(program)
+
+
+def _run_program(program: list[str]) -> int:
+    try:
+        child = subprocess.Popen(program, env=child_environment(dict(os.environ)))
+    except OSError as exc:
+        print(f"ossmodelconnector: cannot start {program[0]!r}: {exc}", file=sys.stderr)
+        return 127 if isinstance(exc, FileNotFoundError) else 126
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in FORWARDED_SIGNALS}
+    try:
+        code = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 128 - code if code < 0 else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
