@@ -61,6 +61,7 @@ class RemoteSettings:
 
 
 _lock = threading.Lock()
+_resolving = threading.local()
 _settings = RemoteSettings()
 # directory -> its attached cache (None: looked, nothing to attach: no manifest, or no large file)
 _attached: dict[str, AttachedCache | None] = {}
@@ -137,9 +138,20 @@ def detach_directory(model_dir: str) -> None:
 
 
 def _resolve(path: str) -> registry.WaitableFile | None:
+    if getattr(_resolving, "active", False):
+        return None  # the manifest read below goes through the hooks too: it is a plain file
     directory = next((d.rstrip("/") for d in registry.fallback_directories() if path.startswith(d)), None)
     if directory is None:
         return None
+    _resolving.active = True
+    try:
+        _attach_once(directory)
+    finally:
+        _resolving.active = False
+    return registry.lookup_registered(path)
+
+
+def _attach_once(directory: str) -> None:
     with _lock:
         if directory not in _attached:
             try:
@@ -148,7 +160,6 @@ def _resolve(path: str) -> registry.WaitableFile | None:
                 # Logged once; the path then reads as a plain file (small files are complete on disk).
                 log.warning("%s: cannot attach the shared cache of this directory: %s", directory, exc)
                 _attached[directory] = None
-    return registry.lookup_registered(path)
 
 
 def _attach(directory: str, settings: RemoteSettings) -> AttachedCache | None:
