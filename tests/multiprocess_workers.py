@@ -85,11 +85,8 @@ def transformers_worker(model_dir: str, results: Any) -> None:
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().contiguous().view(-1).view(dtype=_uint8()).numpy())
-    results.put({"pid": os.getpid(), "digest": digest.hexdigest()})
+    hooked = "ossmodelconnector.hooks" in __import__("sys").modules
+    results.put({"pid": os.getpid(), "digest": state_digest(model), "hooked": hooked})
 
 
 def write_sharded_model(target: str, total_mib: int, shards: int, *, seed: int = 0) -> dict[str, str]:
@@ -122,3 +119,12 @@ def write_sharded_model(target: str, total_mib: int, shards: int, *, seed: int =
     with open(os.path.join(target, "config.json"), "w", encoding="utf-8") as config:
         json.dump({"model_type": "test"}, config)
     return digests
+
+
+def state_digest(model: Any) -> str:
+    """sha256 over a model's state dict (names and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().view(-1).view(dtype=_uint8()).numpy())
+    return digest.hexdigest()

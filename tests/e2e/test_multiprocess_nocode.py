@@ -1,0 +1,290 @@
+"""No-code mode and the owner's lifecycle across processes, each side a real process.
+
+- ``ossmodelconnector run URI DIR -- python -c PROGRAM``: PROGRAM starts 2 ``spawn`` children that load
+  the model with transformers; the exit code comes back; nothing is left in ``/dev/shm``.
+- ``ENABLE_CONNECTOR=1`` + ``OSS_ENDPOINT``/``OSS_PATH``/``MODEL_DIR``: the same program, no wrapper (the
+  start-up folder on ``PYTHONPATH`` stands in for the installed .pth, which the test venv may lack).
+- The owner killed with SIGKILL mid-download: every waiting reader gets ``OwnerDiedError`` (long before
+  its wait timeout), and the next ``prepare_directory`` recovers, leaving no orphan.
+- Two processes preparing the same prefix into the same directory at once: one fetches, the other
+  attaches; the bytes fetched by both together are the objects' bytes once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from localoss_harness import LocalOss
+from multiprocess_workers import state_digest, vllm_pattern, write_sharded_model
+from tiny_models import tiny_qwen2
+
+from ossmodelconnector import OssModelConnector
+from ossmodelconnector.cache.manifest import manifest_path, read_manifest
+from ossmodelconnector.cli import child_environment
+from ossmodelconnector.credentials import Credentials
+
+TESTS = str(Path(__file__).parent.parent)
+REPO = str(Path(__file__).parent.parent.parent)
+PROCESS_TIMEOUT_S = 300
+
+# Starts 2 spawn children that load MODEL_DIR with transformers; prints what they saw; exits with 7.
+PROGRAM = textwrap.dedent(
+    """
+    import json, multiprocessing, os, sys
+    sys.path.insert(0, {tests!r})
+    from multiprocess_workers import transformers_worker
+
+    if __name__ == "__main__":
+        model_dir = os.environ["TEST_MODEL_DIR"]
+        context = multiprocessing.get_context("spawn")
+        results = context.Queue()
+        children = [context.Process(target=transformers_worker, args=(model_dir, results)) for _ in range(2)]
+        for child in children:
+            child.start()
+        reports = [results.get(timeout=300) for _ in children]
+        for child in children:
+            child.join()
+        manifest = json.load(open(os.path.join(model_dir, ".ossmodelconnector", "manifest.json")))
+        segments = [entry["data_path"] for entry in manifest["files"].values()]
+        print(json.dumps({{
+            "reports": reports,
+            "exit_codes": [child.exitcode for child in children],
+            "segments": segments + ["/dev/shm/" + manifest["state_table"]],
+        }}))
+        sys.exit(7)
+    """
+).format(tests=TESTS)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    source = tmp_path_factory.mktemp("nocode") / "qwen2"
+    model = tiny_qwen2(seed=11, vocab_size=4096, hidden_size=256, intermediate_size=512)
+    model.save_pretrained(source, max_shard_size="3MB")
+    return source, state_digest(model)
+
+
+def _upload(server: LocalOss, bucket: str, prefix: str, source: Path) -> int:
+    server.make_bucket(bucket)
+    total = 0
+    for path in sorted(source.iterdir()):
+        data = path.read_bytes()
+        server.put_file(bucket, prefix + path.name, data)
+        total += len(data)
+    return total
+
+
+def _base_env(server: LocalOss, model_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        OSS_ACCESS_KEY_ID=server.access_key_id,
+        OSS_ACCESS_KEY_SECRET=server.access_key_secret,
+        OSSMC_SMALL_FILE_MB="1",
+        OSSMC_CHUNK_SIZE_MB="1",
+        TEST_MODEL_DIR=str(model_dir),
+        PYTHONPATH=os.pathsep.join([REPO, TESTS]),
+    )
+    return env
+
+
+def _check_program_output(completed: subprocess.CompletedProcess[str], digest: str) -> None:
+    assert completed.returncode == 7, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["exit_codes"] == [0, 0]
+    for report in result["reports"]:
+        assert report["hooked"], "the start-up hook did not run in the spawned child"
+        assert report["digest"] == digest  # the state dict is bit-identical to the saved model
+    leftovers = [path for path in result["segments"] if os.path.exists(path)]
+    assert not leftovers, f"left in /dev/shm after the program exited: {leftovers}"
+
+
+def test_run_wrapper(localoss: LocalOss, tiny_model: tuple[Path, str], tmp_path: Path) -> None:
+    source, digest = tiny_model
+    _upload(localoss, "nocode-run", "qwen/", source)
+    model_dir = tmp_path / "model"
+    command = [sys.executable, "-m", "ossmodelconnector.cli", "run", "--endpoint", localoss.endpoint]
+    command += ["oss://nocode-run/qwen/", str(model_dir), "--", sys.executable, "-c", PROGRAM]
+    completed = subprocess.run(
+        command,
+        env=_base_env(localoss, model_dir),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT_S,
+        check=False,
+    )
+    _check_program_output(completed, digest)
+
+
+def test_enable_connector_without_wrapper(
+    localoss: LocalOss, tiny_model: tuple[Path, str], tmp_path: Path
+) -> None:
+    source, digest = tiny_model
+    _upload(localoss, "nocode-env", "qwen/", source)
+    model_dir = tmp_path / "model"
+    env = child_environment(_base_env(localoss, model_dir))  # the .pth's stand-in: see the docstring
+    env.update(
+        ENABLE_CONNECTOR="1",
+        OSS_ENDPOINT=localoss.endpoint,
+        OSS_PATH="oss://nocode-env/qwen/",
+        MODEL_DIR=str(model_dir),
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", PROGRAM],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT_S,
+        check=False,
+    )
+    _check_program_output(completed, digest)
+
+
+OWNER = textwrap.dedent(
+    """
+    import sys, time
+    from ossmodelconnector import OssModelConnector
+    from ossmodelconnector.credentials import Credentials
+    connector = OssModelConnector(sys.argv[1], cred_provider=Credentials(sys.argv[2], sys.argv[3]),
+                                  chunk_size_mb=1, small_file_mb=1)
+    connector.prepare_directory(sys.argv[4], sys.argv[5])
+    print("ready", flush=True)
+    time.sleep(600)
+    """
+)
+
+READER = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from multiprocess_workers import vllm_pattern
+    print("start", flush=True)
+    try:
+        vllm_pattern(sys.argv[1])
+        print("loaded")
+    except Exception as exc:
+        print(type(exc).__name__, time.time(), str(exc).replace("\\n", " "))
+    """
+).format(tests=TESTS)
+
+
+def test_owner_killed_mid_download(localoss_factory: Any, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    digests = write_sharded_model(str(source), 16, 2)
+    slow = localoss_factory("--bandwidth-mibps", "2")  # ~8 s for the model: the kill comes long before
+    _upload(slow, "killed", "m/", source)
+    model_dir = tmp_path / "model"
+    env = _base_env(slow, model_dir)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, slow.endpoint, slow.access_key_id, slow.access_key_secret]
+        + ["oss://killed/m/", str(model_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    readers: list[subprocess.Popen[str]] = []
+    try:
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "ready"
+        old = read_manifest(manifest_path(model_dir))
+        old_files = [entry.data_path for entry in old.files.values()] + [f"/dev/shm/{old.state_table}"]
+        reader_env = child_environment(env)
+        reader_env.update(
+            OSSMODELCONNECTOR_PREPARED_DIRS=str(model_dir), OSSMC_OWNER_CHECK_S="0.5", OSSMC_WAIT_TIMEOUT_S="120"
+        )
+        for _ in range(2):
+            reader = subprocess.Popen(
+                [sys.executable, "-c", READER, str(model_dir)], env=reader_env, stdout=subprocess.PIPE, text=True
+            )
+            readers.append(reader)
+        for reader in readers:
+            assert reader.stdout is not None and reader.stdout.readline().strip() == "start"
+        time.sleep(1.0)  # let them reach their waits (not asserted: they may also still be importing)
+        owner.send_signal(signal.SIGKILL)
+        killed_at = time.time()
+        owner.wait(30)
+        outputs = [reader.communicate(timeout=PROCESS_TIMEOUT_S)[0].strip().splitlines()[-1] for reader in readers]
+    finally:
+        for process in (owner, *readers):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+    for output in outputs:
+        kind, at, message = output.split(" ", 2)
+        assert kind == "OwnerDiedError", output  # not a RequestTimeoutError 120 s later, not a hang
+        assert "died" in message and "prepare the directory again" in message
+        print(f"reader noticed the owner's death after {float(at) - killed_at:.2f} s (bound 0.5 s + start-up)")
+    # The next prepare (another server: other data segment names) recovers the dead owner's files.
+    fast = localoss_factory()
+    _upload(fast, "killed", "m/", source)
+    with OssModelConnector(
+        fast.endpoint, cred_provider=Credentials(fast.access_key_id, fast.access_key_secret), small_file_mb=1
+    ) as connector:
+        connector.prepare_directory("oss://killed/m/", model_dir, wait=True)
+        found, _ = vllm_pattern(str(model_dir))
+        assert found == digests
+        assert not [path for path in old_files[:-1] if os.path.exists(path)], "orphaned data segments"
+    assert not [path for path in old_files if os.path.exists(path)]
+
+
+COOPERATOR = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {tests!r})
+    from multiprocess_workers import vllm_pattern
+    from ossmodelconnector import OssModelConnector
+    from ossmodelconnector.credentials import Credentials
+    with OssModelConnector(sys.argv[1], cred_provider=Credentials(sys.argv[2], sys.argv[3]),
+                           chunk_size_mb=1, small_file_mb=1) as connector:
+        directory = connector.prepare_directory(sys.argv[4], sys.argv[5])
+        digests, _ = vllm_pattern(sys.argv[5])
+        stats = connector.stats()
+        print(json.dumps({{"kind": type(directory).__name__, "bytes": stats["bytes"], "digests": digests}}),
+              flush=True)
+        sys.stdin.readline()  # both loaded: now the owner may close
+    """
+).format(tests=TESTS)
+
+
+def test_two_processes_prepare_the_same_prefix_at_once(localoss_factory: Any, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    digests = write_sharded_model(str(source), 32, 4)
+    server = localoss_factory("--bandwidth-mibps", "64")
+    total = _upload(server, "coop", "m/", source)
+    model_dir = tmp_path / "model"
+    args = [server.endpoint, server.access_key_id, server.access_key_secret, "oss://coop/m/", str(model_dir)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", COOPERATOR, *args],
+            env=_base_env(server, model_dir),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        reports = []
+        for process in processes:
+            assert process.stdout is not None
+            reports.append(json.loads(process.stdout.readline()))
+        for process in processes:
+            process.communicate("\n", timeout=PROCESS_TIMEOUT_S)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert [process.returncode for process in processes] == [0, 0]
+    assert sorted(report["kind"] for report in reports) == ["AttachedDirectory", "PreparedDirectory"]
+    assert all(report["digests"] == digests for report in reports)
+    assert sum(report["bytes"] for report in reports) == total  # every byte fetched once in all
