@@ -7,7 +7,7 @@ reads the model directory; every process on the node shares one copy.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+import typing
 
 # First: modules below read the version while this package is still initializing.
 from ossmodelconnector._version import __version__
@@ -53,11 +53,14 @@ __all__ = [
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from ossmodelconnector.connector import OssModelConnector
 else:
 
-    def __getattr__(name: str) -> Any:
+    def __dir__() -> list[str]:
+        return sorted(set(globals()) | set(__all__))
+
+    def __getattr__(name: str) -> typing.Any:
         # The connector pulls in oss2 and the HTTP client (~0.4 s). Imported on first use, so that a
         # process the bootstrap only makes a reader (a vLLM worker) starts without that cost.
         if name == "OssModelConnector":
