@@ -107,9 +107,10 @@ def run() -> None:
             return
         _ran = True
     try:
+        # Listed before becoming an owner: the owner's own directory is served by its own handles.
+        directories = exported_directories()
         if enabled() and not _model_dir_exported():
             _become_owner()
-        directories = exported_directories()
         if directories:
             _become_reader(directories)
     except Exception as exc:
