@@ -288,3 +288,36 @@ def test_two_processes_prepare_the_same_prefix_at_once(localoss_factory: Any, tm
     assert sorted(report["kind"] for report in reports) == ["AttachedDirectory", "PreparedDirectory"]
     assert all(report["digests"] == digests for report in reports)
     assert sum(report["bytes"] for report in reports) == total  # every byte fetched once in all
+
+
+def test_run_passes_signals_on_and_returns_the_exit_code(localoss: LocalOss, tmp_path: Path) -> None:
+    localoss.make_bucket("nocode-signal")
+    localoss.put_file("nocode-signal", "m/config.json", b"{}")
+    program = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(42))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    command = [sys.executable, "-m", "ossmodelconnector.cli", "run", "--endpoint", localoss.endpoint]
+    command += ["oss://nocode-signal/m/", str(tmp_path / "model"), "--", sys.executable, "-c", program]
+    wrapper = subprocess.Popen(command, env=_base_env(localoss, tmp_path / "model"), stdout=subprocess.PIPE, text=True)
+    try:
+        assert wrapper.stdout is not None and wrapper.stdout.readline().strip() == "ready"
+        wrapper.send_signal(signal.SIGTERM)  # to the wrapper only: it must pass it on
+        assert wrapper.wait(PROCESS_TIMEOUT_S) == 42
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+            wrapper.wait()
+        if wrapper.stdout is not None:
+            wrapper.stdout.close()
+    usage = subprocess.run(
+        [sys.executable, "-m", "ossmodelconnector.cli", "run", "oss://b/m/", str(tmp_path / "x")],
+        env=_base_env(localoss, tmp_path / "x"),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT_S,
+        check=False,
+    )
+    assert usage.returncode == 2 and "give the program to run after --" in usage.stderr
