@@ -40,6 +40,7 @@ extensions = [
     for path in sorted(glob.glob("ossmodelconnector/_fast/*.pyx"))
 ]
 
+
 class _StrategyWithPth:
     """Wraps setuptools' editable strategy so that the editable wheel carries the .pth file too."""
 
@@ -76,5 +77,5 @@ setup(
         extensions,
         language_level=3,
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
-    )
+    ),
 )

@@ -44,7 +44,9 @@ DOWNLOAD = "own download"
 GIB = 1 << 30
 
 
-def download_worker(endpoint: str, creds: tuple[str, str], target: str, connections: int, results: Any) -> None:
+def download_worker(
+    endpoint: str, creds: tuple[str, str], target: str, connections: int, results: Any
+) -> None:
     """Download every object under PREFIX into ``target`` (oss2, like ossutil), then load it the vLLM way."""
     import oss2
     import torch  # noqa: F401 - imported before the baseline, as in the connector's workers
@@ -67,7 +69,9 @@ def download_worker(endpoint: str, creds: tuple[str, str], target: str, connecti
     del tensors
 
 
-def run_connector(endpoint: str, creds: tuple[str, str], workers: int, connections: int, work: Path) -> dict[str, Any]:
+def run_connector(
+    endpoint: str, creds: tuple[str, str], workers: int, connections: int, work: Path
+) -> dict[str, Any]:
     from ossmodelconnector import OssModelConnector
     from ossmodelconnector.cache.manifest import manifest_path, read_manifest
     from ossmodelconnector.cli import child_environment
@@ -85,7 +89,8 @@ def run_connector(endpoint: str, creds: tuple[str, str], workers: int, connectio
         ) as connector:
             connector.prepare_directory(f"oss://{BUCKET}/{PREFIX}", model_dir)
             processes = [
-                context.Process(target=vllm_worker, args=(str(model_dir), results, release)) for _ in range(workers)
+                context.Process(target=vllm_worker, args=(str(model_dir), results, release))
+                for _ in range(workers)
             ]
             for process in processes:
                 process.start()
@@ -103,7 +108,9 @@ def run_connector(endpoint: str, creds: tuple[str, str], workers: int, connectio
     return {"seconds": seconds, "reports": reports, "memory": memory, "fetched": fetched}
 
 
-def run_download(endpoint: str, creds: tuple[str, str], workers: int, connections: int, work: Path) -> dict[str, Any]:
+def run_download(
+    endpoint: str, creds: tuple[str, str], workers: int, connections: int, work: Path
+) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     targets = [work / f"download-{index}" for index in range(workers)]

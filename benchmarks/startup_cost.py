@@ -58,7 +58,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--number", type=int, default=40, help="starts per state")
     args = parser.parse_args()
-    base_env = {key: value for key, value in os.environ.items() if not key.startswith(("OSSMODELCONNECTOR_", "ENABLE_"))}
+    base_env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OSSMODELCONNECTOR_", "ENABLE_"))
+    }
     base_env.pop("PYTHONPATH", None)
     with tempfile.TemporaryDirectory(prefix="startup-venv-", dir="/tmp") as scratch:
         python, site = make_venv(Path(scratch) / "venv")
@@ -74,7 +78,7 @@ def main() -> int:
             ),
         }
         times: dict[str, list[float]] = {name: [] for name in states}
-        for name, (with_pth, env) in states.items():  # warm-up: page cache, .pyc files
+        for with_pth, env in states.values():  # warm-up: page cache, .pyc files
             if with_pth:
                 shutil.copy(PTH, installed)
             time_start(python, env)
@@ -89,7 +93,12 @@ def main() -> int:
         installed.unlink(missing_ok=True)
     baseline = median(times["no .pth (baseline)"])
     rows = [
-        [name, f"{median(values) * 1000:.1f}", f"{(median(values) - baseline) * 1000:+.1f}", f"{median(values) / baseline:.2f}"]
+        [
+            name,
+            f"{median(values) * 1000:.1f}",
+            f"{(median(values) - baseline) * 1000:+.1f}",
+            f"{median(values) / baseline:.2f}",
+        ]
         for name, values in times.items()
     ]
     table = markdown_table(["state", "python -c pass, median ms", "vs baseline ms", "ratio"], rows)
@@ -97,7 +106,8 @@ def main() -> int:
     write_section(
         "startup_cost",
         f"{args.number} starts per state, interleaved, in a throwaway venv. The reader state imports the "
-        "hooks and the cache modules (no oss2, no HTTP client: the connector is imported lazily).\n\n" + table,
+        "hooks and the cache modules (no oss2, no HTTP client: the connector is imported lazily).\n\n"
+        + table,
     )
     return 0
 

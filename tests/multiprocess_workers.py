@@ -15,7 +15,7 @@ from typing import Any
 
 
 def smaps_rollup(pid: int | str = "self") -> dict[str, int]:
-    """``/proc/<pid>/smaps_rollup`` in bytes (``Rss``, ``Pss``, ``Pss_Anon``, ``Pss_Shmem``, ``Anonymous``...)."""
+    """``/proc/<pid>/smaps_rollup`` in bytes (``Rss``, ``Pss``, ``Pss_Shmem``, ``Anonymous``...)."""
     fields: dict[str, int] = {}
     with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as rollup:
         for line in rollup:

@@ -78,7 +78,9 @@ def _run_workers(model_dir: Path, workers: int) -> tuple[list[dict[str, Any]], t
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     release = context.Event()
-    processes = [context.Process(target=vllm_worker, args=(str(model_dir), results, release)) for _ in range(workers)]
+    processes = [
+        context.Process(target=vllm_worker, args=(str(model_dir), results, release)) for _ in range(workers)
+    ]
     for process in processes:
         process.start()
     try:

@@ -184,8 +184,16 @@ def test_owner_killed_mid_download(localoss_factory: Any, tmp_path: Path) -> Non
     model_dir = tmp_path / "model"
     env = _base_env(slow, model_dir)
     owner = subprocess.Popen(
-        [sys.executable, "-c", OWNER, slow.endpoint, slow.access_key_id, slow.access_key_secret]
-        + ["oss://killed/m/", str(model_dir)],
+        [
+            sys.executable,
+            "-c",
+            OWNER,
+            slow.endpoint,
+            slow.access_key_id,
+            slow.access_key_secret,
+            "oss://killed/m/",
+            str(model_dir),
+        ],
         env=env,
         stdout=subprocess.PIPE,
         text=True,
@@ -197,11 +205,16 @@ def test_owner_killed_mid_download(localoss_factory: Any, tmp_path: Path) -> Non
         old_files = [entry.data_path for entry in old.files.values()] + [f"/dev/shm/{old.state_table}"]
         reader_env = child_environment(env)
         reader_env.update(
-            OSSMODELCONNECTOR_PREPARED_DIRS=str(model_dir), OSSMC_OWNER_CHECK_S="0.5", OSSMC_WAIT_TIMEOUT_S="120"
+            OSSMODELCONNECTOR_PREPARED_DIRS=str(model_dir),
+            OSSMC_OWNER_CHECK_S="0.5",
+            OSSMC_WAIT_TIMEOUT_S="120",
         )
         for _ in range(2):
             reader = subprocess.Popen(
-                [sys.executable, "-c", READER, str(model_dir)], env=reader_env, stdout=subprocess.PIPE, text=True
+                [sys.executable, "-c", READER, str(model_dir)],
+                env=reader_env,
+                stdout=subprocess.PIPE,
+                text=True,
             )
             readers.append(reader)
         for reader in readers:
@@ -210,7 +223,9 @@ def test_owner_killed_mid_download(localoss_factory: Any, tmp_path: Path) -> Non
         owner.send_signal(signal.SIGKILL)
         killed_at = time.time()
         owner.wait(30)
-        outputs = [reader.communicate(timeout=PROCESS_TIMEOUT_S)[0].strip().splitlines()[-1] for reader in readers]
+        outputs = [
+            reader.communicate(timeout=PROCESS_TIMEOUT_S)[0].strip().splitlines()[-1] for reader in readers
+        ]
     finally:
         for process in (owner, *readers):
             if process.poll() is None:
@@ -222,7 +237,9 @@ def test_owner_killed_mid_download(localoss_factory: Any, tmp_path: Path) -> Non
         kind, at, message = output.split(" ", 2)
         assert kind == "OwnerDiedError", output  # not a RequestTimeoutError 120 s later, not a hang
         assert "died" in message and "prepare the directory again" in message
-        print(f"reader noticed the owner's death after {float(at) - killed_at:.2f} s (bound 0.5 s + start-up)")
+        print(
+            f"reader noticed the owner's death after {float(at) - killed_at:.2f} s (bound 0.5 s + start-up)"
+        )
     # The next prepare (another server: other data segment names) recovers the dead owner's files.
     fast = localoss_factory()
     _upload(fast, "killed", "m/", source)
@@ -301,7 +318,9 @@ def test_run_passes_signals_on_and_returns_the_exit_code(localoss: LocalOss, tmp
     )
     command = [sys.executable, "-m", "ossmodelconnector.cli", "run", "--endpoint", localoss.endpoint]
     command += ["oss://nocode-signal/m/", str(tmp_path / "model"), "--", sys.executable, "-c", program]
-    wrapper = subprocess.Popen(command, env=_base_env(localoss, tmp_path / "model"), stdout=subprocess.PIPE, text=True)
+    wrapper = subprocess.Popen(
+        command, env=_base_env(localoss, tmp_path / "model"), stdout=subprocess.PIPE, text=True
+    )
     try:
         assert wrapper.stdout is not None and wrapper.stdout.readline().strip() == "ready"
         wrapper.send_signal(signal.SIGTERM)  # to the wrapper only: it must pass it on

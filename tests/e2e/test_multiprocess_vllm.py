@@ -59,13 +59,17 @@ def test_vllm_weights_iterator_in_two_workers(localoss_factory: object, tmp_path
         server.put_file("vllm-bucket", f"m/{path.name}", path.read_bytes())
     model_dir = tmp_path / "model"
     with OssModelConnector(
-        server.endpoint, cred_provider=Credentials(server.access_key_id, server.access_key_secret), small_file_mb=1
+        server.endpoint,
+        cred_provider=Credentials(server.access_key_id, server.access_key_secret),
+        small_file_mb=1,
     ) as connector:
         connector.prepare_directory("oss://vllm-bucket/m/", model_dir)
         env = child_environment(dict(os.environ))
         env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], REPO, TESTS])
         workers = [
-            subprocess.Popen([VLLM_PYTHON, "-c", WORKER, str(model_dir)], env=env, stdout=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                [VLLM_PYTHON, "-c", WORKER, str(model_dir)], env=env, stdout=subprocess.PIPE, text=True
+            )
             for _ in range(2)
         ]
         outputs = [worker.communicate(timeout=300)[0] for worker in workers]

@@ -64,7 +64,9 @@ def test_a_remote_wait_moves_its_chunk_to_the_front_of_the_owners_queue(
 
     info = shared.files[0]
     with PrefetchScheduler(connections=1) as scheduler:
-        handle = scheduler.register(info, fetch_into, chunk_size=CHUNK, backing=shared.backing(0), evictable=False)
+        handle = scheduler.register(
+            info, fetch_into, chunk_size=CHUNK, backing=shared.backing(0), evictable=False
+        )
         server = DemandServer(shared.table, lambda index, chunks: scheduler.boost(handle, chunks))
         try:
             assert entered.wait(LIVENESS_S)  # the only worker is stuck on chunk 0
@@ -130,10 +132,12 @@ def test_environment_export_round_trip() -> None:
 
 def test_the_prepare_lock_excludes_and_is_released_when_its_holder_dies(tmp_path: Path) -> None:
     model_dir = str(tmp_path / "model")
-    with prepare_lock(model_dir, LIVENESS_S):
-        with pytest.raises(RequestTimeoutError, match="another process has been preparing it"):
-            with prepare_lock(model_dir, 0.1):
-                pass
+    with (
+        prepare_lock(model_dir, LIVENESS_S),
+        pytest.raises(RequestTimeoutError, match="another process has been preparing it"),
+        prepare_lock(model_dir, 0.1),
+    ):
+        pass
     assert not os.path.exists(lock_path(model_dir))
     # A holder killed without releasing: the kernel drops its flock, the next one takes the lock.
     script = (
@@ -143,9 +147,8 @@ def test_the_prepare_lock_excludes_and_is_released_when_its_holder_dies(tmp_path
     child = subprocess.Popen([sys.executable, "-c", script, model_dir], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "locked"
-        with pytest.raises(RequestTimeoutError):
-            with prepare_lock(model_dir, 0.1):
-                pass
+        with pytest.raises(RequestTimeoutError), prepare_lock(model_dir, 0.1):
+            pass
         child.kill()
         child.wait()
         with prepare_lock(model_dir, LIVENESS_S):
