@@ -128,3 +128,19 @@ def state_digest(model: Any) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().contiguous().view(-1).view(dtype=_uint8()).numpy())
     return digest.hexdigest()
+
+
+def header_allowance(source: Any) -> int:
+    """Bytes ``prepare_directory`` may read twice: each safetensors header, read once to plan the fetch
+    order (``read_order.fetch_tensor_ranges``, when present) and again as part of its first chunk."""
+    try:
+        from ossmodelconnector import read_order
+    except ImportError:
+        return 0
+    probe = getattr(read_order, "_HEADER_PROBE", 0)
+    allowance = 0
+    for path in source.glob("*.safetensors"):
+        with path.open("rb") as file:
+            length = int.from_bytes(file.read(8), "little")
+        allowance += max(min(probe, path.stat().st_size), 8 + length)
+    return allowance

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from localoss_harness import LocalOss
-from multiprocess_workers import vllm_worker, write_sharded_model
+from multiprocess_workers import header_allowance, vllm_worker, write_sharded_model
 
 from ossmodelconnector import OssModelConnector
 from ossmodelconnector.cache.manifest import manifest_path, read_manifest
@@ -130,7 +130,8 @@ def test_spawned_workers_share_one_copy(
         assert report["anon_growth"] < report["bytes"] * 0.1, report["anon_growth"]
     assert size >= MODEL_MIB * MIB * 0.9
     assert allocated <= size * 1.1  # one copy in /dev/shm, not one per worker
-    assert fetched == total  # each byte fetched once, by this process only
+    # Each byte fetched once, by this process only (N workers fetching would multiply it).
+    assert total <= fetched <= total + header_allowance(source)
     assert not model_dir.joinpath("model-00001-of-00004.safetensors").exists()  # released by close
 
 
@@ -158,7 +159,7 @@ def test_forked_child_waits_on_the_parent_cache(
         assert all(os.path.exists(os.path.realpath(model_dir / name)) for name in os.listdir(source))
         fetched = connector.stats()["bytes"]
     assert report["digests"] == digests
-    assert fetched == total  # the child fetched nothing itself (it would double the count)
+    assert total <= fetched <= total + header_allowance(source)  # the child fetched nothing itself
 
 
 def test_source_of_truth_is_unchanged(model: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
