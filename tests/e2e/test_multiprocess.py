@@ -127,6 +127,8 @@ def test_spawned_workers_share_one_copy(
         reports, (allocated, size) = _run_workers(model_dir, workers)
         directory.wait()
         fetched = connector.stats()["bytes"]
+    growth = max(report["anon_growth"] for report in reports)
+    print(f"{workers} workers: segments {allocated / size:.3f}x the model, max anon growth {growth} B")
     for report in reports:
         assert report["hooked"], "the start-up hook did not run in the spawned worker"
         assert report["digests"] == digests  # every tensor bit-identical to the source
