@@ -405,7 +405,7 @@ class SharedCache:
             raise CacheError(
                 f"{info.uri}: the live process {pid} is preparing this object version for {directory} (data "
                 f"segment {path}); to share that download, prepare {directory} itself (a second prepare of "
-                "the same URI into the same directory attaches to the live owner), or close that connector first"
+                "the same URI into the same directory attaches to the live owner), or close that connector"
             )
         unlink_segment(self._data_dir, name)
         log.warning("%s: removed the stale data segment %s (its owner died)", info.uri, path)
