@@ -242,7 +242,8 @@ def prepare_directory(
             directory._start_large(client, scheduler, namespace)
             directory._download_small(client, pool)
             directory.progress.mark_ready()
-            export_directory(check.path)  # child processes (spawn, subprocess) attach instead of preparing
+            if directory.lazy_files is None:  # lazy files are this process's only (cache-layout.md, 6)
+                export_directory(check.path)  # child processes (spawn, subprocess) attach, not prepare
             log.debug(
                 "%s: ready after %.3f s (%d files, %d large, placement %s)",
                 check.path,

@@ -208,6 +208,7 @@ class AttachedDirectory:
         self.model_dir = model_dir
         self.uri = uri
         self.owner_pid = owner_pid
+        self.lazy_files: None = None  # an attached directory is never lazy (a lazy owner is refused)
         self._settings = settings
         self._closed = False
         from ossmodelconnector import hooks  # above this layer; imported only when a directory needs it
@@ -252,6 +253,10 @@ class AttachedDirectory:
         limit = timeout_s if timeout_s is not None else self._settings.wait_timeout_s
         for remote_file in self._remote.values():
             remote_file.wait_all(limit)
+
+    def file_states(self) -> dict[str, dict[str, Any]]:
+        """Per file path: ``{"size", "state", "percent", "attached"}`` from the owner's table."""
+        return self.progress.snapshot()
 
     def stats(self) -> dict[str, Any]:
         """As ``PreparedDirectory.stats``: the summary, and each file's state under ``"states"``."""

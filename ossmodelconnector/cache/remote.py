@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from ossmodelconnector.cache.attached import (
     RemoteFile,
 )
 from ossmodelconnector.cache.manifest import find_manifest, manifest_path, read_manifest
+from ossmodelconnector.cache.state_table import FLAG_LAZY
 from ossmodelconnector.errors import CacheError
 
 __all__ = [
@@ -170,6 +172,12 @@ def _attach(directory: str, settings: RemoteSettings) -> AttachedCache | None:
         return None
     cache = AttachedCache.from_manifest(path, writable=True)
     try:
+        if cache.table.flags() & FLAG_LAZY:
+            raise CacheError(
+                f"{directory} was prepared lazily by process {cache.table.owner_pid}: its files are fetched "
+                "and evicted for that process's readers only, so other processes cannot read it through the "
+                "cache; prepare it without lazy=True to share it"
+            )
         for relative, entry in manifest.files.items():
             remote = cache.file(
                 entry.index, owner_check_s=settings.owner_check_s, wait_timeout_s=settings.wait_timeout_s
@@ -230,10 +238,12 @@ def _after_fork_in_child() -> None:
     registry.reset_lock_after_fork()
     # The parent's fetch threads are gone: its handles would start fetching again in this process. Wait
     # on the parent's shared chunk states instead (the parent, still alive, keeps fetching).
+    handle_type = getattr(sys.modules.get("ossmodelconnector.object_handle"), "ObjectHandle", None)
+    if handle_type is None:
+        return
     for path, waitable in registry.registered_files().items():
-        if isinstance(waitable, (RemoteFile, _AfterFork)):
-            continue
-        registry.register_file(path, _AfterFork(path, waitable.size))
+        if isinstance(waitable, handle_type):  # an eager directory's handle (lazy files stay as they are)
+            registry.register_file(path, _AfterFork(path, waitable.size))
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
