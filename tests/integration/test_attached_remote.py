@@ -23,7 +23,7 @@ from ossmodelconnector.cache.attached import AttachedCache, RemoteFile
 from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.cache.demand import DemandServer
 from ossmodelconnector.cache.shared_cache import SharedCache
-from ossmodelconnector.errors import RequestTimeoutError
+from ossmodelconnector.errors import CacheError, RequestTimeoutError
 from ossmodelconnector.objects import ObjectInfo
 from ossmodelconnector.prefetch import PrefetchScheduler
 from ossmodelconnector.shared_directory import lock_path, prepare_lock
@@ -160,3 +160,14 @@ def test_the_prepare_lock_excludes_and_is_released_when_its_holder_dies(tmp_path
         if child.stdout is not None:
             child.stdout.close()
     assert not os.path.exists(lock_path(model_dir))
+
+
+def test_a_lazy_directory_is_not_attached_from_another_process(tmp_path: Path, namespace: str) -> None:
+    data = random.Random(6).randbytes(4 * CHUNK)
+    info = ObjectInfo("bucket", "m/lazy.bin", len(data), '"etag"', 0.0, crc64(data))
+    with (
+        SharedCache.create(tmp_path / "lazy", [info], namespace=namespace, chunk_size=CHUNK, lazy=True),
+        pytest.raises(CacheError, match="prepared lazily"),
+    ):
+        remote.attach_directory(str(tmp_path / "lazy"))
+    remote.detach_directory(str(tmp_path / "lazy"))
