@@ -9,7 +9,8 @@
         CMD runs with OSSMODELCONNECTOR_PREPARED_DIRS=MODEL_DIR and PYTHONPATH=<_startup>:$PYTHONPATH,
             so every Python process under it (children, grandchildren, spawn, fork, python -m, entry
             points) attaches to the cache at start-up
-        SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 are passed on to CMD
+        SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 are passed on to CMD (not SIGINT/SIGQUIT from a
+            terminal's Ctrl-C / Ctrl-\\: those reach CMD directly, in the same foreground process group)
         exit: CMD's exit code (128 + N when a signal N ended it); the cache is released first
 
 Example::
@@ -139,8 +140,12 @@ def _run_program(program: list[str]) -> int:
         print(f"ossmodelconnector: cannot start {program[0]!r}: {exc}", file=sys.stderr)
         return 127 if isinstance(exc, FileNotFoundError) else 126
 
+    # Ctrl-C / Ctrl-\ in a terminal already reach the program (same foreground process group): passing
+    # them on too would deliver them twice (vLLM takes a second Ctrl-C as "exit at once").
+    from_terminal = (signal.SIGINT, signal.SIGQUIT) if _foreground_in_a_terminal() else ()
+
     def forward(signum: int, frame: FrameType | None) -> None:
-        if child.poll() is None:
+        if child.poll() is None and signum not in from_terminal:
             child.send_signal(signum)
 
     previous = {signum: signal.signal(signum, forward) for signum in FORWARDED_SIGNALS}
@@ -150,6 +155,13 @@ def _run_program(program: list[str]) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return 128 - code if code < 0 else code
+
+
+def _foreground_in_a_terminal() -> bool:
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError, AttributeError):  # no terminal, stdin closed or replaced
+        return False
 
 
 if __name__ == "__main__":
