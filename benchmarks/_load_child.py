@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _profile
 from _bare import fetch, split
 from _fuse import mounted
 from demo import download_prefix
@@ -38,12 +39,12 @@ Spec = dict[str, Any]
 After = Callable[[], dict[str, Any]]
 Loader = Callable[[Spec, contextlib.ExitStack], tuple[Any, After]]
 
-SAMPLE_INTERVAL_S = 0.02
-INPUT_TOKENS = 32
+SAMPLE_INTERVAL_S = 0.05
+INPUT_TOKENS = 1  # one decode step: CPU float16 matmuls over a long prompt would swamp every loader
 
 
 class MemorySampler:
-    """Samples this process's ``VmRSS`` and ``RssShmem`` every 20 ms and keeps the peaks."""
+    """Samples this process's ``VmRSS`` and ``RssShmem`` every 50 ms and keeps the peaks."""
 
     def __init__(self) -> None:
         self.peak_rss = 0
@@ -301,11 +302,11 @@ LOADERS: dict[str, Loader] = {
     "connector": connector_loader(wait=False),
     "connector wait=True": connector_loader(wait=True),
     "download-then-load": download_then_load,
-    "rclone mount, cache off": fuse_loader("rclone-off"),
-    "rclone mount, cache full": fuse_loader("rclone-full"),
+    "rclone mount (cache off)": fuse_loader("rclone-off"),
+    "rclone mount (cache full)": fuse_loader("rclone-full"),
     "s3fs mount": fuse_loader("s3fs"),
     "Run:ai streamer": runai_streamer,
-    "floor: local, page cache": floor_local,
+    "floor: local (page cache)": floor_local,
     "floor: bare transfer": bare_transfer,
 }
 
@@ -327,6 +328,7 @@ def run(spec: Spec) -> dict[str, Any]:
     if "shm_dir" in spec:
         Path(spec["shm_dir"]).mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"contender": name}
+    profiler = _profile.start(Path(spec["profile"]), os.getpid()) if spec.get("profile") else None
     with contextlib.ExitStack() as stack, MemorySampler() as memory:
         cpu = resource.getrusage(resource.RUSAGE_SELF)
         began = time.perf_counter()
@@ -334,6 +336,8 @@ def run(spec: Spec) -> dict[str, Any]:
         result["loaded_s"] = time.perf_counter() - began
         result["logits"] = forward(model) if model is not None else check_bare(spec)
         result["elapsed_s"] = time.perf_counter() - began
+        if profiler is not None:
+            _profile.stop(profiler)
         used = resource.getrusage(resource.RUSAGE_SELF)
         result["cpu_s"] = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
         result.update(after())

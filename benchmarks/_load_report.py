@@ -14,9 +14,9 @@ CONNECTOR = "connector"
 WAITED = "connector wait=True"
 DOWNLOAD = "download-then-load"
 RUNAI = "Run:ai streamer"
-LOCAL_FLOOR = "floor: local, page cache"
+LOCAL_FLOOR = "floor: local (page cache)"
 TRANSFER_FLOOR = "floor: bare transfer"
-FUSE = ("rclone mount, cache off", "rclone mount, cache full", "s3fs mount")
+FUSE = ("rclone mount (cache off)", "rclone mount (cache full)", "s3fs mount")
 TARGET_VS_TRANSFER = 1.15
 TARGET_DOWNLOAD = 1.5
 TARGET_FUSE = 3.0
@@ -105,6 +105,7 @@ def link_table(results: Results, size: int) -> str:
                 f"**{name}**" if name == CONNECTOR else name,
                 f"{mid:.2f}",
                 f"{min(times):.2f}-{max(times):.2f}",
+                f"{_med(runs, 'loaded_s'):.2f}",
                 f"{size / mid / 1e9:.2f}",
                 f"{mid / base:.2f}x",
                 f"{mid / local:.2f}x",
@@ -119,6 +120,7 @@ def link_table(results: Results, size: int) -> str:
         "contender",
         "median s",
         "min-max s",
+        "model ready s",
         "GB/s",
         "x connector",
         "x local floor",

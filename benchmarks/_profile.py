@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 from _results import markdown_table
 
 DEFAULT_RATE_HZ = 250
+ATTACH_S = 1.0
+STOP_TIMEOUT_S = 60.0
 INSTALL = "pip install py-spy (the [bench] extra); needs ptrace (root, or CAP_SYS_PTRACE in a container)"
 
+BLOCKING = frozenset({"Condition.wait", "Event.wait", "_worker", "Thread.join", "SimpleQueue.get"})
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -28,23 +34,27 @@ def missing_profiler() -> str | None:
     return None if found else f"`py-spy` is not installed; {INSTALL}"
 
 
-def command(output: Path, child: list[str], rate_hz: int = DEFAULT_RATE_HZ) -> list[str]:
-    """The ``py-spy record`` command line that runs ``child`` and writes raw collapsed stacks."""
+def start(output: Path, pid: int, rate_hz: int = DEFAULT_RATE_HZ) -> subprocess.Popen[bytes]:
+    """Attach ``py-spy record`` to ``pid`` (raw collapsed stacks to ``output``) until :func:`stop`."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    return [
-        spy,
-        "record",
-        "--threads",
-        "--full-filenames",
-        "--format",
-        "raw",
-        "--rate",
-        str(rate_hz),
-        "-o",
-        str(output),
-        "--",
-        *child,
-    ]
+    command = [spy, "record", "--threads", "--full-filenames", "--format", "raw", "--rate", str(rate_hz)]
+    proc = subprocess.Popen(
+        [*command, "--pid", str(pid), "-o", str(output)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    time.sleep(ATTACH_S)  # py-spy says nothing when it is attached; it needs a moment to start sampling
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a recording started by :func:`start`; py-spy writes its output on SIGINT."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    if proc.returncode not in (0, -signal.SIGINT):
+        raise RuntimeError(f"py-spy exited with {proc.returncode}: {err.decode(errors='replace')[-500:]}")
 
 
 def _frame(text: str) -> tuple[str, str]:
@@ -94,7 +104,8 @@ def summarize(raw: str, top: int = 15) -> str:
         roles[_role(thread)] += count
         if frames:
             func, file = _frame(frames[-1])
-            leaves[f"`{func}` ({file})"] += count
+            blocked = " (blocked in a wait: py-spy's idle filter misses it)" if func in BLOCKING else ""
+            leaves[f"`{func}` ({file}){blocked}"] += count
         seen = set()
         for text in frames:
             func, file = _frame(text)

@@ -8,12 +8,12 @@
             connector                 prepare_directory -> from_pretrained while weights stream -> forward
             connector wait=True       prepare_directory(wait=True) -> from_pretrained -> forward
             download-then-load        oss2 resumable_download, same threads -> from_pretrained -> forward
-            rclone mount, cache off   rclone mount (S3 dialect) -> from_pretrained(mountpoint) -> forward
-            rclone mount, cache full  the same with --vfs-cache-mode full
+            rclone mount (cache off)   rclone mount (S3 dialect) -> from_pretrained(mountpoint) -> forward
+            rclone mount (cache full)  the same with --vfs-cache-mode full
             s3fs mount                s3fs (S3 dialect, parallel_count = connections) -> ... -> forward
             Run:ai streamer           pull config, stream every shard (concurrency = connections) into a
                                       state dict -> load_state_dict(assign=True) on a meta model -> forward
-            floor: local, page cache  from_pretrained of a local copy already in the page cache -> forward
+            floor: local (page cache)  from_pretrained of a local copy already in the page cache -> forward
             floor: bare transfer      http.client + readinto of every byte (same connections), no model
         one more connector run under py-spy: benchmarks/profiles/connector-<link>.txt (+ .md summary)
     tables (median, min-max, GB/s, ratios to the connector and to both floors, peak RSS, /dev/shm), the
@@ -154,10 +154,10 @@ def run_child(
     }
     if contender.startswith("connector"):
         spec["shm_dir"] = f"/dev/shm/ossmc-load-model-{os.getpid()}-{work.name}"
+    if profile is not None:
+        spec["profile"] = str(profile)
     (work / "spec.json").write_text(json.dumps(spec))
     command = [sys.executable, str(CHILD), str(work / "spec.json"), str(work / "result.json")]
-    if profile is not None:
-        command = _profile.command(profile, command)
     server_cpu = cpu_seconds(server.proc.pid)
     try:
         with (work / "child.log").open("wb") as log:
@@ -195,14 +195,15 @@ def measure_link(
         for rep in range(args.reps):
             order = list(names)
             rng.shuffle(order)
-            for name in order:
+            for index, name in enumerate(order):
                 os.sync()
                 warm(model)  # the same page-cache state for everyone: the server reads these inodes too
-                result = run_child(name, server, args, model, scratch / f"{link}-{rep}-{len(order)}", None)
+                result = run_child(name, server, args, model, scratch / f"{link}-{rep}-{index}", None)
                 results[name].append(result)
                 rate = size / result["elapsed_s"] / 1e9
                 print(
-                    f"  {link} rep {rep + 1}: {name:<26} {result['elapsed_s']:7.2f} s {rate:5.2f} GB/s",
+                    f"  {link} rep {rep + 1}: {name:<26} {result['elapsed_s']:7.2f} s {rate:5.2f} GB/s "
+                    f"(model ready {result['loaded_s']:.2f} s)",
                     flush=True,
                 )
         if args.profile and "connector" in names:
