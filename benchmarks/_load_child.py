@@ -10,7 +10,7 @@
 SPEC is a JSON object: ``contender``, ``endpoint``, ``access_key_id``, ``access_key_secret``, ``bucket``,
 ``prefix``, ``local_model`` (the floor's copy), ``work`` (a scratch folder), ``connections``, ``chunk_mib``.
 RESULT gets ``elapsed_s``, ``loaded_s``, ``logits`` (a hash of the forward pass's logits, the same for
-every contender that loaded the same weights), ``peak_rss``, ``peak_shmem``, ``cpu_s`` and what the
+every contender that loaded the same weights), ``peak_rss``, ``peak_pss``, ``cpu_s`` and what the
 contender adds (the connector's breakdown, a FUSE daemon's peak RSS, the bytes it put in /dev/shm).
 """
 
@@ -36,29 +36,32 @@ from _fuse import mounted
 from demo import download_prefix
 
 Spec = dict[str, Any]
-After = Callable[[], dict[str, Any]]
+After = Callable[[float], dict[str, Any]]
+"""Called after the clock stopped with its ``time.time()``; returns figures to add to the result."""
 Loader = Callable[[Spec, contextlib.ExitStack], tuple[Any, After]]
 
-SAMPLE_INTERVAL_S = 0.05
+SAMPLE_INTERVAL_S = 0.1
 INPUT_TOKENS = 1  # one decode step: CPU float16 matmuls over a long prompt would swamp every loader
 
 
 class MemorySampler:
-    """Samples this process's ``VmRSS`` and ``RssShmem`` every 50 ms and keeps the peaks."""
+    """Samples this process's ``Rss``, ``Pss`` and ``Pss_Shmem`` every 100 ms and keeps the peaks.
+
+    PSS counts a page mapped twice (the connector's shared segment and safetensors' private mapping of the
+    same file) once, where RSS counts it twice: both are reported.
+    """
 
     def __init__(self) -> None:
-        self.peak_rss = 0
-        self.peak_shmem = 0
+        self.peaks = {"Rss": 0, "Pss": 0, "Pss_Shmem": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
 
     def _sample(self) -> None:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    self.peak_rss = max(self.peak_rss, int(line.split()[1]) * 1024)
-                elif line.startswith("RssShmem:"):
-                    self.peak_shmem = max(self.peak_shmem, int(line.split()[1]) * 1024)
+        with open("/proc/self/smaps_rollup") as rollup:
+            for line in rollup:
+                name, _, rest = line.partition(":")
+                if name in self.peaks:
+                    self.peaks[name] = max(self.peaks[name], int(rest.split()[0]) * 1024)
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_INTERVAL_S):
@@ -176,8 +179,7 @@ def connector_loader(*, wait: bool) -> Loader:
         model = from_pretrained(target)
         loaded = time.time()
 
-        def after() -> dict[str, Any]:
-            done = time.time()
+        def after(done: float) -> dict[str, Any]:
             stats = connector.stats()
             (summary,) = stats["directories"].values()
             firsts = [f["first_byte_at"] for f in stats["files"].values() if f["first_byte_at"]]
@@ -216,7 +218,7 @@ def download_then_load(spec: Spec, stack: contextlib.ExitStack) -> tuple[Any, Af
     creds = (spec["access_key_id"], spec["access_key_secret"])
     download_prefix(spec["endpoint"], creds, target, spec["connections"])
     model = from_pretrained(target)
-    return model, lambda: {"disk_bytes": tree_bytes(target)}
+    return model, lambda _: {"disk_bytes": tree_bytes(target)}
 
 
 def fuse_loader(kind: str) -> Loader:
@@ -227,7 +229,7 @@ def fuse_loader(kind: str) -> Loader:
         mount = stack.enter_context(mounted(kind, spec["endpoint"], creds, source, work, spec["connections"]))
         model = from_pretrained(mount.mountpoint)
 
-        def after() -> dict[str, Any]:
+        def after(_: float) -> dict[str, Any]:
             cache = work / "rclone-cache"
             return {
                 "helper_rss": mount.peak_rss(),
@@ -260,11 +262,11 @@ def runai_streamer(spec: Spec, stack: contextlib.ExitStack) -> tuple[Any, After]
     # Non-persistent buffers (rotary inv_freq) are not in a checkpoint: build them on the CPU.
     rotary = model.model.rotary_emb
     model.model.rotary_emb = type(rotary)(config=model.config)
-    return model.eval(), dict
+    return model.eval(), lambda _: {}
 
 
 def floor_local(spec: Spec, stack: contextlib.ExitStack) -> tuple[Any, After]:
-    return from_pretrained(spec["local_model"]), dict
+    return from_pretrained(spec["local_model"]), lambda _: {}
 
 
 def bare_transfer(spec: Spec, stack: contextlib.ExitStack) -> tuple[Any, After]:
@@ -273,7 +275,7 @@ def bare_transfer(spec: Spec, stack: contextlib.ExitStack) -> tuple[Any, After]:
     jobs = [job for key, buf in spec["_buffers"].items() for job in split(key, len(buf), memoryview(buf))]
     port = int(spec["endpoint"].rsplit(":", 1)[1])
     fetch(port, creds, spec["bucket"], jobs, spec["connections"])
-    return None, dict
+    return None, lambda _: {}
 
 
 def prepare_bare(spec: Spec) -> None:
@@ -334,15 +336,20 @@ def run(spec: Spec) -> dict[str, Any]:
         began = time.perf_counter()
         model, after = LOADERS[name](spec, stack)
         result["loaded_s"] = time.perf_counter() - began
-        result["logits"] = forward(model) if model is not None else check_bare(spec)
+        if model is not None:
+            result["logits"] = forward(model)
         result["elapsed_s"] = time.perf_counter() - began
-        if profiler is not None:
-            _profile.stop(profiler)
+        ended_at = time.time()
         used = resource.getrusage(resource.RUSAGE_SELF)
         result["cpu_s"] = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
-        result.update(after())
-    result["peak_rss"] = max(memory.peak_rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    result["peak_shmem"] = memory.peak_shmem
+        if profiler is not None:
+            _profile.stop(profiler)
+        if model is None:
+            result["logits"] = check_bare(spec)  # outside the clock
+        result.update(after(ended_at))
+    result["peak_rss"] = max(memory.peaks["Rss"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    result["peak_pss"] = memory.peaks["Pss"]
+    result["peak_pss_shmem"] = memory.peaks["Pss_Shmem"]
     return result
 
 

@@ -51,27 +51,32 @@ class Report:
 
     def preamble(self) -> str:
         a = self.args
-        skipped = "".join(f"\n- skipped **{name}**: {why}" for name, why in self.skipped.items())
-        return (
-            f"Model: Qwen2-style causal LM, random float16 weights, {self.size / MIB:.0f} MiB in "
-            f"{a['shards']} "
-            f"safetensors shards + index; {a['connections']} concurrent connections for every loader that "
-            f"has the knob (connector: prefetch 1 x {a['connections']} workers, {a['chunk_mib']} MiB chunks; "
-            f"oss2 resumable_download num_threads; s3fs parallel_count; Run:ai RUNAI_STREAMER_CONCURRENCY; "
-            f"the bare client). {a['reps']} repetitions per link, contenders in a shuffled order, each in a "
-            "process of its own; the clock runs from the process having imported torch, transformers and "
-            "its loader to the end of one forward pass (32 tokens). A fresh localoss per link (subprocess "
-            "on the same 2 cores), S3 dialect for rclone, s3fs and Run:ai. Peak RSS is the contender's "
-            "process (sampled VmRSS and ru_maxrss; a FUSE daemon's VmHWM added after '+'); /dev/shm is "
-            "what the contender left in shared memory at its end (the connector's segments); disk is the "
-            "download folder or rclone's cache. Run took "
-            f"{self.minutes:.1f} min; load average (1/5/15) before "
-            f"{'/'.join(f'{x:.2f}' for x in self.load[0])}, after "
-            f"{'/'.join(f'{x:.2f}' for x in self.load[1])}"
-            f" (a shared 2-core machine: other agents' jobs ran meanwhile).  \n"
-            f"Forward-pass logits identical across every contender and run: {self.same_logits()}."
-            f"{skipped}"
-        )
+        load = ["/".join(f"{x:.2f}" for x in loads) for loads in self.load]
+        lines = [
+            f"- Model: Qwen2-style causal LM, random float16 weights, {self.size / MIB:.0f} MiB in "
+            f"{a['shards']} safetensors shards + index, generated once and cached.",
+            f"- {a['connections']} concurrent connections for every loader with the knob: the connector "
+            f"(prefetch 1 x {a['connections']} workers, {a['chunk_mib']} MiB chunks), oss2 "
+            "`resumable_download` (num_threads), s3fs (parallel_count), Run:ai (RUNAI_STREAMER_CONCURRENCY), "
+            "the bare client. rclone mount has no such knob in 1.60 (defaults).",
+            f"- {a['reps']} repetitions per link, contenders in a shuffled order, each in a process of its "
+            f"own; a contender slower than {a['slow_factor']:g}x the connector in the first repetition runs "
+            "only once. Median and min-max.",
+            "- The clock runs from the process having imported torch, transformers and its loader to the end "
+            "of one forward pass of one token (CPU float16 matmuls make that pass alone cost 0.3-4 s here, "
+            "the same work for every loader; `model ready` is the time before it). Logits are compared.",
+            "- A fresh localoss per link (a subprocess on the same 2 cores); rclone, s3fs and Run:ai use its "
+            "S3 dialect (AWS SigV4, path style).",
+            "- Peak RSS / PSS: the contender's process (smaps_rollup every 100 ms, and ru_maxrss; PSS "
+            "counts a page mapped twice once); `+` a FUSE daemon's VmHWM. /dev/shm: what the contender held "
+            "in shared memory at its end (the connector's segments). Disk: the download folder or rclone's "
+            "cache. CPU: seconds of the contender's process / of the server during its run.",
+            f"- Whole run: {self.minutes:.1f} min; load average (1/5/15) before {load[0]}, after {load[1]}: "
+            "a shared 2-core machine where other agents' jobs ran meanwhile.",
+            f"- Forward-pass logits identical across every contender and run: {self.same_logits()}.",
+        ]
+        lines += [f"- Skipped **{name}**: {why}" for name, why in self.skipped.items()]
+        return "\n".join(lines)
 
 
 def _med(runs: list[dict[str, Any]], key: str = "elapsed_s") -> float:
@@ -85,10 +90,12 @@ def _mib(value: float) -> str:
 
 def _memory(runs: list[dict[str, Any]]) -> tuple[str, str, str]:
     rss = max(run["peak_rss"] for run in runs)
+    pss = max(run.get("peak_pss", 0) for run in runs)
     helper = max(run.get("helper_rss", 0) for run in runs)
     shm = max(run.get("shm_bytes", 0) for run in runs)
     disk = max(run.get("disk_bytes", 0) for run in runs)
-    return (_mib(rss) + (f" + {_mib(helper)}" if helper else "")), _mib(shm), _mib(disk)
+    plus = f" + {_mib(helper)}" if helper else ""
+    return f"{_mib(rss)} / {_mib(pss)}{plus}", _mib(shm), _mib(disk)
 
 
 def link_table(results: Results, size: int) -> str:
@@ -104,7 +111,7 @@ def link_table(results: Results, size: int) -> str:
             [
                 f"**{name}**" if name == CONNECTOR else name,
                 f"{mid:.2f}",
-                f"{min(times):.2f}-{max(times):.2f}",
+                f"{min(times):.2f}-{max(times):.2f}" + (f" ({len(times)} run)" if len(times) == 1 else ""),
                 f"{_med(runs, 'loaded_s'):.2f}",
                 f"{size / mid / 1e9:.2f}",
                 f"{mid / base:.2f}x",
@@ -125,7 +132,7 @@ def link_table(results: Results, size: int) -> str:
         "x connector",
         "x local floor",
         "x transfer floor",
-        "peak RSS MiB",
+        "peak RSS / PSS MiB",
         "/dev/shm MiB",
         "disk MiB",
         "CPU s own / server",

@@ -181,6 +181,21 @@ def run_child(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def too_slow(results: dict[str, list[dict[str, Any]]], name: str, factor: float) -> bool:
+    """Whether ``name``'s first run took more than ``factor`` x the connector's: it is not repeated then.
+
+    Its ratio is far past every target either way, and repeating a 100 s FUSE run would blow the budget.
+    """
+    first, base = results[name], results.get("connector")
+    return bool(
+        factor
+        and first
+        and base
+        and name != "connector"
+        and first[0]["elapsed_s"] > factor * base[0]["elapsed_s"]
+    )
+
+
 def measure_link(
     link: str, model: Path, names: list[str], args: argparse.Namespace, scratch: Path
 ) -> tuple[dict[str, list[dict[str, Any]]], str, int]:
@@ -193,7 +208,7 @@ def measure_link(
         print(f"{link}: {size / MIB:.0f} MiB at {server.endpoint} {' '.join(LINKS[link])}", flush=True)
         rng = random.Random(f"{args.seed}-{link}")
         for rep in range(args.reps):
-            order = list(names)
+            order = [name for name in names if rep == 0 or not too_slow(results, name, args.slow_factor)]
             rng.shuffle(order)
             for index, name in enumerate(order):
                 os.sync()
@@ -211,15 +226,17 @@ def measure_link(
             if why:
                 summary = f"No profile: {why}."
             else:
-                PROFILES.mkdir(exist_ok=True)
-                raw = PROFILES / f"connector-{link}.txt"
+                # --no-write keeps the committed profiles too: a quick look profiles into the scratch folder.
+                folder = scratch if args.no_write else PROFILES
+                folder.mkdir(exist_ok=True)
+                raw = folder / f"connector-{link}.txt"
                 result = run_child("connector", server, args, model, scratch / f"{link}-profile", raw)
                 summary = (
                     f"py-spy ({_profile.DEFAULT_RATE_HZ} Hz, on-CPU threads) of one more connector run, "
                     f"{result['elapsed_s']:.2f} s under the profiler; raw stacks: "
                     f"`benchmarks/profiles/{raw.name}`.\n\n" + _profile.summarize(raw.read_text())
                 )
-                (PROFILES / f"connector-{link}.md").write_text(
+                (folder / f"connector-{link}.md").write_text(
                     f"# connector, {LINK_TITLES[link]}\n\n{summary}\n"
                 )
         return results, summary, size
@@ -239,6 +256,12 @@ def main() -> int:
     parser.add_argument("--links", default="loopback,cloud", help="comma-separated: loopback, cloud")
     parser.add_argument("--contenders", default=",".join(LOADERS), help="comma-separated subset")
     parser.add_argument("--seed", type=int, default=6, help="seed of the shuffled orders")
+    parser.add_argument(
+        "--slow-factor",
+        type=float,
+        default=5.0,
+        help="run once only a contender whose first run took more than this x the connector's (0: never)",
+    )
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the py-spy run")
     parser.add_argument("--no-write", action="store_true", help="print only: leave RESULTS.md and the chart")
     args = parser.parse_args()
