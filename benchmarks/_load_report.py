@@ -210,6 +210,11 @@ def targets(report: Report) -> str:
                 f"{_verdict(c / t <= TARGET_VS_TRANSFER)}); against the nominal 1000 MiB/s cap "
                 f"({nominal:.2f} s): {c / nominal:.2f}"
             )
+            ready = _med(results[CONNECTOR], "loaded_s")
+            lines.append(
+                f"- cloud link, the same without the forward pass (model ready / pure transfer time): "
+                f"{ready:.2f} s / {t:.2f} s = {ready / t:.2f}"
+            )
         if results.get(DOWNLOAD):
             r = _med(results[DOWNLOAD]) / c
             lines.append(
@@ -234,11 +239,15 @@ def targets(report: Report) -> str:
         bare = report.size / _med(results[TRANSFER_FLOOR]) / 1e9
         for name in (CONNECTOR, WAITED):
             if results.get(name):
-                rate = report.size / median([r["breakdown"]["last_byte_s"] for r in results[name]]) / 1e9
+                runs = results[name]
+                rate = report.size / median([r["breakdown"]["last_byte_s"] for r in runs]) / 1e9
+                body = median([r["breakdown"]["transfer_from_first_byte_s"] for r in runs])
+                large = median([r["breakdown"]["large_bytes"] for r in runs])
                 lines.append(
-                    f"- loopback, {name}: transfer {rate:.2f} GB/s (clock start to last byte local) vs bare "
-                    f"{bare:.2f} GB/s = {rate / bare:.0%} (target >= {TARGET_BARE_SHARE:.0%}: "
-                    f"{_verdict(rate / bare >= TARGET_BARE_SHARE)})"
+                    f"- loopback, {name}: transfer {rate:.2f} GB/s (all bytes, clock start to last byte) "
+                    f"vs bare {bare:.2f} GB/s = {rate / bare:.0%} (target >= {TARGET_BARE_SHARE:.0%}: "
+                    f"{_verdict(rate / bare >= TARGET_BARE_SHARE)}); the large files alone, first byte to "
+                    f"last: {large / body / 1e9:.2f} GB/s = {large / body / 1e9 / bare:.0%} of bare"
                 )
     return "\n".join(lines)
 
@@ -251,7 +260,7 @@ def chart(report: Report, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [name for name in report.names if any(name in r for _, r, _ in report.links.values())]
-    fig, ax = plt.subplots(figsize=(10, 0.55 * len(names) * max(1, len(report.links)) + 1.6))
+    fig, ax = plt.subplots(figsize=(10, 0.4 * len(names) * max(1, len(report.links)) + 1.6))
     height = 0.8 / max(1, len(report.links))
     for i, (link, (_, results, _)) in enumerate(report.links.items()):
         ys, mids, lows, highs = [], [], [], []
@@ -266,7 +275,8 @@ def chart(report: Report, path: Path) -> None:
         ax.bar_label(bars, fmt="%.1f s", padding=3, fontsize=8)
     ax.set_yticks([j + height * (len(report.links) - 1) / 2 for j in range(len(names))], names)
     ax.invert_yaxis()
-    ax.set_xlabel("seconds from nothing to one forward pass done (median; bars: min-max)")
+    ax.set_xscale("log")  # the slowest FUSE contender is ~100x the floors: a linear axis hides the rest
+    ax.set_xlabel("seconds from nothing to one forward pass done, log scale (median; whiskers: min-max)")
     ax.set_title(
         f"{report.size / MIB:.0f} MiB model, {report.args['reps']} reps; {machine_line()}", fontsize=9
     )
