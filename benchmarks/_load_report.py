@@ -63,8 +63,9 @@ class Report:
             f"own; a contender slower than {a['slow_factor']:g}x the connector in the first repetition runs "
             "only once. Median and min-max.",
             "- The clock runs from the process having imported torch, transformers and its loader to the end "
-            "of one forward pass of one token (CPU float16 matmuls make that pass alone cost 0.3-4 s here, "
-            "the same work for every loader; `model ready` is the time before it). Logits are compared.",
+            "of one forward pass of one token (the same CPU float16 work for every loader; `model ready` is "
+            "the time before it). Logits are compared. `OMP_NUM_THREADS=1` for every contender: with two "
+            "intra-op threads on this oversubscribed machine that one pass took anywhere from 0.4 to 15 s.",
             "- A fresh localoss per link (a subprocess on the same 2 cores); rclone, s3fs and Run:ai use its "
             "S3 dialect (AWS SigV4, path style).",
             "- Peak RSS / PSS: the contender's process (smaps_rollup every 100 ms, and ru_maxrss; PSS "

@@ -35,6 +35,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,7 @@ CHILD = Path(__file__).with_name("_load_child.py")
 PROFILES = Path(__file__).with_name("profiles")
 CHART = Path(__file__).with_name("load_model.png")
 CHILD_TIMEOUT_S = 900.0
+TORCH_THREADS = 1
 MIB = 1 << 20
 
 LINKS: dict[str, tuple[str, ...]] = {
@@ -119,6 +121,9 @@ def cpu_seconds(pid: int) -> float:
 
 def child_env(contender: str, server: LocalOss, connections: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    # One intra-op thread for every contender: on an oversubscribed 2-core machine OpenMP's spinning
+    # barriers made the same one-token forward pass take 0.4 s or 15 s depending on other jobs.
+    env["OMP_NUM_THREADS"] = str(TORCH_THREADS)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     if contender.startswith("Run:ai"):
@@ -265,6 +270,8 @@ def main() -> int:
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the py-spy run")
     parser.add_argument("--no-write", action="store_true", help="print only: leave RESULTS.md and the chart")
     args = parser.parse_args()
+    # A SIGTERM unwinds like Ctrl-C: children killed, servers stopped, scratch and /dev/shm removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     wanted = [name.strip() for name in args.contenders.split(",") if name.strip()]
     links = [link.strip() for link in args.links.split(",") if link.strip()]
     unknown = sorted(set(wanted) - set(LOADERS)) + sorted(set(links) - set(LINKS))
