@@ -10,7 +10,7 @@
 SPEC is a JSON object: ``contender``, ``endpoint``, ``access_key_id``, ``access_key_secret``, ``bucket``,
 ``prefix``, ``local_model`` (the floor's copy), ``work`` (a scratch folder), ``connections``, ``chunk_mib``.
 RESULT gets ``elapsed_s``, ``loaded_s``, ``logits`` (a hash of the forward pass's logits, the same for
-every contender that loaded the same weights), ``peak_rss``, ``peak_pss``, ``cpu_s`` and what the
+every contender that loaded the same weights), ``peak_rss``, ``end_pss``, ``cpu_s`` and what the
 contender adds (the connector's breakdown, a FUSE daemon's peak RSS, the bytes it put in /dev/shm).
 """
 
@@ -45,23 +45,32 @@ INPUT_TOKENS = 1  # one decode step: CPU float16 matmuls over a long prompt woul
 
 
 class MemorySampler:
-    """Samples this process's ``Rss``, ``Pss`` and ``Pss_Shmem`` every 100 ms and keeps the peaks.
+    """Samples this process's ``VmRSS`` every 100 ms (cheap: /proc/self/status) and keeps the peak.
 
-    PSS counts a page mapped twice (the connector's shared segment and safetensors' private mapping of the
-    same file) once, where RSS counts it twice: both are reported.
+    PSS (a page mapped twice, as the connector's segment and safetensors' private mapping of it are,
+    counted once) is read from ``smaps_rollup`` once, by :meth:`pss`: that walk costs milliseconds per
+    GiB mapped, which sampling it would charge to the loaders with the largest mappings.
     """
 
     def __init__(self) -> None:
-        self.peaks = {"Rss": 0, "Pss": 0, "Pss_Shmem": 0}
+        self.peak_rss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
 
     def _sample(self) -> None:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    self.peak_rss = max(self.peak_rss, int(line.split()[1]) * 1024)
+                    return
+
+    @staticmethod
+    def pss() -> int:
         with open("/proc/self/smaps_rollup") as rollup:
             for line in rollup:
-                name, _, rest = line.partition(":")
-                if name in self.peaks:
-                    self.peaks[name] = max(self.peaks[name], int(rest.split()[0]) * 1024)
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+        return 0
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_INTERVAL_S):
@@ -160,6 +169,18 @@ def connector_loader(*, wait: bool) -> Loader:
 
         directory_module.fast_list = timed_list  # type: ignore[assignment]
         stack.callback(setattr, directory_module, "fast_list", real_list)
+        hooks: list[float] = []
+        real_install = directory_module._install_hooks
+
+        def timed_install() -> None:
+            began = time.perf_counter()
+            try:
+                real_install()
+            finally:
+                hooks.append(time.perf_counter() - began)
+
+        directory_module._install_hooks = timed_install
+        stack.callback(setattr, directory_module, "_install_hooks", real_install)
         cache_dir = Path(spec["shm_dir"])
         target = Path(spec["work"]) / "model"
         began = time.time()
@@ -188,6 +209,7 @@ def connector_loader(*, wait: bool) -> Loader:
                 "breakdown": {
                     "construct_s": summary["started_at"] - began,
                     "listing_s": sum(listing),
+                    "hooks_install_s": sum(hooks),
                     "first_byte_s": min(firsts) - began if firsts else None,
                     "prepare_returned_s": returned - began,
                     "small_files_ready_s": (summary["ready_at"] or returned) - began,
@@ -344,12 +366,11 @@ def run(spec: Spec) -> dict[str, Any]:
         result["cpu_s"] = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
         if profiler is not None:
             _profile.stop(profiler)
+        result["end_pss"] = memory.pss()  # the model still loaded, the loader not torn down yet
         if model is None:
             result["logits"] = check_bare(spec)  # outside the clock
         result.update(after(ended_at))
-    result["peak_rss"] = max(memory.peaks["Rss"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    result["peak_pss"] = memory.peaks["Pss"]
-    result["peak_pss_shmem"] = memory.peaks["Pss_Shmem"]
+    result["peak_rss"] = max(memory.peak_rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return result
 
 

@@ -68,10 +68,11 @@ class Report:
             "intra-op threads on this oversubscribed machine that one pass took anywhere from 0.4 to 15 s.",
             "- A fresh localoss per link (a subprocess on the same 2 cores); rclone, s3fs and Run:ai use its "
             "S3 dialect (AWS SigV4, path style).",
-            "- Peak RSS / PSS: the contender's process (smaps_rollup every 100 ms, and ru_maxrss; PSS "
-            "counts a page mapped twice once); `+` a FUSE daemon's VmHWM. /dev/shm: what the contender held "
-            "in shared memory at its end (the connector's segments). Disk: the download folder or rclone's "
-            "cache. CPU: seconds of the contender's process / of the server during its run.",
+            "- Peak RSS: the contender's process (VmRSS every 100 ms, and ru_maxrss); end PSS: its PSS when "
+            "the clock stopped (a page mapped twice counted once); `+` a FUSE daemon's VmHWM. /dev/shm: "
+            "what the contender held in shared memory at its end (the connector's segments). Disk: the "
+            "download folder or rclone's cache. CPU: seconds of the contender's process / of the server "
+            "during its run.",
             f"- Whole run: {self.minutes:.1f} min; load average (1/5/15) before {load[0]}, after {load[1]}: "
             "a shared 2-core machine where other agents' jobs ran meanwhile.",
             f"- Forward-pass logits identical across every contender and run: {self.same_logits()}.",
@@ -91,7 +92,7 @@ def _mib(value: float) -> str:
 
 def _memory(runs: list[dict[str, Any]]) -> tuple[str, str, str]:
     rss = max(run["peak_rss"] for run in runs)
-    pss = max(run.get("peak_pss", 0) for run in runs)
+    pss = max(run.get("end_pss", 0) for run in runs)
     helper = max(run.get("helper_rss", 0) for run in runs)
     shm = max(run.get("shm_bytes", 0) for run in runs)
     disk = max(run.get("disk_bytes", 0) for run in runs)
@@ -133,7 +134,7 @@ def link_table(results: Results, size: int) -> str:
         "x connector",
         "x local floor",
         "x transfer floor",
-        "peak RSS / PSS MiB",
+        "peak RSS / end PSS MiB",
         "/dev/shm MiB",
         "disk MiB",
         "CPU s own / server",
@@ -142,8 +143,8 @@ def link_table(results: Results, size: int) -> str:
 
 
 BREAKDOWN = (
-    ("construct_s", "connector built"),
     ("listing_s", "listing (fast_list)"),
+    ("hooks_install_s", "installing the reader hooks (before any large-file GET)"),
     ("first_byte_s", "first byte of a large file"),
     ("prepare_returned_s", "prepare_directory returned"),
     ("last_byte_s", "last byte local"),
@@ -162,7 +163,7 @@ def breakdown_table(results: Results, size: int) -> str:
         for name in names:
             values = [r["breakdown"][key] for r in results[name] if r["breakdown"].get(key) is not None]
             cells.append(f"{median(values):.3f}" if values else "n/a")
-        rows.append([label + (" (s)" if key != "construct_s" else " (s from clock start)"), *cells])
+        rows.append([label + (" (s)" if key.endswith("_s") and "done" not in key else ""), *cells])
     for label, key in (
         ("CPU seconds of the process", "cpu_s"),
         ("CPU seconds of the server", "server_cpu_s"),
