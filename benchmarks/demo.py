@@ -108,7 +108,12 @@ def via_connector(endpoint: str, creds: tuple[str, str], target: Path, connectio
     return tokens
 
 
-def via_download(endpoint: str, creds: tuple[str, str], target: Path, connections: int) -> list[int]:
+def download_prefix(endpoint: str, creds: tuple[str, str], target: Path, connections: int) -> int:
+    """Download every object under ``oss://BUCKET/PREFIX`` to ``target`` as ``ossutil cp -r`` users do.
+
+    Small files on ``connections`` threads at once, then each large file with oss2 ``resumable_download``
+    split across the same number of threads. Returns the bytes downloaded.
+    """
     import oss2
 
     bucket = oss2.Bucket(oss2.Auth(*creds), endpoint, BUCKET)
@@ -127,13 +132,17 @@ def via_download(endpoint: str, creds: tuple[str, str], target: Path, connection
             multiget_threshold=16 << 20,
         )
 
-    # ossutil cp -r style: files one after another, each split across the same number of threads.
     small = [obj for obj in objects if obj.size < 16 << 20]
     with ThreadPoolExecutor(connections) as pool:
         list(pool.map(fetch, small))
     for obj in objects:
         if obj.size >= 16 << 20:
             fetch(obj)
+    return sum(obj.size for obj in objects)
+
+
+def via_download(endpoint: str, creds: tuple[str, str], target: Path, connections: int) -> list[int]:
+    download_prefix(endpoint, creds, target, connections)
     return load_and_generate(target)
 
 

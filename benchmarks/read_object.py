@@ -24,21 +24,15 @@ Run: ``.venv/bin/python benchmarks/read_object.py`` (``--size-mib 256 --reps 2 -
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
-import hmac
-import http.client
 import os
 import queue
 import random
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.utils import formatdate
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +41,7 @@ import oss2
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _bare import fetch, run_threads, split
 from _results import markdown_table, median, write_section
 from localoss_harness import LocalOss, start_localoss
 
@@ -76,31 +71,6 @@ class Context:
 
     def chunks(self) -> list[tuple[int, int]]:
         return [(lo, min(lo + self.chunk, self.info.size)) for lo in range(0, self.info.size, self.chunk)]
-
-
-def run_threads(target: Callable[[], None], count: int) -> None:
-    errors: list[BaseException] = []
-
-    def guarded() -> None:
-        try:
-            target()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=guarded) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-
-
-def work_queue(items: list[tuple[int, int]]) -> queue.SimpleQueue[tuple[int, int]]:
-    work: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
-    for item in items:
-        work.put(item)
-    return work
 
 
 # -- contenders ------------------------------------------------------------------------------------------
@@ -135,40 +105,10 @@ def run_ours(ctx: Context) -> None:
     ctx.results["ours_crc"] = total
 
 
-def _sign_v1(server: LocalOss) -> dict[str, str]:
-    date = formatdate(usegmt=True)
-    to_sign = f"GET\n\n\n{date}\n/{BUCKET}/{KEY}"
-    digest = hmac.new(server.access_key_secret.encode(), to_sign.encode(), hashlib.sha1).digest()
-    return {"Date": date, "Authorization": f"OSS {server.access_key_id}:{base64.b64encode(digest).decode()}"}
-
-
 def run_bare(ctx: Context) -> None:
-    work = work_queue(ctx.chunks())
-    view = memoryview(ctx.buf)
-    path = "/" + BUCKET + "/" + oss2.compat.urlquote(KEY, safe="")
-
-    def worker() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", ctx.server.port)
-        try:
-            while True:
-                try:
-                    lo, hi = work.get_nowait()
-                except queue.Empty:
-                    return
-                headers = _sign_v1(ctx.server)
-                headers["Range"] = f"bytes={lo}-{hi - 1}"
-                conn.request("GET", path, headers=headers)
-                resp = conn.getresponse()
-                assert resp.status == 206, resp.status
-                got = lo
-                while got < hi:
-                    n = resp.readinto(view[got:hi])
-                    assert n, "short body"
-                    got += n
-        finally:
-            conn.close()
-
-    run_threads(worker, ctx.threads)
+    creds = (ctx.server.access_key_id, ctx.server.access_key_secret)
+    jobs = split(KEY, ctx.info.size, memoryview(ctx.buf), ctx.chunk)
+    fetch(ctx.server.port, creds, BUCKET, jobs, ctx.threads)
 
 
 def _oss2_bucket(ctx: Context) -> oss2.Bucket:
