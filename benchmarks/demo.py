@@ -62,7 +62,12 @@ def upload(server_endpoint: str, access_key_id: str, secret: str, source: Path) 
     return total
 
 
-def load_and_generate(model_dir: Path) -> list[int]:
+def load_and_generate(model_dir: Path, marks: dict[str, float] | None = None) -> list[int]:
+    """Load the tokenizer and the model from ``model_dir``, generate a few tokens, return them.
+
+    ``marks`` (if given) receives ``loaded_at`` (``from_pretrained`` returned) and ``generated_at``
+    (``time.time()``), so that callers can tell loading from generating.
+    """
     import torch
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
@@ -70,9 +75,12 @@ def load_and_generate(model_dir: Path) -> list[int]:
     # demo's tokenizer is a word-level one built locally, so it is loaded as what it is.
     tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float16)
+    loaded_at = time.time()
     inputs = tokenizer(PROMPT, return_tensors="pt")
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    if marks is not None:
+        marks.update(loaded_at=loaded_at, generated_at=time.time())
     return [int(token) for token in output[0]]
 
 
@@ -81,22 +89,24 @@ def connector_load(
 ) -> tuple[list[int], dict[str, Any]]:
     """``prepare_directory`` (streaming, or ``wait=True``) then load and generate.
 
-    Returns the tokens and the connector's ``stats()`` taken before it closes, plus ``start_at`` and
-    ``loaded_at`` (``time.time()`` just before ``prepare_directory`` and after ``generate``), so that a
-    caller can place ``ready_at``/``finished_at`` on the same clock.
+    Returns the tokens and the connector's ``stats()`` taken before it closes, plus ``start_at``,
+    ``loaded_at`` and ``generated_at`` (``time.time()`` just before ``prepare_directory``, when
+    ``from_pretrained`` returned, after ``generate``), so that a caller can place
+    ``ready_at``/``finished_at`` on the same clock. ``connections`` concurrent GETs, as many as the
+    download-then-load contender's threads.
     """
     from ossmodelconnector import OssModelConnector
     from ossmodelconnector.credentials import Credentials
 
+    marks: dict[str, float] = {}
     with OssModelConnector(
-        endpoint, cred_provider=Credentials(*creds), prefetch_vcpus=connections
+        endpoint, cred_provider=Credentials(*creds), prefetch_vcpus=1, prefetch_workers=connections
     ) as connector:
         start_at = time.time()
         connector.prepare_directory(f"oss://{BUCKET}/{PREFIX}", str(target), progress=False, wait=wait)
-        tokens = load_and_generate(target)
-        loaded_at = time.time()
+        tokens = load_and_generate(target, marks)
         stats = connector.stats()
-    return tokens, {**stats, "start_at": start_at, "loaded_at": loaded_at}
+    return tokens, {**stats, "start_at": start_at, **marks}
 
 
 def via_connector(endpoint: str, creds: tuple[str, str], target: Path, connections: int) -> list[int]:
@@ -141,9 +151,15 @@ def download_prefix(endpoint: str, creds: tuple[str, str], target: Path, connect
     return sum(obj.size for obj in objects)
 
 
-def via_download(endpoint: str, creds: tuple[str, str], target: Path, connections: int) -> list[int]:
+def via_download(
+    endpoint: str,
+    creds: tuple[str, str],
+    target: Path,
+    connections: int,
+    marks: dict[str, float] | None = None,
+) -> list[int]:
     download_prefix(endpoint, creds, target, connections)
-    return load_and_generate(target)
+    return load_and_generate(target, marks)
 
 
 def timed(run: Callable[[], list[int]]) -> tuple[float, list[int]]:
