@@ -2,8 +2,9 @@
 
 - ``ossmodelconnector run URI DIR -- python -c PROGRAM``: PROGRAM starts 2 ``spawn`` children that load
   the model with transformers; the exit code comes back; nothing is left in ``/dev/shm``.
-- ``ENABLE_CONNECTOR=1`` + ``OSS_ENDPOINT``/``OSS_PATH``/``MODEL_DIR``: the same program, no wrapper (the
-  start-up folder on ``PYTHONPATH`` stands in for the installed .pth, which the test venv may lack).
+- ``ENABLE_CONNECTOR=1`` + ``OSS_ENDPOINT``/``OSS_PATH``/``MODEL_DIR``: the same program, no wrapper,
+  through the .pth the install put in site-packages (skipped in an environment installed before it
+  existed), and through the start-up folder on ``PYTHONPATH`` that stands in for it.
 - The owner killed with SIGKILL mid-download: every waiting reader gets ``OwnerDiedError`` (long before
   its wait timeout), and the next ``prepare_directory`` recovers, leaving no orphan.
 - Two processes preparing the same prefix into the same directory at once: one fetches, the other
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import site
 import subprocess
 import sys
 import textwrap
@@ -124,17 +126,36 @@ def test_run_wrapper(localoss: LocalOss, tiny_model: tuple[Path, str], tmp_path:
     _check_program_output(completed, digest)
 
 
+def _installed_pth() -> str | None:
+    """The package's start-up .pth in this interpreter's site-packages, if the install put one there."""
+    for folder in [*site.getsitepackages(), site.getusersitepackages()]:
+        path = os.path.join(folder, "ossmodelconnector.pth")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+@pytest.mark.parametrize("route", ["installed .pth", "start-up folder on PYTHONPATH"])
 def test_enable_connector_without_wrapper(
-    localoss: LocalOss, tiny_model: tuple[Path, str], tmp_path: Path
+    localoss: LocalOss, tiny_model: tuple[Path, str], tmp_path: Path, route: str
 ) -> None:
     source, digest = tiny_model
-    _upload(localoss, "nocode-env", "qwen/", source)
+    bucket = "nocode-env-pth" if route == "installed .pth" else "nocode-env-folder"
+    _upload(localoss, bucket, "qwen/", source)
     model_dir = tmp_path / "model"
-    env = child_environment(_base_env(localoss, model_dir))  # the .pth's stand-in: see the docstring
+    if route == "installed .pth":
+        if _installed_pth() is None:
+            pytest.skip(
+                "this environment was installed before the package shipped its .pth: reinstall it "
+                "(pip install -e .) to test the installed route; CI's fresh install does"
+            )
+        env = _base_env(localoss, model_dir)  # nothing but the environment variables below
+    else:
+        env = child_environment(_base_env(localoss, model_dir))  # the .pth's stand-in
     env.update(
         ENABLE_CONNECTOR="1",
         OSS_ENDPOINT=localoss.endpoint,
-        OSS_PATH="oss://nocode-env/qwen/",
+        OSS_PATH=f"oss://{bucket}/qwen/",
         MODEL_DIR=str(model_dir),
     )
     completed = subprocess.run(

@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -269,3 +272,59 @@ def test_billion_laughs_in_listings_and_errors_is_refused(localoss_factory: obje
         # The object itself is untouched by the fault (bodies are not XML).
         with connector.open("oss://bomb/m/config.json") as stream:
             assert stream.read() == b"{}"
+
+
+def _descendants(pid: int) -> list[int]:
+    found, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+            with open(task) as f:
+                children = [int(child) for child in f.read().split()]
+            found += children
+            frontier += children
+    return found
+
+
+def test_no_code_mode_keeps_secrets_out_of_every_cmdline(
+    localoss: LocalOss, tiny_model: SavedModel, tmp_path: Path
+) -> None:
+    uri = upload_model(localoss, "nocode-cmdline", tiny_model)
+    env = {
+        **os.environ,
+        "OSS_ACCESS_KEY_ID": localoss.access_key_id,
+        "OSS_ACCESS_KEY_SECRET": localoss.access_key_secret,
+        "OSSMC_SMALL_FILE_MB": "1",
+    }
+    program = "import time; print('up', flush=True); time.sleep(120)"
+    wrapper = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ossmodelconnector.cli",
+            "run",
+            "--endpoint",
+            localoss.endpoint,
+            uri,
+            str(tmp_path / "model"),
+            "--",
+            sys.executable,
+            "-c",
+            program,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wrapper.stdout is not None
+        assert wrapper.stdout.readline().strip() == "up", wrapper.stderr.read() if wrapper.stderr else ""
+        processes = _descendants(wrapper.pid)
+        assert len(processes) >= 2  # the wrapper and the program it started
+        for pid in processes:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            assert localoss.access_key_secret.encode() not in cmdline, f"secret in cmdline of {pid}"
+    finally:
+        wrapper.send_signal(signal.SIGTERM)
+        wrapper.communicate(timeout=60)
