@@ -54,6 +54,7 @@ from ossmodelconnector.ranges import DEFAULT_CHUNK_SIZE
 __all__ = [
     "DEFAULT_CLOSE_TIMEOUT_S",
     "DEFAULT_CONNECTIONS",
+    "DEFAULT_READ_AHEAD_DELAY_S",
     "DEFAULT_WAIT_TIMEOUT_S",
     "FetchInto",
     "ObjectHandle",
@@ -67,6 +68,12 @@ DEFAULT_CONNECTIONS = 16
 
 DEFAULT_CLOSE_TIMEOUT_S = 2.0
 """Seconds ``close()`` waits, in total, for the workers to exit."""
+
+DEFAULT_READ_AHEAD_DELAY_S = 0.005
+"""Seconds after ``register`` before a private object's read-ahead starts. A read that follows at once
+(``open(uri).readinto(buffer)`` of the whole object) then has its chunks delivered into the reader's
+buffer, instead of the first ones being fetched into fresh memory of ours and copied (about 20% of the
+throughput). Objects in a shared cache start at once: their bytes must land in the cache anyway."""
 
 _IDLE_WAIT_S = 1.0  # workers re-check their exit conditions at least this often
 
@@ -91,6 +98,8 @@ class PrefetchScheduler:
             objects; ``None`` for no limit. A chunk a reader waits for is fetched even when the budget is
             full (after evicting what can be evicted), so a budget below one chunk disables read-ahead.
         close_timeout_s: seconds :meth:`close` waits in total for the workers to exit.
+        read_ahead_delay_s: seconds before a private object's read-ahead starts
+            (:data:`DEFAULT_READ_AHEAD_DELAY_S`); 0 starts it at once.
 
     Raises:
         ValueError: ``connections < 1`` or a negative budget.
@@ -107,6 +116,7 @@ class PrefetchScheduler:
         budget_bytes: int | None = None,
         *,
         close_timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S,
+        read_ahead_delay_s: float = DEFAULT_READ_AHEAD_DELAY_S,
     ) -> None:
         if connections < 1:
             raise ValueError(f"connections={connections} must be at least 1 (default {DEFAULT_CONNECTIONS})")
@@ -115,7 +125,9 @@ class PrefetchScheduler:
         self.connections = connections
         self.budget_bytes = budget_bytes
         self.close_timeout_s = close_timeout_s
+        self.read_ahead_delay_s = read_ahead_delay_s
         self._lock = threading.RLock()
+        self._deferred: list[tuple[float, ObjectHandle]] = []  # (due, private object): read-ahead to queue
         self._work = threading.Condition(self._lock)
         self._closed = False
         self._pid = os.getpid()
@@ -185,9 +197,12 @@ class PrefetchScheduler:
             )
             self._next_id += 1
             self._handles[handle.id] = handle
-            for index in range(handle.buffer.count):
-                tier = _HEADER if first_chunk_first and index == 0 else _AHEAD
-                self._queue(handle, index, tier, start=False)
+            if backing is None and not first_chunk_first and self.read_ahead_delay_s > 0:
+                self._deferred.append((time.monotonic() + self.read_ahead_delay_s, handle))
+            else:
+                for index in range(handle.buffer.count):
+                    tier = _HEADER if first_chunk_first and index == 0 else _AHEAD
+                    self._queue(handle, index, tier, start=False)
             if handle.buffer.count:
                 self._ensure_workers()
                 self._work.notify_all()
@@ -347,10 +362,16 @@ class PrefetchScheduler:
             if not chunks:
                 return
             group = min(handle.id for handle, _ in chunks)
+            ordered = {handle.id for handle, _ in chunks}
+            undeferred = {h.id for _, h in self._deferred if h.id in ordered}
+            self._deferred = [(due, h) for due, h in self._deferred if h.id not in ordered]
             for position, (handle, index) in enumerate(chunks):
                 chunk_key = (handle.id, index)
                 current = self._queued.get(chunk_key)
-                if current is None or current[0] < _AHEAD:
+                deferred = current is None and handle.id in undeferred
+                if deferred and not handle.buffer.never_fetched(index):
+                    continue
+                if not deferred and (current is None or current[0] < _AHEAD):
                     continue
                 job = (_AHEAD, group, position, handle.id, index)
                 heapq.heappush(self._heap, job)
@@ -397,7 +418,26 @@ class PrefetchScheduler:
         if not handle.closed:
             self._queue(handle, index, _DEMAND)
 
+    def _release_deferred(self) -> float | None:
+        """Queue the read-ahead of deferred objects now due; returns seconds until the next is due."""
+        now = time.monotonic()
+        waiting = []
+        for due, handle in self._deferred:
+            if handle.closed:
+                continue
+            if due > now:
+                waiting.append((due, handle))
+                continue
+            for index in range(handle.buffer.count):
+                # Not what a read already took: chunks delivered to a reader, in flight, or READY.
+                if handle.buffer.state(index) == ChunkState.EMPTY and handle.buffer.never_fetched(index):
+                    self._queue(handle, index, _AHEAD, start=False)
+        self._deferred = waiting
+        return min(due for due, _ in waiting) - now if waiting else None
+
     def _next_job(self) -> tuple[ObjectHandle, int] | None:
+        if self._deferred:
+            self._release_deferred()
         while self._heap:
             job = self._heap[0]
             tier, _, _, handle_id, index = job
@@ -508,7 +548,8 @@ class PrefetchScheduler:
                         return
                     job = self._next_job()
                     if job is None:
-                        self._work.wait(_IDLE_WAIT_S)
+                        due = self._release_deferred() if self._deferred else None
+                        self._work.wait(_IDLE_WAIT_S if due is None else min(_IDLE_WAIT_S, due))
                 handle, index = job
                 length = handle.buffer.begin_fetch(index)
                 if not handle.evictable:

@@ -174,6 +174,10 @@ class ChunkBuffer:
         """The bytes of chunk ``index``."""
         return chunk_range(index, self.info.size, self.chunk_size)
 
+    def never_fetched(self, index: int) -> bool:
+        """Whether chunk ``index`` has never been fetched (into this buffer or a reader's)."""
+        return self._first_crcs[index] is None
+
     def pinned(self, index: int) -> bool:
         """Whether a reader holds chunk ``index`` (a pinned chunk is never released)."""
         return self._pins[index] > 0

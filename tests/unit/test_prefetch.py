@@ -798,3 +798,25 @@ def test_read_ahead_in_order_fetches_in_the_given_order(schedulers: Callable[...
     # Headers first, then the given order; an object registered afterwards comes after the sequence.
     assert calls[:6] == [("a", 0), ("b", 0), ("b", 20), ("a", 20), ("b", 10), ("a", 10)]
     assert sorted(calls[6:]) == [("c", 0), ("c", 10)]
+
+
+def test_a_read_right_after_register_has_every_chunk_delivered() -> None:
+    obj = MemoryObject(payload(95))
+    # A delay no test outlasts: the read below always comes first (by default it is 5 ms).
+    with PrefetchScheduler(connections=3, read_ahead_delay_s=60) as scheduler:
+        handle = scheduler.register(obj.info, obj.fetch_into, chunk_size=10)
+        dest = bytearray(95)
+        assert handle.readinto(0, memoryview(dest), LIVENESS_LIMIT_S) == 95 and bytes(dest) == obj.data
+        assert sorted(obj.calls) == [(i * 10, min(95, i * 10 + 10)) for i in range(10)]  # each once
+        assert handle.buffer.held_bytes == scheduler.held_bytes == 0  # all went to the reader
+        assert handle.buffer.actual_crc64 == crc64(obj.data)
+
+
+def test_deferred_read_ahead_starts_by_itself_and_skips_what_was_read() -> None:
+    obj = MemoryObject(payload(50))
+    with PrefetchScheduler(connections=2, read_ahead_delay_s=0.5) as scheduler:
+        handle = scheduler.register(obj.info, obj.fetch_into, chunk_size=10)
+        assert handle.readinto(0, memoryview(bytearray(20)), LIVENESS_LIMIT_S) == 20  # chunks 0-1 delivered
+        eventually(lambda: len(obj.calls) == 5)  # read-ahead of the other three, with no reader
+        assert sorted(obj.calls) == [(i * 10, i * 10 + 10) for i in range(5)]
+        assert [handle.buffer.state(i) for i in range(5)] == [ChunkState.EMPTY] * 2 + [ChunkState.READY] * 3
