@@ -55,10 +55,10 @@ from ossmodelconnector.errors import (
     IntegrityError,
     InvalidURIError,
     ObjectNotFoundError,
-    UnsafePathError,
 )
 from ossmodelconnector.lazy_directory import LazyFiles, lazy_idle_seconds
 from ossmodelconnector.listing import fast_list
+from ossmodelconnector.live_directories import live_directories, refuse_overlap, release, reserve
 from ossmodelconnector.objects import ObjectInfo
 from ossmodelconnector.progress import STATE_CACHED, STATE_FAILED, DirectoryProgress, FileProgress
 from ossmodelconnector.read_order import chunk_order, fetch_tensor_ranges
@@ -74,11 +74,6 @@ if TYPE_CHECKING:
 __all__ = ["PreparedDirectory", "PreparedFile", "live_directories", "parse_prefix_uri", "prepare_directory"]
 
 log = logging.getLogger(__name__)
-
-# Every directory prepared and not yet closed in this process, by path: a second prepare of the same
-# directory, of one inside it or of one around it, would clean files another one is serving.
-_LIVE: dict[str, PreparedDirectory] = {}
-_LIVE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -129,12 +124,6 @@ def parse_prefix_uri(oss_dir: str) -> tuple[str, str]:
             bucket=parsed.bucket,
         )
     return parsed.bucket, prefix
-
-
-def live_directories() -> list[str]:
-    """The model directories prepared and not yet closed in this process."""
-    with _LIVE_LOCK:
-        return sorted(_LIVE)
 
 
 def prepare_directory(
@@ -190,7 +179,7 @@ def prepare_directory(
     bucket, prefix = parse_prefix_uri(oss_dir)
     uri = f"oss://{bucket}/{prefix}"
     idle_s = lazy_idle_seconds(uri, config, lazy=lazy, wait=wait, gc_idle_seconds=gc_idle_seconds)
-    _refuse_live_overlap(normalize_model_dir(model_dir))
+    refuse_overlap(normalize_model_dir(model_dir))
     check = check_model_dir(model_dir)
     entries = plan_entries(fast_list(client, bucket, prefix, config.fast_list_requests), bucket, prefix)
     if not entries:
@@ -231,7 +220,7 @@ def prepare_directory(
             directory.lazy_files = LazyFiles(
                 residency or Residency(scheduler, config.memory_limit_bytes), idle_s, check.path
             )
-        _reserve(directory)
+        reserve(directory.model_dir, directory)
         if on_start is not None:
             on_start(directory)
         try:
@@ -421,9 +410,7 @@ class PreparedDirectory:
                 step()
             except Exception as exc:  # close must finish: each step is independent of the others
                 log.warning("%s: could not %s while closing: %s", self.model_dir, what, exc)
-        with _LIVE_LOCK:
-            if _LIVE.get(self.model_dir) is self:
-                del _LIVE[self.model_dir]
+        release(self.model_dir, self)
         log.debug("%s: closed", self.model_dir)
 
     def __enter__(self) -> PreparedDirectory:
@@ -577,30 +564,6 @@ def _run_all(pool: ThreadPoolExecutor, tasks: Sequence[Callable[[], Any]]) -> li
             wait_futures(pending)
             raise future.exception()  # type: ignore[misc]
     return [future.result() for future in futures]
-
-
-def _reserve(directory: PreparedDirectory) -> None:
-    with _LIVE_LOCK:
-        _refuse_live_overlap_locked(directory.model_dir)
-        _LIVE[directory.model_dir] = directory
-
-
-def _refuse_live_overlap(path: str) -> None:
-    with _LIVE_LOCK:
-        _refuse_live_overlap_locked(path)
-
-
-def _refuse_live_overlap_locked(path: str) -> None:
-    for other, directory in _LIVE.items():
-        if directory.closed:
-            continue
-        if other == path or path.startswith(other + os.sep) or other.startswith(path + os.sep):
-            relation = "is" if other == path else ("is inside" if len(path) > len(other) else "contains")
-            raise UnsafePathError(
-                f"model_dir {path!r} refused: it {relation} the directory {other!r} this process prepared "
-                f"from {directory.uri} and is still serving; nothing was deleted. Fix: close that one first "
-                "(connector.close()), or choose a separate directory"
-            )
 
 
 def _symlink_atomically(target: str, path: str) -> None:
