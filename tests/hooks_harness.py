@@ -179,3 +179,23 @@ def registered_files(
         for name, waitable in slow.items():
             registry.unregister_file(str((model_dir / name).absolute()))
             waitable.close()
+
+
+def hooked_names() -> dict[str, object]:
+    """The names the hooks patch, as they are now. Imports safetensors and torch: call it from a module
+    that uses them, not at this module's import (a test checks hooks reach frameworks imported later)."""
+    import builtins
+
+    import safetensors
+    import torch
+
+    return {"open": builtins.open, "safe_open": safetensors.safe_open, "load": torch.load}
+
+
+def hooks_restored(real: dict[str, object]) -> Iterator[None]:
+    """Body of an autouse fixture: the test ends with its connectors closed, so every name the hooks
+    patched is ``real`` (``hooked_names()`` taken before any test ran) again."""
+    yield
+    now = hooked_names()
+    for name, original in real.items():
+        assert now[name] is original, name

@@ -9,7 +9,6 @@ arrived, and tensors of the last shard read while it is still arriving hold the 
 
 from __future__ import annotations
 
-import builtins
 import os
 import random
 import time
@@ -22,6 +21,7 @@ import safetensors
 import safetensors.torch
 import torch
 import transformers
+from hooks_harness import hooked_names, hooks_restored
 from localoss_harness import LocalOss
 from tiny_models import tiny_qwen2
 
@@ -30,10 +30,11 @@ from ossmodelconnector.credentials import Credentials
 
 MIB = 1 << 20
 PREFIX = "models/qwen2-e2e/"
-# Held in a dict: the hooks replace every module global bound to these while they are installed.
-REAL = {"open": builtins.open, "safe_open": safetensors.safe_open, "load": torch.load}
 INPUT_IDS = torch.tensor([[11, 207, 3001, 42, 9, 1500, 77, 2048]])
 NEW_TOKENS = 6
+
+# Held in a dict: the hooks replace every module global bound to these while they are installed.
+REAL = hooked_names()  # before any test installs a hook
 
 
 @dataclass(frozen=True)
@@ -87,11 +88,7 @@ def saved_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SavedMod
 
 @pytest.fixture(autouse=True)
 def _hooks_restored() -> Iterator[None]:
-    """Every test ends with its connectors closed, so every name the hooks patched is the original."""
-    yield
-    assert builtins.open is REAL["open"]
-    assert safetensors.safe_open is REAL["safe_open"]
-    assert torch.load is REAL["load"]
+    yield from hooks_restored(REAL)
 
 
 def _upload(server: LocalOss, bucket: str, source: Path) -> dict[str, int]:

@@ -7,7 +7,6 @@ guards against a hang, no test asserts a duration.
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import subprocess
 from collections.abc import Callable, Iterator
@@ -16,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import safetensors
 import torch
+from hooks_harness import hooked_names, hooks_restored
 from localoss_harness import LocalOss, start_localoss
 
 from ossmodelconnector import OssModelConnector
@@ -26,7 +25,8 @@ from ossmodelconnector.credentials import Credentials
 MIB = 1 << 20
 MODEL_PREFIX = "models/tiny-qwen2/"
 FAST_RETRIES: dict[str, Any] = {"retry_base_delay_s": 0.001, "retry_max_delay_s": 0.02}
-REAL = {"open": builtins.open, "safe_open": safetensors.safe_open, "load": torch.load}
+
+REAL = hooked_names()  # before any test installs a hook
 
 
 @dataclass(frozen=True)
@@ -122,11 +122,7 @@ def crashable_localoss(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cal
 
 @pytest.fixture(autouse=True)
 def _hooks_restored() -> Iterator[None]:
-    """Every case ends with its connectors closed, so every name the hooks patched is the original."""
-    yield
-    assert builtins.open is REAL["open"]
-    assert safetensors.safe_open is REAL["safe_open"]
-    assert torch.load is REAL["load"]
+    yield from hooks_restored(REAL)
 
 
 @contextlib.contextmanager
