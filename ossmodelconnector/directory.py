@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from ossmodelconnector.bootstrap import export_directory, unexport_directory
 from ossmodelconnector.cache.demand import DemandServer
+from ossmodelconnector.cache.peer_source import PeerSource
 from ossmodelconnector.cache.registry import register_file, unregister_file
 from ossmodelconnector.cache.shared_cache import SharedCache
 from ossmodelconnector.dirsafety import (
@@ -202,7 +203,7 @@ def prepare_directory(
             [None] * len(heads)
             if lazy
             else _run_all(
-                pool, [partial(fetch_tensor_ranges, client.make_fetch_into(info), info) for info in heads]
+                pool, [partial(_read_tensor_ranges, client, info, namespace, config) for info in heads]
             )
         )
         files = [
@@ -301,6 +302,7 @@ class PreparedDirectory:
         self.lazy_files: LazyFiles | None = None
         """The lazy side (``prepare_directory(..., lazy=True)``): files, ``gc_idle_seconds``, ``collect``."""
         self._demand: DemandServer | None = None
+        self._peers: list[PeerSource] = []
         self._pid = os.getpid()
 
     # --- public -------------------------------------------------------------------------------------
@@ -386,11 +388,13 @@ class PreparedDirectory:
             self._closed = True
             registered, handles = list(self._registered), list(self._handles.items())
             links, cache, hooks_installed = list(self._links.items()), self._cache, self._hooks_installed
+            peers = list(self._peers)
             lazy_first, lazy_last = self.lazy_files.close_steps() if self.lazy_files is not None else ([], [])
         self._stop_downloads.set()
         self.progress.freeze()
         steps: list[tuple[str, Callable[[], None]]] = list(lazy_first)
         steps += [(f"unregister {path}", partial(unregister_file, path)) for path in registered]
+        steps += [(f"stop waiting on {peer.lister.directory}", peer.close) for peer in peers]
         if hooks_installed:
             steps.append(("uninstall the hooks", _uninstall_hooks))
         if self._demand is not None:
@@ -499,10 +503,20 @@ class PreparedDirectory:
     ) -> ObjectHandle:
         # Eager: every file at prepare time, headers first, the handle kept here; lazy: one file at its
         # first open (the residency calls it and keeps the handle).
+        fetch = client.make_fetch_into(file.info)
+        lister = cache.peer(index)
+        if lister is not None:  # another live directory fetches this object into the same segment
+            source = PeerSource(
+                lister, owner_check_s=self._config.owner_check_s, wait_timeout_s=self._config.wait_timeout_s
+            )
+            with self._while_open():
+                self._peers.append(source)
+            with cache.data_view(index) as own:
+                fetch = source.fetch_into(fetch, own)
         with self._while_open():
             handle = scheduler.register(
                 file.info,
-                self.progress.track(file.name, client.make_fetch_into(file.info)),
+                self.progress.track(file.name, fetch),
                 chunk_size=self._config.chunk_size,
                 backing=cache.backing(index),
                 evictable=False,
@@ -549,6 +563,21 @@ class PreparedDirectory:
 def _is_large(info: ObjectInfo, config: Config) -> bool:
     # An empty file is always small: a segment of 0 bytes cannot be mapped, and there is nothing to stream.
     return info.size > 0 and info.size >= config.small_file_bytes
+
+
+def _read_tensor_ranges(
+    client: OssClient, info: ObjectInfo, namespace: str, config: Config
+) -> dict[str, tuple[int, int]] | None:
+    # A shard another live directory is fetching already: its header comes from that copy, not a GET.
+    fetch = client.make_fetch_into(info)
+    waits = {"owner_check_s": config.owner_check_s, "wait_timeout_s": config.wait_timeout_s}
+    source = PeerSource.for_object(namespace, info, config.cache_dir, **waits)
+    if source is None:
+        return fetch_tensor_ranges(fetch, info)
+    try:
+        return fetch_tensor_ranges(source.fetch_into(fetch), info)
+    finally:
+        source.close()
 
 
 def _run_all(pool: ThreadPoolExecutor, tasks: Sequence[Callable[[], Any]]) -> list[Any]:

@@ -21,14 +21,16 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from ossmodelconnector.cache.manifest import OWN_DIR_NAME, Manifest, ManifestEntry, write_manifest
+from ossmodelconnector.cache.peer_source import Lister, find_lister
+from ossmodelconnector.cache.segment_hold import SegmentHold
 from ossmodelconnector.cache.segments import (
     DEFAULT_CACHE_DIR,
-    STATE_TABLE_PREFIX,
     ProcessIdentity,
     Segment,
     attach_segment,
@@ -56,6 +58,8 @@ DATA_DIR_NAME = "data"
 """The disk fallback keeps the data files in ``model_dir/.ossmodelconnector/data/``."""
 
 _STATE_DIR = DEFAULT_CACHE_DIR  # state tables are small and always live in /dev/shm
+_SHARE_ATTEMPTS = 3  # create, or share with a live owner, or remove a stale file and create: one each
+_MANIFEST_WAIT_S = 2.0
 
 
 class _Resources:
@@ -66,6 +70,7 @@ class _Resources:
         self.table: StateTable | None = None
         self.table_segment: Segment | None = None
         self.data: list[Segment] = []
+        self.holds: list[SegmentHold] = []
         self.manifest: Path | None = None
         self.data_dir: Path | None = None
         self._lock = threading.Lock()
@@ -85,8 +90,10 @@ class _Resources:
                 table.publish()  # readers elsewhere wake up and see CLOSED instead of waiting on
         for segment in self.data:
             segment.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(segment.path)
+        for hold in self.holds:
+            # Another live process may serve its own directory from the same segment: it removes it last.
+            with contextlib.suppress(OSError):
+                hold.release(unlink_if_last=True)
         if self.manifest is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.manifest)
@@ -130,6 +137,8 @@ class SharedCache:
     _data_dir: str
     _resources: _Resources
     _backings: dict[int, SharedBacking]
+    _peers: dict[int, Lister]
+    _lazy: bool
     _finalizer: weakref.finalize[[], SharedCache]
 
     def __init__(self, *, _token: object = None) -> None:
@@ -199,7 +208,13 @@ class SharedCache:
             resident = total if memory_limit_bytes is None else min(total, memory_limit_bytes)
             self.placement, why = _choose_placement(resident, cache_dir, None)
         else:
-            self.placement, why = _choose_placement(total, cache_dir, memory_limit_bytes)
+            # Segments another directory already holds in cache_dir take no more room (they are shared).
+            new = sum(
+                info.size
+                for info, name in zip(self.files, names, strict=True)
+                if lstat_or_none(segment_path(cache_dir, name)) is None
+            )
+            self.placement, why = _choose_placement(new, cache_dir, memory_limit_bytes, total=total)
         own_dir = self.model_dir / OWN_DIR_NAME
         if self.placement == "shm":
             self._data_dir = cache_dir
@@ -217,14 +232,16 @@ class SharedCache:
             )
         self._resources = _Resources()
         self._backings = {}
+        self._peers = {}
+        self._lazy = lazy
         self._finalizer = weakref.finalize(self, self._resources.cleanup)
         try:
             own_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             if self.placement == "disk":
                 self._prepare_disk(total)
             self._create_table(names)
-            for info, name in zip(self.files, names, strict=True):
-                self._resources.data.append(self._create_data(info, name))
+            for index, (info, name) in enumerate(zip(self.files, names, strict=True)):
+                self._resources.data.append(self._create_data(index, info, name))
             self._resources.manifest = write_manifest(self.model_dir, self._manifest(names))
             if lazy:
                 self.table.set_flags(FLAG_LAZY)
@@ -257,6 +274,24 @@ class SharedCache:
     def entry_path(self, index: int) -> str:
         """The entry of file ``index`` in ``model_dir`` (the symlink's own path)."""
         return str(self.model_dir.joinpath(*self.relative_paths[index].split("/")))
+
+    def peer(self, index: int) -> Lister | None:
+        """The live directory whose owner fetches file ``index`` into the shared segment, if another does.
+
+        Wait on it (``peer_source.PeerSource``) instead of fetching; None: this cache created the segment.
+        """
+        return self._peers.get(index)
+
+    def data_view(self, index: int) -> memoryview:
+        """A view of file ``index``'s data segment (release it: the mapping cannot close while viewed).
+
+        Raises:
+            ClosedError: the cache is closed.
+        """
+        mapping = self._resources.data[index].mapping if not self.closed else None
+        if mapping is None:
+            raise ClosedError(f"{self.model_dir}: its shared cache is closed; prepare the directory again")
+        return memoryview(mapping)
 
     def backing(self, index: int) -> SharedBacking:
         """The shared backing of file ``index``, for ``PrefetchScheduler.register(..., backing=...)``.
@@ -379,7 +414,7 @@ class SharedCache:
             self._data_dir if placement == "shm" else str(self.model_dir / OWN_DIR_NAME / DATA_DIR_NAME)
         )
         for segment_name in stale:
-            if _live_owner_of(segment_name, exclude=name) is None:
+            if find_lister(segment_name, exclude=name) is None:
                 _unlink_if_ours(directory, segment_name)
         unlink_segment(_STATE_DIR, name)
         log.warning(
@@ -390,31 +425,67 @@ class SharedCache:
             table.owner_pid,
         )
 
-    def _create_data(self, info: ObjectInfo, name: str) -> Segment:
-        try:
-            return create_segment(self._data_dir, name, info.size)
-        except FileExistsError:
-            pass
+    def _create_data(self, index: int, info: ObjectInfo, name: str) -> Segment:
         path = segment_path(self._data_dir, name)
-        existing = lstat_or_none(path)
-        if existing is not None:
-            check_ownership(path, existing)
-        owner = _live_owner_of(name, exclude=self.state_table_name)
-        if owner is not None:
-            pid, directory = owner
-            raise CacheError(
-                f"{info.uri}: the live process {pid} is preparing this object version for {directory} (data "
-                f"segment {path}); to share that download, prepare {directory} itself (a second prepare of "
-                "the same URI into the same directory attaches to the live owner), or close that connector"
-            )
-        unlink_segment(self._data_dir, name)
-        log.warning("%s: removed the stale data segment %s (its owner died)", info.uri, path)
+        for _ in range(_SHARE_ATTEMPTS):
+            try:
+                segment = create_segment(self._data_dir, name, info.size)
+            except FileExistsError:
+                pass
+            else:
+                return self._held(segment, path)
+            existing = lstat_or_none(path)
+            if existing is not None:
+                check_ownership(path, existing)
+            lister = _confirmed_lister(name, path, exclude=self.state_table_name)
+            if lister is not None:
+                shared = self._share(index, info, name, lister)
+                if shared is not None:
+                    return shared
+                continue  # its owner removed it meanwhile: create it here
+            unlink_segment(self._data_dir, name)
+            log.warning("%s: removed the stale data segment %s (its owner died)", info.uri, path)
+        raise CacheError(
+            f"{info.uri}: other processes keep creating and removing {path} at the same moment: prepare it "
+            "from one process at a time"
+        )
+
+    def _held(self, segment: Segment, path: str) -> Segment:
         try:
-            return create_segment(self._data_dir, name, info.size)
-        except FileExistsError:
+            self._resources.holds.append(SegmentHold.take(path))
+        except BaseException:
+            segment.close()
+            raise
+        return segment
+
+    def _share(self, index: int, info: ObjectInfo, name: str, lister: Lister) -> Segment | None:
+        if self._lazy or lister.lazy:
             raise CacheError(
-                f"{info.uri}: another process created {path} at the same moment: prepare it from one process"
-            ) from None
+                f"{info.uri}: the live process {lister.pid} is preparing this object version for "
+                f"{lister.directory} (data segment {lister.data_path}), and lazy directories do not share "
+                "their segments (they evict them): prepare both eagerly, prepare that directory itself, or "
+                "close that connector"
+            )
+        path = segment_path(self._data_dir, name)
+        try:
+            hold = SegmentHold.take(path)
+        except FileNotFoundError:
+            return None
+        try:
+            segment = attach_segment(self._data_dir, name, writable=True)
+        except BaseException:
+            hold.release(unlink_if_last=False)
+            raise
+        self._resources.holds.append(hold)
+        self._peers[index] = lister
+        log.info(
+            "%s: shares the data segment %s with %s (process %d), which fetches it",
+            info.uri,
+            path,
+            lister.directory,
+            lister.pid,
+        )
+        return segment
 
     def _manifest(self, names: list[str]) -> Manifest:
         entries = {
@@ -442,15 +513,22 @@ class SharedCache:
 _CREATE = object()
 
 
-def _choose_placement(total: int, cache_dir: str, memory_limit_bytes: int | None) -> tuple[str, str]:
-    if memory_limit_bytes is not None and total > memory_limit_bytes:
+def _choose_placement(
+    new: int, cache_dir: str, memory_limit_bytes: int | None, *, total: int | None = None
+) -> tuple[str, str]:
+    """Where files go: ``new`` bytes to create in ``cache_dir``, of ``total`` (default ``new``) in all.
+
+    The rest of ``total`` is in segments another directory shares already: they count towards
+    ``memoryLimitMB`` but need no room.
+    """
+    if memory_limit_bytes is not None and (new if total is None else total) > memory_limit_bytes:
         return "disk", f"they exceed memoryLimitMB ({memory_limit_bytes} bytes)"
     try:
         available, size = free_space(cache_dir)
     except OSError as exc:
         return "disk", f"{cache_dir} is not usable ({exc})"
     margin = required_margin(size)
-    if total + margin > available:
+    if new + margin > available:
         return "disk", f"{cache_dir} has {available} bytes free and {margin} must stay free"
     return "shm", ""
 
@@ -483,34 +561,24 @@ def _relative_paths(files: Sequence[ObjectInfo], given: Sequence[str] | None) ->
     return tuple(paths)
 
 
-def _live_owner_of(segment_name: str, *, exclude: str) -> tuple[int, str] | None:
-    """``(pid, directory)`` of a live owner whose state table lists ``segment_name``, if any."""
-    try:
-        tables = [name for name in os.listdir(_STATE_DIR) if name.startswith(STATE_TABLE_PREFIX)]
-    except OSError:
-        return None
-    for name in tables:
-        if name == exclude:
-            continue
-        try:
-            segment = attach_segment(_STATE_DIR, name)
-        except (OSError, CacheError):
-            continue
-        try:
-            if segment.mapping is None:
-                continue
-            table = StateTable(segment.mapping, name)
-            try:
-                listed = any(entry.segment_name == segment_name for entry in table.files())
-                if listed and process_alive(table.owner_pid, table.owner_start_time):
-                    return table.owner_pid, table.directory
-            finally:
-                table.release()
-        except CacheError:
-            continue
-        finally:
-            segment.close()
-    return None
+def _confirmed_lister(segment_name: str, path: str, *, exclude: str) -> Lister | None:
+    """The live table listing ``segment_name`` whose manifest names ``path`` as its data, if any.
+
+    An owner writes its manifest just after its segments: a lister without one yet is asked again for a
+    moment. A live lister of the same name at another path (another ``cacheDir``) is not this file's.
+    """
+    deadline = time.monotonic() + _MANIFEST_WAIT_S
+    while True:
+        lister = find_lister(segment_name, exclude=exclude)
+        if lister is None or lister.data_path == path:
+            return lister
+        if lister.data_path or time.monotonic() >= deadline:
+            raise CacheError(
+                f"{path}: the live process {lister.pid} lists this object version for {lister.directory}, "
+                f"but keeps its data at {lister.data_path or '(no manifest yet)'}: use the same cacheDir "
+                "in both, or close that connector"
+            )
+        time.sleep(0.01)
 
 
 def _unlink_if_ours(directory: str, name: str) -> None:

@@ -450,10 +450,18 @@ def test_a_live_owner_keeps_its_directory_and_its_objects(
     try:
         with pytest.raises(CacheError, match=f"live process {owner.pid}"):
             SharedCache.create(model_dir, [OWNED_INFO], namespace=namespace, chunk_size=4096)
+        lazy = tmp_path / "lazy"
+        with pytest.raises(CacheError, match=f"live process {owner.pid} .* lazy directories do not share"):
+            SharedCache.create(lazy, [OWNED_INFO], namespace=namespace, chunk_size=4096, lazy=True)
+        assert state_table_name(lazy) not in ours_in_dev_shm()  # the refused attempt left nothing
+        # Another directory of the same object version shares the owner's segment, and its close leaves
+        # it to the owner, which still holds it.
         other = tmp_path / "other"
-        with pytest.raises(CacheError, match=f"live process {owner.pid} is preparing this object"):
-            SharedCache.create(other, [OWNED_INFO], namespace=namespace, chunk_size=4096)
-        assert state_table_name(other) not in ours_in_dev_shm()  # the refused attempt left nothing
+        with SharedCache.create(other, [OWNED_INFO], namespace=namespace, chunk_size=4096) as shared:
+            peer = shared.peer(0)
+            assert peer is not None and peer.pid == owner.pid and peer.directory == str(model_dir)
+            assert shared.data_path(0) == peer.data_path
+        assert state_table_name(other) not in ours_in_dev_shm()
         assert data_segment_name(namespace, OWNED_INFO) in ours_in_dev_shm()  # the owner's is untouched
     finally:
         _, err = owner.communicate("", timeout=LIVENESS_S)

@@ -1,0 +1,221 @@
+"""An object version another live process is already fetching for its own directory: wait, do not fetch.
+
+Two processes that prepare the same objects into two *different* directories share each object's data
+segment (its name depends only on the object version, ``segments.data_segment_name``)::
+
+    process A: prepare_directory(uri, /a)    creates ossmc-d-<h> (O_EXCL) and fetches into it
+    process B: prepare_directory(uri, /b)    finds ossmc-d-<h> listed by A's live table (find_lister),
+                                             maps the same segment, and its workers' fetch_into is
+                                             PeerSource.fetch_into: wait for A's chunk states, then
+                                             only compute the CRC-64 of bytes that are already there
+
+B keeps a table, a manifest and a scheduler of its own, so its readers (and its children) never depend
+on A: if A closes or dies before every chunk arrived, B's workers fetch what is missing themselves, into
+the same segment (``A`` no longer writes it; a byte written twice is the same byte of the same pinned
+version). Segment holds (``segment_hold.py``) keep the file until the last of them closes. B does not post
+its read-ahead to A's demand ring: A's order (the framework's reading order) is also B's.
+
+Lazy directories never share: their owner punches evicted files out of the segment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from ossmodelconnector import _fast
+from ossmodelconnector.cache.attached import AttachedCache
+from ossmodelconnector.cache.manifest import manifest_path, read_manifest
+from ossmodelconnector.cache.segments import (
+    STATE_TABLE_PREFIX,
+    attach_segment,
+    data_segment_name,
+    process_alive,
+    segment_path,
+)
+from ossmodelconnector.cache.state_table import FLAG_LAZY, StateTable
+from ossmodelconnector.errors import CacheError, ClosedError, ConnectorError, OwnerDiedError
+from ossmodelconnector.object_handle import FetchInto
+from ossmodelconnector.objects import ObjectInfo
+
+__all__ = ["Lister", "PeerSource", "find_lister"]
+
+log = logging.getLogger(__name__)
+
+_STATE_DIR = "/dev/shm"
+
+
+@dataclass(frozen=True)
+class Lister:
+    """A live process's state table that lists a data segment.
+
+    Args:
+        pid: the process that owns the table.
+        directory: the directory it prepares.
+        table_name: the table's segment name.
+        index: the segment's file index in that table.
+        lazy: the table is a lazy directory's (its segments are evicted: never shared).
+        data_path: the data file its manifest names for that index ("" while it has no manifest yet).
+    """
+
+    pid: int
+    directory: str
+    table_name: str
+    index: int
+    lazy: bool
+    data_path: str
+
+
+def find_lister(segment_name: str, *, exclude: str = "") -> Lister | None:
+    """A live state table (other than ``exclude``) that lists ``segment_name``, or None.
+
+    Tables of dead owners, unreadable tables and tables that are not ours are skipped.
+    """
+    try:
+        names = sorted(name for name in os.listdir(_STATE_DIR) if name.startswith(STATE_TABLE_PREFIX))
+    except OSError:
+        return None
+    for name in names:
+        if name == exclude:
+            continue
+        try:
+            segment = attach_segment(_STATE_DIR, name)
+        except (OSError, CacheError):
+            continue
+        try:
+            if segment.mapping is None:
+                continue
+            table = StateTable(segment.mapping, name)
+            try:
+                index = next(
+                    (i for i, entry in enumerate(table.files()) if entry.segment_name == segment_name), None
+                )
+                if index is None or not process_alive(table.owner_pid, table.owner_start_time):
+                    continue
+                directory = table.directory
+                lazy = bool(table.flags() & FLAG_LAZY)
+                pid = table.owner_pid
+            finally:
+                table.release()
+        except CacheError:
+            continue
+        finally:
+            segment.close()
+        return Lister(pid, directory, name, index, lazy, _manifest_data_path(directory, name, index))
+    return None
+
+
+class PeerSource:
+    """Waits on another live directory's chunk states for one object version (``find_lister``'s answer).
+
+    Args:
+        lister: the table to wait on.
+        owner_check_s: notice the other process's death within this many seconds.
+        wait_timeout_s: wait this long for one chunk before fetching it here.
+
+    Raises:
+        FileNotFoundError: the table is gone (its owner closed it): fetch the object yourself.
+        CacheError: the table is not ours or not readable.
+    """
+
+    def __init__(self, lister: Lister, *, owner_check_s: float, wait_timeout_s: float) -> None:
+        self.lister = lister
+        # Read-only: no demand posted. This process's read-ahead would only reorder the other's fetch.
+        paths = [""] * (lister.index + 1)
+        paths[lister.index] = lister.data_path
+        self._attached = AttachedCache(lister.table_name, data_paths=paths)
+        self._remote = self._attached.file(lister.index, owner_check_s=owner_check_s)
+        self._wait_timeout_s = wait_timeout_s
+        self._lock = threading.Lock()
+        self._gone: BaseException | None = None
+        self._closed = False
+
+    @classmethod
+    def for_object(
+        cls, namespace: str, info: ObjectInfo, cache_dir: str, *, owner_check_s: float, wait_timeout_s: float
+    ) -> PeerSource | None:
+        """A source for ``info`` if another live eager directory fetches it into ``cache_dir``, else None."""
+        name = data_segment_name(namespace, info)
+        lister = find_lister(name)
+        if lister is None or lister.lazy or lister.data_path != segment_path(cache_dir, name):
+            return None
+        try:
+            return cls(lister, owner_check_s=owner_check_s, wait_timeout_s=wait_timeout_s)
+        except (OSError, CacheError):
+            return None  # closed meanwhile
+
+    def fetch_into(self, fallback: FetchInto, own_data: memoryview | None = None) -> FetchInto:
+        """A ``fetch_into`` that waits for the other process's bytes, and uses ``fallback`` once it cannot.
+
+        Args:
+            fallback: the real fetch (a ranged GET) for bytes the other process will not bring.
+            own_data: this process's mapping of the shared segment; a ``dest`` inside it already holds
+                the bytes once they are READY (nothing copied). Other destinations get a copy.
+        """
+        own_address = _address(own_data) if own_data is not None else None
+
+        def fetch_into(start: int, end: int, dest: memoryview) -> int:
+            if self._gone is None:
+                try:
+                    self._remote.wait(start, end, self._wait_timeout_s)
+                    if own_address is None or _address(dest) != own_address + start:
+                        dest[: end - start] = self._attached.data(self.lister.index)[start:end]
+                except Exception as exc:
+                    if self._closed:
+                        raise ClosedError(f"{self._remote.name}: closed while waiting for it") from exc
+                    if isinstance(exc, (ClosedError, OwnerDiedError, FileNotFoundError)):
+                        self._stop_waiting(exc)
+                    elif isinstance(exc, ConnectorError):  # a chunk that failed there, or a timeout
+                        log.warning(
+                            "%s: bytes [%d, %d) did not arrive from %s (%s); fetching them here",
+                            self._remote.name,
+                            start,
+                            end,
+                            self.lister.directory,
+                            exc,
+                        )
+                    else:
+                        raise
+                else:
+                    return int(_fast.crc64(dest))
+            return fallback(start, end, dest)
+
+        return fetch_into
+
+    def close(self) -> None:
+        """Stop waiting (a wait in progress ends within ``owner_check_s``) and unmap. Idempotent."""
+        self._closed = True
+        self._attached.close()
+
+    def _stop_waiting(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._gone is not None:
+                return
+            self._gone = exc
+        log.warning(
+            "%s stopped fetching %s (%s); this process fetches the rest itself",
+            self.lister.directory,
+            self._remote.name,
+            exc,
+        )
+
+
+def _address(view: memoryview) -> int:
+    if len(view) == 0:
+        return 0
+    return int(np.frombuffer(view, dtype=np.uint8).ctypes.data)
+
+
+def _manifest_data_path(directory: str, table_name: str, index: int) -> str:
+    with contextlib.suppress(OSError, CacheError, ValueError):
+        manifest = read_manifest(manifest_path(directory))
+        if manifest.state_table == table_name:
+            for entry in manifest.files.values():
+                if entry.index == index:
+                    return entry.data_path
+    return ""
