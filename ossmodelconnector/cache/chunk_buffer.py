@@ -23,8 +23,10 @@ so that its budget and every buffer change under one lock); each buffer has its 
 With a :class:`~ossmodelconnector.cache.shared_backing.SharedBacking` the bytes are a data segment's
 ``MAP_SHARED`` mapping (owned by the shared cache, not by the buffer) and the states are the file's bytes
 in the shared state table; every change also bumps the table's generation and futex-wakes, so readers in
-other processes see it. Released pages are then punched out (``MADV_REMOVE``, which frees tmpfs pages),
-and closing leaves the bytes in place: a reader that mapped the file keeps reading what arrived.
+other processes see it. A lazy directory's released pages are then punched out (``MADV_REMOVE``, which
+frees tmpfs pages; ``SharedBacking.punch_holes``); an eager directory's never are, because another
+directory may share the segment. Closing leaves the bytes in place: a reader that mapped the file keeps
+reading what arrived.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ class ChunkBuffer:
         # mmap refuses a length of 0, and an empty object needs no memory at all.
         self._mapping: mmap.mmap | None = None
         self._owns_mapping = backing is None
-        self._punch_holes = backing is not None  # releasing frees the shared file's pages
+        self._punch_holes = backing is not None and backing.punch_holes  # releasing frees the file's pages
         self._view = memoryview(b"")
         if backing is not None:
             backing.check_fits(info.uri, info.size, chunk_size)

@@ -45,6 +45,8 @@ class SegmentHold:
     def __init__(self, path: str, fd: int) -> None:
         self.path = path
         self._fd = fd
+        info = os.fstat(fd)
+        self._identity = (info.st_dev, info.st_ino)
         self._pid = os.getpid()
         with _LIVE_LOCK:
             _LIVE.add(self)
@@ -96,7 +98,8 @@ class SegmentHold:
             except BlockingIOError:
                 log.debug("%s: still held by another process; the last one removes it", self.path)
                 return False
-            if not _same_file(probe, self.path):
+            opened = os.fstat(probe)
+            if (opened.st_dev, opened.st_ino) != self._identity or not _same_file(probe, self.path):
                 return False  # unlinked, and perhaps created anew, by someone else meanwhile
             os.unlink(self.path)
             return True

@@ -24,9 +24,14 @@ class SharedBacking:
         table: the cache's state table (writable).
         index: the file's index in it.
         mapping: the data segment's writable ``MAP_SHARED`` mapping (None for an empty object).
+        punch_holes: releasing a chunk frees the file's pages (``MADV_REMOVE``). Only a lazy directory's
+            files, which no other directory shares: in a shared segment the pages of a chunk that failed
+            here may be the bytes another process is writing or reading.
     """
 
-    def __init__(self, table: StateTable, index: int, mapping: mmap.mmap | None) -> None:
+    def __init__(
+        self, table: StateTable, index: int, mapping: mmap.mmap | None, *, punch_holes: bool = False
+    ) -> None:
         entry = table.file(index)
         self.table = table
         self.index = index
@@ -34,6 +39,7 @@ class SharedBacking:
         self.chunk_size = table.chunk_size
         self.chunk_count = entry.chunk_count
         self.mapping = mapping
+        self.punch_holes = punch_holes
         self.states = table.states(index)
         """The file's state bytes in the table (one per chunk, the ``ChunkState`` values)."""
 

@@ -303,7 +303,8 @@ class SharedCache:
             raise ClosedError(f"{self.model_dir}: its shared cache is closed; prepare the directory again")
         backing = self._backings.get(index)
         if backing is None:
-            backing = SharedBacking(self.table, index, self._resources.data[index].mapping)
+            mapping = self._resources.data[index].mapping
+            backing = SharedBacking(self.table, index, mapping, punch_holes=self._lazy)
             self._backings[index] = backing
         return backing
 
