@@ -71,10 +71,12 @@ class Lister:
     data_path: str
 
 
-def find_lister(segment_name: str, *, exclude: str = "") -> Lister | None:
+def find_lister(segment_name: str, *, exclude: str = "", data_path: str | None = None) -> Lister | None:
     """A live state table (other than ``exclude``) that lists ``segment_name``, or None.
 
-    Tables of dead owners, unreadable tables and tables that are not ours are skipped.
+    Tables of dead owners, unreadable tables and tables that are not ours are skipped, and with
+    ``data_path``, tables whose manifest keeps that segment elsewhere (another ``cacheDir``, the disk
+    fallback); a table without a manifest yet (``Lister.data_path == ""``) is not skipped.
     """
     try:
         names = sorted(name for name in os.listdir(_STATE_DIR) if name.startswith(STATE_TABLE_PREFIX))
@@ -106,7 +108,9 @@ def find_lister(segment_name: str, *, exclude: str = "") -> Lister | None:
             continue
         finally:
             segment.close()
-        return Lister(pid, directory, name, index, lazy, _manifest_data_path(directory, name, index))
+        lister = Lister(pid, directory, name, index, lazy, _manifest_data_path(directory, name, index))
+        if data_path is None or lister.data_path in ("", data_path):
+            return lister
     return None
 
 
@@ -141,8 +145,9 @@ class PeerSource:
     ) -> PeerSource | None:
         """A source for ``info`` if another live eager directory fetches it into ``cache_dir``, else None."""
         name = data_segment_name(namespace, info)
-        lister = find_lister(name)
-        if lister is None or lister.lazy or lister.data_path != segment_path(cache_dir, name):
+        path = segment_path(cache_dir, name)
+        lister = find_lister(name, data_path=path)
+        if lister is None or lister.lazy or lister.data_path != path:
             return None
         try:
             return cls(lister, owner_check_s=owner_check_s, wait_timeout_s=wait_timeout_s)

@@ -415,7 +415,8 @@ class SharedCache:
             self._data_dir if placement == "shm" else str(self.model_dir / OWN_DIR_NAME / DATA_DIR_NAME)
         )
         for segment_name in stale:
-            if find_lister(segment_name, exclude=name) is None:
+            data_path = segment_path(directory, segment_name)
+            if find_lister(segment_name, exclude=name, data_path=data_path) is None:
                 _unlink_if_ours(directory, segment_name)
         unlink_segment(_STATE_DIR, name)
         log.warning(
@@ -566,18 +567,18 @@ def _confirmed_lister(segment_name: str, path: str, *, exclude: str) -> Lister |
     """The live table listing ``segment_name`` whose manifest names ``path`` as its data, if any.
 
     An owner writes its manifest just after its segments: a lister without one yet is asked again for a
-    moment. A live lister of the same name at another path (another ``cacheDir``) is not this file's.
+    moment. Listers that keep the segment elsewhere (another ``cacheDir``) are not this file's.
     """
     deadline = time.monotonic() + _MANIFEST_WAIT_S
     while True:
-        lister = find_lister(segment_name, exclude=exclude)
-        if lister is None or lister.data_path == path:
+        lister = find_lister(segment_name, exclude=exclude, data_path=path)
+        if lister is None or lister.data_path:
             return lister
-        if lister.data_path or time.monotonic() >= deadline:
+        if time.monotonic() >= deadline:
             raise CacheError(
-                f"{path}: the live process {lister.pid} lists this object version for {lister.directory}, "
-                f"but keeps its data at {lister.data_path or '(no manifest yet)'}: use the same cacheDir "
-                "in both, or close that connector"
+                f"{path}: the live process {lister.pid} lists this object version for {lister.directory} "
+                f"but wrote no manifest within {_MANIFEST_WAIT_S:g} s: close that connector, or prepare "
+                "again once it is ready"
             )
         time.sleep(0.01)
 
