@@ -240,9 +240,11 @@ class SharedCache:
             if self.placement == "disk":
                 self._prepare_disk(total)
             self._create_table(names)
+            # The manifest before the data: another process preparing the same objects into another
+            # directory, meeting one of these segments, reads it to confirm that the segment is this one.
+            self._resources.manifest = write_manifest(self.model_dir, self._manifest(names))
             for index, (info, name) in enumerate(zip(self.files, names, strict=True)):
                 self._resources.data.append(self._create_data(index, info, name))
-            self._resources.manifest = write_manifest(self.model_dir, self._manifest(names))
             if lazy:
                 self.table.set_flags(FLAG_LAZY)
             self.table.set_status(TableStatus.FILLING)
@@ -566,8 +568,9 @@ def _relative_paths(files: Sequence[ObjectInfo], given: Sequence[str] | None) ->
 def _confirmed_lister(segment_name: str, path: str, *, exclude: str) -> Lister | None:
     """The live table listing ``segment_name`` whose manifest names ``path`` as its data, if any.
 
-    An owner writes its manifest just after its segments: a lister without one yet is asked again for a
-    moment. Listers that keep the segment elsewhere (another ``cacheDir``) are not this file's.
+    An owner writes its manifest just after its table, before its segments: a lister without one yet is
+    asked again for a moment. Listers that keep the segment elsewhere (another ``cacheDir``) are not
+    this file's.
     """
     deadline = time.monotonic() + _MANIFEST_WAIT_S
     while True:

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,46 @@ def test_the_second_directory_closing_first_leaves_the_first_intact(
     assert report["digests"] == digests
     assert _ask(first, "close") == "closed"
     assert not set(segments) & set(ours_in_dev_shm())
+
+
+def _prepare_at_once(connectors: list[OssModelConnector], dirs: list[Path]) -> list[BaseException]:
+    barrier = threading.Barrier(len(connectors))
+    errors: list[BaseException] = []
+
+    def prepare(connector: OssModelConnector, model_dir: Path) -> None:
+        try:
+            barrier.wait(30)
+            connector.prepare_directory(URI, model_dir, wait=True)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=prepare, args=pair) for pair in zip(connectors, dirs, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(PROCESS_TIMEOUT_S)
+    return errors
+
+
+def test_two_preparers_racing_for_the_same_segments_both_finish(
+    localoss_factory: Any, tmp_path: Path
+) -> None:
+    # Started at the same instant, each may create some segments first and meet the other's for the
+    # rest: neither may wait on the other's manifest, nor on bytes nobody fetches.
+    source = tmp_path / "source"
+    digests = write_sharded_model(str(source), 8, 8)
+    server = localoss_factory()
+    large, small = _upload(server, source)
+    for attempt in range(3):
+        connectors = [_connector(server) for _ in range(2)]
+        dirs = [tmp_path / f"{attempt}-{side}" for side in ("a", "b")]
+        try:
+            errors = _prepare_at_once(connectors, dirs)
+            assert not errors, errors
+            assert all(vllm_pattern(str(model_dir))[0] == digests for model_dir in dirs)
+            assert _segments(dirs[0]) == _segments(dirs[1])
+            fetched = sum(connector.stats()["bytes"] for connector in connectors)
+            assert large + 2 * small <= fetched <= large + 2 * small + 2 * header_allowance(source)
+        finally:
+            for connector in connectors:
+                connector.close()

@@ -638,3 +638,32 @@ def test_a_forked_child_reads_without_touching_the_parents_state_table(
         opened.set()
         handle.wait_all(LIVENESS_S)
         assert Path(cache.data_path(0)).read_bytes() == data
+
+
+def test_each_segment_is_fetched_by_whichever_directory_created_it(tmp_path: Path, namespace: str) -> None:
+    # One directory holds the second object only; a directory of both objects creates the first and
+    # shares the second; a third shares both. Each closes in turn, and a segment goes with its last holder.
+    first, second = infos_of({"m/a.bin": b"a" * 9000, "m/b.bin": b"b" * 7000})
+    only_second = SharedCache.create(tmp_path / "x", [second], namespace=namespace, chunk_size=4096)
+    both = SharedCache.create(tmp_path / "y", [first, second], namespace=namespace, chunk_size=4096)
+    third = SharedCache.create(tmp_path / "z", [first, second], namespace=namespace, chunk_size=4096)
+    try:
+        assert only_second.peer(0) is None
+        assert both.peer(0) is None
+        peer = both.peer(1)
+        assert peer is not None and peer.directory == str(tmp_path / "x") and peer.index == 0
+        listers = [third.peer(0), third.peer(1)]
+        assert all(lister is not None for lister in listers)  # nothing left for the third to fetch
+        assert {lister.directory for lister in listers if lister} <= {
+            str(tmp_path / "x"),
+            str(tmp_path / "y"),
+        }
+        assert len({both.data_path(i) for i in (0, 1)} | {third.data_path(i) for i in (0, 1)}) == 2
+        segments = {data_segment_name(namespace, info) for info in (first, second)}
+        only_second.close()
+        both.close()
+        assert segments <= set(ours_in_dev_shm())  # the third still holds both
+    finally:
+        for cache in (only_second, both, third):
+            cache.close()
+    assert_gone(segments | {state_table_name(tmp_path / name) for name in "xyz"})
