@@ -503,7 +503,9 @@ class PreparedDirectory:
     ) -> ObjectHandle:
         # Eager: every file at prepare time, headers first, the handle kept here; lazy: one file at its
         # first open (the residency calls it and keeps the handle).
-        fetch = client.make_fetch_into(file.info)
+        # Stored with pwrite inside the tracked call (progress counts a chunk once it is stored); a peer
+        # below hands its bytes over in the shared segment itself and uses this only as its fallback.
+        fetch = cache.backing(index).file_fetcher(client.make_fetch_into(file.info))
         lister = cache.peer(index)
         if lister is not None:  # another live directory fetches this object into the same segment
             source = PeerSource(

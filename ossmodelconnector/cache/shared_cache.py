@@ -306,7 +306,9 @@ class SharedCache:
         backing = self._backings.get(index)
         if backing is None:
             mapping = self._resources.data[index].mapping
-            backing = SharedBacking(self.table, index, mapping, punch_holes=self._lazy)
+            backing = SharedBacking(
+                self.table, index, mapping, punch_holes=self._lazy, path=self.data_path(index)
+            )
             self._backings[index] = backing
         return backing
 
