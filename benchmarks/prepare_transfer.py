@@ -6,7 +6,11 @@ Question (issue 6): unthrottled, the connector's transfer must run at >= 70% of 
 this script isolates the transfer, so that a change in the data path shows in a few seconds:
 
 - ``connector wait=True``: ``OssModelConnector.prepare_directory(wait=True)`` of a prefix with
-  ``--files`` large files (random bytes) and a ``config.json``, into fresh ``/dev/shm`` segments;
+  ``--files`` large files (random bytes) and a ``config.json``, into fresh ``/dev/shm`` segments; each
+  worker receives a chunk into a buffer of its own and stores it with ``pwrite``;
+- ``connector wait=True via the mapping (before)``: the same with chunks received straight
+  into the segment's ``MAP_SHARED`` mapping, as before (``SharedBacking.file_fetcher`` disabled), to show
+  the change in the same run;
 - ``bare (touched buffer)``: the floor load_model.py uses, ``http.client`` + ``readinto`` on the same
   number of keep-alive connections into buffers whose pages were faulted in before the clock;
 - ``bare (fresh buffer)``: the same into fresh, untouched anonymous memory (what any loader that does not
@@ -15,13 +19,15 @@ this script isolates the transfer, so that a change in the data path shows in a 
 Each repetition runs every contender once in a shuffled order, in this process (the server is a
 ``localoss`` subprocess on the same cores). Reported per contender: median wall seconds, GB/s, ratio to
 the bare touched-buffer figure of the same repetition (median over repetitions), CPU seconds of this
-process (user + system) and minor page faults. Run: ``python benchmarks/prepare_transfer.py [--size-mib
+process (user + system) and minor page faults. Freeing the memory (closing the connector, dropping the
+buffers) is outside the clock for every contender. Run: ``python benchmarks/prepare_transfer.py [--size-mib
 1024] [--reps 5] [--no-write]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import random
@@ -30,7 +36,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,15 +49,17 @@ from _results import markdown_table, median, write_section
 from localoss_harness import LocalOss, start_localoss
 
 from ossmodelconnector import OssModelConnector
+from ossmodelconnector.cache.shared_backing import SharedBacking
 from ossmodelconnector.credentials import Credentials
 
 MIB = 1 << 20
 BUCKET = "bench-transfer"
 PREFIX = "model/"
 CONNECTOR = "connector wait=True"
+THROUGH_MAPPING = "connector wait=True via the mapping (before)"
 BARE = "bare (touched buffer)"
 FRESH = "bare (fresh buffer)"
-CONTENDERS = (CONNECTOR, BARE, FRESH)
+CONTENDERS = (CONNECTOR, THROUGH_MAPPING, BARE, FRESH)
 
 Finish = Callable[[], None]
 Sample = tuple[float, float, int]
@@ -87,6 +95,20 @@ def run_connector(server: LocalOss, sizes: dict[str, int], args: argparse.Namesp
     return finish
 
 
+@contextlib.contextmanager
+def through_mapping(enabled: bool) -> Iterator[None]:
+    """Store chunks the way the connector did before ``pwrite``: straight into the segment's mapping."""
+    if not enabled:
+        yield
+        return
+    real = SharedBacking.file_fetcher
+    SharedBacking.file_fetcher = lambda self, fetch_into: fetch_into  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        SharedBacking.file_fetcher = real  # type: ignore[method-assign]
+
+
 def touched_buffers(sizes: dict[str, int]) -> dict[str, bytearray]:
     """One buffer per object with every page faulted in (outside the clock, as load_model.py does)."""
     buffers = {key: bytearray(size) for key, size in sizes.items()}
@@ -106,8 +128,9 @@ def timed(name: str, server: LocalOss, sizes: dict[str, int], args: argparse.Nam
     buffers = touched_buffers(sizes) if name == BARE else {}
     before = resource.getrusage(resource.RUSAGE_SELF)
     began = time.perf_counter()
-    if name == CONNECTOR:
-        finish = run_connector(server, sizes, args, work)
+    if name in (CONNECTOR, THROUGH_MAPPING):
+        with through_mapping(name == THROUGH_MAPPING):
+            finish = run_connector(server, sizes, args, work)
     else:
         finish = run_bare(server, buffers or {key: bytearray(size) for key, size in sizes.items()}, args)
     wall = time.perf_counter() - began
