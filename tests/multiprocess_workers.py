@@ -25,6 +25,19 @@ def smaps_rollup(pid: int | str = "self") -> dict[str, int]:
     return fields
 
 
+def mapping_rss(path: str) -> int:
+    """Resident bytes of this process's mappings of ``path`` (from /proc/self/smaps), in bytes."""
+    total, inside = 0, False
+    with open("/proc/self/smaps", encoding="utf-8") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 5:
+                inside = len(fields) >= 6 and fields[5] == path
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1]) * 1024
+    return total
+
+
 def vllm_pattern(model_dir: str) -> tuple[dict[str, str], list[Any]]:
     """vLLM's default loader: glob, filter by the index, then ``safe_open`` + ``get_tensor`` per key.
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from localoss_harness import LocalOss
+from multiprocess_workers import mapping_rss
 from safetensors.torch import load_file, save
 
 from ossmodelconnector import ConfigError, OssModelConnector
@@ -267,19 +268,6 @@ def test_listing_peeks_fetch_only_what_they_read(
     assert size <= _bytes_fetched(_requests(connector), "B.safetensors") <= size + 2 * MIB
 
 
-def _mapping_rss(path: str) -> int:
-    """Resident bytes of this process's mappings of ``path`` (from /proc/self/smaps), in bytes."""
-    total, inside = 0, False
-    with open("/proc/self/smaps", encoding="utf-8") as smaps:
-        for line in smaps:
-            fields = line.split()
-            if fields and "-" in fields[0] and len(fields) >= 5:
-                inside = len(fields) >= 6 and fields[5] == path
-            elif inside and fields[0] == "Rss:":
-                total += int(fields[1]) * 1024
-    return total
-
-
 def test_idle_files_are_released_by_the_timer_and_files_in_use_are_kept(
     make_connector: Callable[..., OssModelConnector],
     sd_bucket: str,
@@ -316,7 +304,7 @@ def test_idle_files_are_released_by_the_timer_and_files_in_use_are_kept(
         assert os.stat(model_dir / "B.safetensors").st_blocks > 0
         assert in_use.read() == FILES["B.safetensors"][2 * MIB :]
     assert os.stat(segment_a).st_blocks == 0
-    assert _mapping_rss(segment_a) == 0  # and the process's RSS no longer holds them
+    assert mapping_rss(segment_a) == 0  # and the process's RSS no longer holds them
     assert os.statvfs("/dev/shm").f_bfree >= free_before - 1  # other tests may allocate meanwhile
     messages = [record.getMessage() for record in caplog.records]
     assert any("released" in m and "A.safetensors" in m and "gc.idleSeconds=0.3" in m for m in messages)

@@ -22,6 +22,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from multiprocess_workers import mapping_rss
 
 from ossmodelconnector._fast import crc64
 from ossmodelconnector.cache.attached import AttachedCache
@@ -29,6 +32,7 @@ from ossmodelconnector.cache.chunk_buffer import ChunkBuffer
 from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.cache.manifest import find_manifest, read_manifest
 from ossmodelconnector.cache.segments import data_segment_name, ours_in_dev_shm, state_table_name
+from ossmodelconnector.cache.shared_backing import SharedBacking
 from ossmodelconnector.cache.shared_cache import SharedCache
 from ossmodelconnector.cache.state_table import FileStatus, TableStatus
 from ossmodelconnector.errors import (
@@ -667,3 +671,114 @@ def test_each_segment_is_fetched_by_whichever_directory_created_it(tmp_path: Pat
         for cache in (only_second, both, third):
             cache.close()
     assert_gone(segments | {state_table_name(tmp_path / name) for name in "xyz"})
+
+
+# --- chunks stored with pwrite (SharedBacking.file_fetcher), not through the mapping ----------------------
+
+
+def fill_through_files(
+    cache: SharedCache, objects: dict[str, bytes], infos: list[ObjectInfo], connections: int
+) -> None:
+    with PrefetchScheduler(connections=connections) as scheduler:
+        handles = []
+        for index, info in enumerate(infos):
+            backing = cache.backing(index)
+            handles.append(
+                scheduler.register(
+                    info,
+                    backing.file_fetcher(fetcher(objects[info.key])),
+                    chunk_size=cache.table.chunk_size,
+                    backing=backing,
+                    evictable=False,
+                )
+            )
+        for handle in handles:
+            handle.wait_all(LIVENESS_S)
+
+
+def test_chunks_stored_through_the_file_are_seen_by_the_mapping_which_holds_no_page(
+    tmp_path: Path, namespace: str, caches: list[SharedCache]
+) -> None:
+    objects = make_objects([5 * CHUNK + 123, CHUNK, 7])
+    infos = infos_of(objects)
+    cache = SharedCache.create(tmp_path / "m", infos, namespace=namespace, chunk_size=CHUNK)
+    caches.append(cache)
+    fill_through_files(cache, objects, infos, connections=4)
+    for index, info in enumerate(infos):
+        path = cache.data_path(index)
+        assert cache.backing(index).path == path
+        assert mapping_rss(path) == 0  # no write fault per page through this process's mapping
+        assert Path(path).read_bytes() == objects[info.key]
+        mapping = cache.backing(index).mapping
+        assert mapping is not None and mapping[:] == objects[info.key]  # the same page-cache pages
+    assert [entry.status for entry in cache.table.files()] == [FileStatus.VERIFIED] * 3
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=3 * CHUNK + 1), min_size=1, max_size=3),
+    chunk=st.sampled_from([CHUNK, CHUNK + 904, 4 * CHUNK]),
+    connections=st.integers(min_value=1, max_value=4),
+)
+def test_any_layout_is_stored_through_the_files_byte_for_byte(
+    tmp_path: Path, sizes: list[int], chunk: int, connections: int
+) -> None:
+    objects = make_objects(sizes)
+    infos = infos_of(objects)
+    namespace = f"http://127.0.0.1:1/test-{uuid.uuid4().hex}"
+    cache = SharedCache.create(tmp_path / uuid.uuid4().hex, infos, namespace=namespace, chunk_size=chunk)
+    try:
+        fill_through_files(cache, objects, infos, connections)
+        for index, info in enumerate(infos):
+            assert Path(cache.data_path(index)).read_bytes() == objects[info.key]
+    finally:
+        cache.close()
+
+
+def test_a_closed_cache_is_not_written_through_its_file(tmp_path: Path, namespace: str) -> None:
+    objects = make_objects([2 * CHUNK])
+    infos = infos_of(objects)
+    cache = SharedCache.create(tmp_path / "m", infos, namespace=namespace, chunk_size=CHUNK)
+    backing = cache.backing(0)
+    path = cache.data_path(0)
+    cache.close()
+    with pytest.raises(ClosedError, match="closed"):
+        backing.fetch_through_file(fetcher(objects[infos[0].key]), 0, CHUNK)
+    assert not os.path.exists(path)  # not created again by the write
+
+
+def test_a_file_replaced_under_the_same_name_is_never_written(
+    tmp_path: Path, namespace: str, caches: list[SharedCache]
+) -> None:
+    objects = make_objects([2 * CHUNK])
+    infos = infos_of(objects)
+    cache = SharedCache.create(tmp_path / "m", infos, namespace=namespace, chunk_size=CHUNK)
+    caches.append(cache)
+    backing = cache.backing(0)
+    path = cache.data_path(0)
+    os.unlink(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # someone else's file, same name
+    try:
+        os.ftruncate(fd, 2 * CHUNK)
+        with pytest.raises(ClosedError, match="no longer this cache's file"):
+            backing.fetch_through_file(fetcher(objects[infos[0].key]), 0, CHUNK)
+        assert os.pread(fd, 2 * CHUNK, 0) == bytes(2 * CHUNK)
+    finally:
+        os.close(fd)
+        os.unlink(path)  # the planted file is not the cache's: its close leaves it alone
+
+
+def test_without_a_path_chunks_go_through_the_mapping(
+    tmp_path: Path, namespace: str, caches: list[SharedCache]
+) -> None:
+    objects = make_objects([CHUNK + 1])
+    (info,) = infos_of(objects)
+    cache = SharedCache.create(tmp_path / "m", [info], namespace=namespace, chunk_size=CHUNK)
+    caches.append(cache)
+    plain = SharedBacking(cache.table, 0, cache.backing(0).mapping)
+    fetch = fetcher(objects[info.key])
+    assert plain.path is None and plain.file_fetcher(fetch) is fetch
+    with pytest.raises(ValueError, match="no data file"):
+        plain.fetch_through_file(fetch, 0, CHUNK)
+    missing = SharedBacking(cache.table, 0, cache.backing(0).mapping, path=str(tmp_path / "gone"))
+    assert missing.path is None  # a path that cannot be checked: through the mapping, as before
