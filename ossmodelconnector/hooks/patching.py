@@ -87,24 +87,28 @@ class PatchSet:
             setattr(owner, name, replacement)
             self._applied.append(_Applied(owner, name, previous, replacement))
 
-    def replace_everywhere(self, original: Any, replacement: Any) -> int:
+    def replace_everywhere(self, original: Any, replacement: Any, *more: tuple[Any, Any]) -> int:
         """Bind ``replacement`` in place of ``original`` in every loaded module, and in modules to come.
 
         Args:
             original: the object to replace, compared by identity.
             replacement: its stand-in.
+            more: further ``(original, replacement)`` pairs, replaced in the same scan of the loaded
+                modules (each scan reads every global of every module: ~0.02-0.05 s with torch and
+                transformers loaded).
 
         Returns:
             How many module globals were replaced now.
         """
+        pairs = {id(old): (old, new) for old, new in ((original, replacement), *more)}
         with self._lock:
-            self._watched[id(original)] = (original, replacement)
+            self._watched.update(pairs)
             modules = list(sys.modules.items())
         count = 0
         for name, module in modules:
             if not _is_own_module(name):
-                count += self._patch_namespace(module, {id(original): (original, replacement)})
-        log.debug("replaced %r in %d module globals", original, count)
+                count += self._patch_namespace(module, pairs)
+        log.debug("replaced %d object(s) in %d module globals", len(pairs), count)
         return count
 
     def patch_module(self, module: types.ModuleType) -> int:

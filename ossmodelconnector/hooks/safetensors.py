@@ -230,8 +230,11 @@ def install(patches: PatchSet, safetensors_module: types.ModuleType) -> None:
         patches: where the replacements are recorded.
         safetensors_module: the imported ``safetensors`` package.
     """
+    pairs = []
     for name, filename_of in (("safe_open", _filename_argument), ("_safe_open_handle", _file_object_name)):
         real = getattr(safetensors_module, name, None)
         if real is None or getattr(real, "__wrapped__", None) is not None:
             continue  # absent from this safetensors version, or already ours
-        patches.replace_everywhere(real, _make_safe_open(real, filename_of))
+        pairs.append((real, _make_safe_open(real, filename_of)))
+    if pairs:
+        patches.replace_everywhere(*pairs[0], *pairs[1:])

@@ -72,12 +72,11 @@ def install(patches: PatchSet, torch_module: types.ModuleType) -> None:
         torch_module: the imported ``torch`` package.
     """
     real_load = torch_module.load
-    patches.replace_everywhere(real_load, _make_load(real_load))
     # TorchScript archives are opened and read by C++ from the path: only the whole file will do.
     jit = getattr(torch_module, "jit", None)
     real_jit_load = getattr(jit, "load", None)
-    if real_jit_load is not None:
-        patches.replace_everywhere(real_jit_load, _make_load(real_jit_load))
+    more = [(real_jit_load, _make_load(real_jit_load))] if real_jit_load is not None else []
+    patches.replace_everywhere(real_load, _make_load(real_load), *more)  # one scan of the modules
     real_from_file = getattr(torch_module, "from_file", None)
     if real_from_file is not None:
         patches.set_attribute(torch_module, "from_file", _make_function_from_file(real_from_file))

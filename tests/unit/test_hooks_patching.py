@@ -148,6 +148,24 @@ def test_patch_set_restores_identity_and_respects_later_changes() -> None:
     assert target.value is REAL["load"]
 
 
+def test_several_originals_are_replaced_in_one_scan_and_restored() -> None:
+    patches = PatchSet()
+    target = types.ModuleType("somewhere")
+    target.load, target.safe_open, target.other = REAL["load"], REAL["safe_open"], REAL["open"]
+    sys.modules["somewhere_for_test"] = target
+    try:
+        count = patches.replace_everywhere(REAL["load"], "new load", (REAL["safe_open"], "new safe_open"))
+        assert count >= 2
+        assert (target.load, target.safe_open, target.other) == ("new load", "new safe_open", REAL["open"])
+        later = types.ModuleType("later")
+        later.load, later.safe_open = REAL["load"], REAL["safe_open"]
+        assert patches.patch_module(later) == 2  # both watched for modules to come
+        patches.restore()
+    finally:
+        del sys.modules["somewhere_for_test"]
+    assert (target.load, target.safe_open) == (REAL["load"], REAL["safe_open"])
+
+
 def test_public_surface() -> None:
     assert hooks.__all__ == ["install", "uninstall"]
 
