@@ -30,6 +30,7 @@ import numpy as np
 
 from ossmodelconnector import _fast
 from ossmodelconnector.cache.attached import AttachedCache
+from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.cache.manifest import manifest_path, read_manifest
 from ossmodelconnector.cache.segments import (
     STATE_TABLE_PREFIX,
@@ -48,6 +49,7 @@ __all__ = ["Lister", "PeerSource", "find_lister"]
 log = logging.getLogger(__name__)
 
 _STATE_DIR = "/dev/shm"
+_READY = ChunkState.READY
 
 
 @dataclass(frozen=True)
@@ -168,29 +170,52 @@ class PeerSource:
             if self._gone is None:
                 try:
                     self._remote.wait(start, end, self._wait_timeout_s)
-                    if own_address is None or _address(dest) != own_address + start:
-                        dest[: end - start] = self._attached.data(self.lister.index)[start:end]
+                    return self._hand_over(start, end, dest, own_address)
                 except Exception as exc:
-                    if self._closed:
-                        raise ClosedError(f"{self._remote.name}: closed while waiting for it") from exc
-                    if isinstance(exc, (ClosedError, OwnerDiedError, FileNotFoundError)):
-                        self._stop_waiting(exc)
-                    elif isinstance(exc, ConnectorError):  # a chunk that failed there, or a timeout
-                        log.warning(
-                            "%s: bytes [%d, %d) did not arrive from %s (%s); fetching them here",
-                            self._remote.name,
-                            start,
-                            end,
-                            self.lister.directory,
-                            exc,
-                        )
-                    else:
-                        raise
-                else:
-                    return int(_fast.crc64(dest))
+                    self._failed(exc, start, end)
+            elif self._ready_there(start, end):  # stored there before the other process stopped
+                return self._hand_over(start, end, dest, own_address)
             return fallback(start, end, dest)
 
         return fetch_into
+
+    def _hand_over(self, start: int, end: int, dest: memoryview, own_address: int | None) -> int:
+        """The CRC-64 of READY bytes ``[start, end)``, copied into ``dest`` unless it is the segment."""
+        if own_address is None or _address(dest) != own_address + start:
+            dest[: end - start] = self._attached.data(self.lister.index)[start:end]
+        return int(_fast.crc64(dest))
+
+    def _failed(self, exc: Exception, start: int, end: int) -> None:
+        """A wait or a copy failed: stop waiting for good, or for this range only; raise when closed."""
+        if self._closed:
+            raise ClosedError(f"{self._remote.name}: closed while waiting for it") from exc
+        if isinstance(exc, (ClosedError, OwnerDiedError, FileNotFoundError)):
+            self._stop_waiting(exc)
+        elif isinstance(exc, ConnectorError):  # a chunk that failed there, or a timeout
+            log.warning(
+                "%s: bytes [%d, %d) did not arrive from %s (%s); fetching them here",
+                self._remote.name,
+                start,
+                end,
+                self.lister.directory,
+                exc,
+            )
+        else:
+            raise exc
+
+    def _ready_there(self, start: int, end: int) -> bool:
+        # The other table's states stay true after it stopped: a READY chunk's bytes are in the segment,
+        # which this process still holds and which eager directories never punch out.
+        table = self._remote.table
+        if self._closed or table.released:
+            return False
+        chunk_size = table.chunk_size
+        first, last = start // chunk_size, (end - 1) // chunk_size + 1
+        try:
+            states = bytes(table.states(self.lister.index)[first:last])
+        except ValueError:  # released by close() meanwhile
+            return False
+        return states.count(_READY) == len(states)
 
     def close(self) -> None:
         """Stop waiting (a wait in progress ends within ``owner_check_s``) and unmap. Idempotent."""
