@@ -69,7 +69,7 @@ from ossmodelconnector.uri import parse_oss_uri
 if TYPE_CHECKING:
     from ossmodelconnector.client import OssClient
     from ossmodelconnector.config import Config
-    from ossmodelconnector.object_handle import ObjectHandle
+    from ossmodelconnector.object_handle import FetchInto, ObjectHandle
     from ossmodelconnector.prefetch import PrefetchScheduler
 
 __all__ = ["PreparedDirectory", "PreparedFile", "live_directories", "parse_prefix_uri", "prepare_directory"]
@@ -199,13 +199,23 @@ def prepare_directory(
         heads = _run_all(pool, [partial(client.head_object, bucket, entry.info.key) for entry in large])
         # Tensors are fetched in the order frameworks read them, which their headers tell (read_order.py).
         # A lazy directory reads no header now: nothing large is fetched before a reader opens the file.
-        headers = (
-            [None] * len(heads)
-            if lazy
-            else _run_all(
-                pool, [partial(_read_tensor_ranges, client, info, namespace, config) for info in heads]
-            )
-        )
+        headers: list[dict[str, tuple[int, int]] | None] = [None] * len(heads)
+        if not lazy:
+            # A shard another live directory is fetching already: its header comes from that copy.
+            waits = {"owner_check_s": config.owner_check_s, "wait_timeout_s": config.wait_timeout_s}
+            peers = PeerSource.for_objects(namespace, heads, config.cache_dir, **waits)
+            try:
+                headers = _run_all(
+                    pool,
+                    [
+                        partial(fetch_tensor_ranges, _peer_or(peer, client.make_fetch_into(info)), info)
+                        for info, peer in zip(heads, peers, strict=True)
+                    ],
+                )
+            finally:
+                for peer in peers:
+                    if peer is not None:
+                        peer.close()
         files = [
             PreparedFile(entry.name, os.path.join(check.path, entry.name), entry.info, large=False)
             for entry in entries
@@ -567,19 +577,8 @@ def _is_large(info: ObjectInfo, config: Config) -> bool:
     return info.size > 0 and info.size >= config.small_file_bytes
 
 
-def _read_tensor_ranges(
-    client: OssClient, info: ObjectInfo, namespace: str, config: Config
-) -> dict[str, tuple[int, int]] | None:
-    # A shard another live directory is fetching already: its header comes from that copy, not a GET.
-    fetch = client.make_fetch_into(info)
-    waits = {"owner_check_s": config.owner_check_s, "wait_timeout_s": config.wait_timeout_s}
-    source = PeerSource.for_object(namespace, info, config.cache_dir, **waits)
-    if source is None:
-        return fetch_tensor_ranges(fetch, info)
-    try:
-        return fetch_tensor_ranges(source.fetch_into(fetch), info)
-    finally:
-        source.close()
+def _peer_or(peer: PeerSource | None, fetch: FetchInto) -> FetchInto:
+    return fetch if peer is None else peer.fetch_into(fetch)
 
 
 def _run_all(pool: ThreadPoolExecutor, tasks: Sequence[Callable[[], Any]]) -> list[Any]:

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +45,7 @@ from ossmodelconnector.errors import CacheError, ClosedError, ConnectorError, Ow
 from ossmodelconnector.object_handle import FetchInto
 from ossmodelconnector.objects import ObjectInfo
 
-__all__ = ["Lister", "PeerSource", "find_lister"]
+__all__ = ["Lister", "PeerSource", "find_lister", "find_listers"]
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +81,19 @@ def find_lister(segment_name: str, *, exclude: str = "", data_path: str | None =
     ``data_path``, tables whose manifest keeps that segment elsewhere (another ``cacheDir``, the disk
     fallback); a table without a manifest yet (``Lister.data_path == ""``) is not skipped.
     """
+    return find_listers({segment_name: data_path}, exclude=exclude).get(segment_name)
+
+
+def find_listers(wanted: Mapping[str, str | None], *, exclude: str = "") -> dict[str, Lister]:
+    """:func:`find_lister` for several segments (name -> ``data_path``) in one scan of the tables."""
     try:
         names = sorted(name for name in os.listdir(_STATE_DIR) if name.startswith(STATE_TABLE_PREFIX))
     except OSError:
-        return None
+        return {}
+    found: dict[str, Lister] = {}
     for name in names:
+        if len(found) == len(wanted):
+            break
         if name == exclude:
             continue
         try:
@@ -96,10 +105,12 @@ def find_lister(segment_name: str, *, exclude: str = "", data_path: str | None =
                 continue
             table = StateTable(segment.mapping, name)
             try:
-                index = next(
-                    (i for i, entry in enumerate(table.files()) if entry.segment_name == segment_name), None
-                )
-                if index is None or not process_alive(table.owner_pid, table.owner_start_time):
+                listed = {
+                    entry.segment_name: index
+                    for index, entry in enumerate(table.files())
+                    if entry.segment_name in wanted and entry.segment_name not in found
+                }
+                if not listed or not process_alive(table.owner_pid, table.owner_start_time):
                     continue
                 directory = table.directory
                 lazy = bool(table.flags() & FLAG_LAZY)
@@ -110,10 +121,12 @@ def find_lister(segment_name: str, *, exclude: str = "", data_path: str | None =
             continue
         finally:
             segment.close()
-        lister = Lister(pid, directory, name, index, lazy, _manifest_data_path(directory, name, index))
-        if data_path is None or lister.data_path in ("", data_path):
-            return lister
-    return None
+        data_paths = _manifest_data_paths(directory, name)
+        for segment_name, index in listed.items():
+            lister = Lister(pid, directory, name, index, lazy, data_paths.get(index, ""))
+            if wanted[segment_name] is None or lister.data_path in ("", wanted[segment_name]):
+                found[segment_name] = lister
+    return found
 
 
 class PeerSource:
@@ -142,19 +155,30 @@ class PeerSource:
         self._closed = False
 
     @classmethod
-    def for_object(
-        cls, namespace: str, info: ObjectInfo, cache_dir: str, *, owner_check_s: float, wait_timeout_s: float
-    ) -> PeerSource | None:
-        """A source for ``info`` if another live eager directory fetches it into ``cache_dir``, else None."""
-        name = data_segment_name(namespace, info)
-        path = segment_path(cache_dir, name)
-        lister = find_lister(name, data_path=path)
-        if lister is None or lister.lazy or lister.data_path != path:
-            return None
-        try:
-            return cls(lister, owner_check_s=owner_check_s, wait_timeout_s=wait_timeout_s)
-        except (OSError, CacheError):
-            return None  # closed meanwhile
+    def for_objects(
+        cls,
+        namespace: str,
+        infos: Sequence[ObjectInfo],
+        cache_dir: str,
+        *,
+        owner_check_s: float,
+        wait_timeout_s: float,
+    ) -> list[PeerSource | None]:
+        """Per object, a source if another live eager directory fetches it into ``cache_dir``, else None.
+
+        Close every source returned.
+        """
+        paths = [segment_path(cache_dir, data_segment_name(namespace, info)) for info in infos]
+        listers = find_listers({os.path.basename(path): path for path in paths})
+        sources: list[PeerSource | None] = []
+        for path in paths:
+            lister = listers.get(os.path.basename(path))
+            source = None
+            if lister is not None and not lister.lazy and lister.data_path == path:
+                with contextlib.suppress(OSError, CacheError):  # closed meanwhile: fetch it here
+                    source = cls(lister, owner_check_s=owner_check_s, wait_timeout_s=wait_timeout_s)
+            sources.append(source)
+        return sources
 
     def fetch_into(self, fallback: FetchInto, own_data: memoryview | None = None) -> FetchInto:
         """A ``fetch_into`` that waits for the other process's bytes, and uses ``fallback`` once it cannot.
@@ -241,11 +265,10 @@ def _address(view: memoryview) -> int:
     return int(np.frombuffer(view, dtype=np.uint8).ctypes.data)
 
 
-def _manifest_data_path(directory: str, table_name: str, index: int) -> str:
+def _manifest_data_paths(directory: str, table_name: str) -> dict[int, str]:
+    """File index -> data path, from the manifest of ``directory`` if it belongs to ``table_name``."""
     with contextlib.suppress(OSError, CacheError, ValueError):
         manifest = read_manifest(manifest_path(directory))
         if manifest.state_table == table_name:
-            for entry in manifest.files.values():
-                if entry.index == index:
-                    return entry.data_path
-    return ""
+            return {entry.index: entry.data_path for entry in manifest.files.values()}
+    return {}
