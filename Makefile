@@ -20,7 +20,7 @@ demo: setup
 # Everything CI checks: lint, the whole suite on the Cython kernels, then unit + integration on the twins.
 test: setup lint
 	$(PY) -m pytest -q
-	OSSMODELCONNECTOR_PUREPYTHON=1 $(PY) -m pytest -q tests/unit tests/integration -p no:cacheprovider
+	OSSMC_PUREPYTHON=1 $(PY) -m pytest -q tests/unit tests/integration -p no:cacheprovider
 
 test-fast: setup
 	$(PY) -m pytest -q -x tests/unit
@@ -29,6 +29,7 @@ lint: setup
 	$(VENV)/bin/ruff check ossmodelconnector tests benchmarks
 	$(VENV)/bin/ruff format --check ossmodelconnector tests benchmarks
 	$(VENV)/bin/mypy ossmodelconnector
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf build *.egg-info ossmodelconnector/_fast/*.so ossmodelconnector/_fast/*.c

@@ -1,6 +1,6 @@
 """Build the Cython kernels in ossmodelconnector/_fast (every .pyx there becomes one extension), and ship
 ``ossmodelconnector.pth`` at the root of site-packages: the start-up hook of the no-code mode (it does
-nothing unless ``OSSMODELCONNECTOR_PREPARED_DIRS`` or ``ENABLE_CONNECTOR`` is set)."""
+nothing unless ``OSSMC_PREPARED_DIRS`` or ``ENABLE_CONNECTOR`` is set)."""
 
 from __future__ import annotations
 

@@ -99,7 +99,7 @@ class WaitClock:
 
     def install(self, stack: contextlib.ExitStack) -> None:
         # ObjectHandle.wait is what every hook ends in (wait_all calls it too); patched in this process only.
-        from ossmodelconnector.object_handle import ObjectHandle
+        from ossmodelconnector.fetch.object_handle import ObjectHandle
 
         real = ObjectHandle.wait
 
@@ -151,9 +151,9 @@ def tree_bytes(path: Path) -> int:
 
 def connector_loader(*, wait: bool) -> Loader:
     def load(spec: Spec, stack: contextlib.ExitStack) -> tuple[Any, After]:
-        import ossmodelconnector.directory as directory_module
+        import ossmodelconnector.directory.prepare as directory_module
         from ossmodelconnector import OssModelConnector
-        from ossmodelconnector.credentials import Credentials
+        from ossmodelconnector.oss.credentials import Credentials
 
         waits = WaitClock()
         waits.install(stack)

@@ -96,7 +96,7 @@ def connector_load(
     download-then-load contender's threads.
     """
     from ossmodelconnector import OssModelConnector
-    from ossmodelconnector.credentials import Credentials
+    from ossmodelconnector.oss.credentials import Credentials
 
     marks: dict[str, float] = {}
     with OssModelConnector(

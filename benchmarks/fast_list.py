@@ -29,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import markdown_table, median, write_section
 from localoss_harness import start_localoss
 
-from ossmodelconnector.client import OssClient
 from ossmodelconnector.config import load_config
-from ossmodelconnector.credentials import Credentials, StaticCredentialProvider
-from ossmodelconnector.listing import fast_list, list_objects
 from ossmodelconnector.objects import ObjectInfo
-from ossmodelconnector.uri import parse_endpoint
+from ossmodelconnector.oss.client import OssClient
+from ossmodelconnector.oss.credentials import Credentials, StaticCredentialProvider
+from ossmodelconnector.oss.listing import fast_list, list_objects
+from ossmodelconnector.oss.uri import parse_endpoint
 
 BUCKET = "bench-list"
 PREFIX = "checkpoints/"

@@ -30,7 +30,7 @@ from _results import markdown_table, median, write_section
 
 from ossmodelconnector import hooks
 from ossmodelconnector.cache import registry
-from ossmodelconnector.hooks import audit
+from ossmodelconnector.hooks import safety_net
 
 
 class _ReadyFile:
@@ -72,7 +72,7 @@ def main() -> None:
 
     def with_audit(enabled: bool, function: Callable[[], object]) -> Callable[[], float]:
         def run() -> float:
-            (audit.enable if enabled else audit.disable)()
+            (safety_net.enable if enabled else safety_net.disable)()
             return _batch_ns(function, args.number)
 
         return run
@@ -103,7 +103,7 @@ def main() -> None:
         },
         "audit hook, disabled, per event": {
             "baseline": with_audit(False, lambda: None),
-            "installed": with_audit(False, lambda: audit._audit("import", ())),
+            "installed": with_audit(False, lambda: safety_net._audit("import", ())),
         },
     }
     samples: dict[str, dict[str, list[float]]] = {
@@ -118,7 +118,7 @@ def main() -> None:
                 for state, run in order:
                     samples[name][state].append(run())
     finally:
-        audit.enable()
+        safety_net.enable()
         registry.unregister_file(str(registered))
         hooks.uninstall()
 

@@ -75,7 +75,7 @@ def run_connector(
     from ossmodelconnector import OssModelConnector
     from ossmodelconnector.cache.manifest import manifest_path, read_manifest
     from ossmodelconnector.cli import child_environment
-    from ossmodelconnector.credentials import Credentials
+    from ossmodelconnector.oss.credentials import Credentials
 
     saved = dict(os.environ)
     os.environ.update(child_environment(dict(os.environ)))  # the workers' start-up hook, as `run` does

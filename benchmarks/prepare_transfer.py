@@ -54,7 +54,7 @@ from localoss_harness import LocalOss, start_localoss
 
 from ossmodelconnector import OssModelConnector
 from ossmodelconnector.cache.shared_backing import SharedBacking
-from ossmodelconnector.credentials import Credentials
+from ossmodelconnector.oss.credentials import Credentials
 
 MIB = 1 << 20
 BUCKET = "bench-transfer"

@@ -46,11 +46,11 @@ from _results import markdown_table, median, write_section
 from localoss_harness import LocalOss, start_localoss
 
 from ossmodelconnector._fast import crc64, crc64_combine
-from ossmodelconnector.client import OssClient
 from ossmodelconnector.config import load_config
-from ossmodelconnector.credentials import Credentials, StaticCredentialProvider
 from ossmodelconnector.objects import ObjectInfo
-from ossmodelconnector.uri import parse_endpoint
+from ossmodelconnector.oss.client import OssClient
+from ossmodelconnector.oss.credentials import Credentials, StaticCredentialProvider
+from ossmodelconnector.oss.uri import parse_endpoint
 
 MIB = 1 << 20
 BUCKET = "bench-read"

@@ -74,7 +74,7 @@ def one_cycle(endpoint: str, key_id: str, secret: str, model_dir: Path) -> int:
 
     transformers.utils.logging.disable_progress_bar()
     from ossmodelconnector import OssModelConnector
-    from ossmodelconnector.credentials import Credentials
+    from ossmodelconnector.oss.credentials import Credentials
 
     with OssModelConnector(
         endpoint, cred_provider=Credentials(key_id, secret), chunk_size_mb=1, small_file_mb=1

@@ -7,7 +7,7 @@ noise hits them alike; each state's median wall time is compared with the venv w
 
 - no .pth (baseline);
 - .pth installed, no variable set (what every Python process on a machine with the package pays);
-- .pth installed, ``OSSMODELCONNECTOR_PREPARED_DIRS`` set (a reader: hooks installed, nothing attached
+- .pth installed, ``OSSMC_PREPARED_DIRS`` set (a reader: hooks installed, nothing attached
   until it opens a file under the directory).
 
     python benchmarks/startup_cost.py [--number 40]
@@ -61,7 +61,7 @@ def main() -> int:
     base_env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("OSSMODELCONNECTOR_", "ENABLE_"))
+        if not key.startswith(("OSSMC_", "OSSMODELCONNECTOR_", "ENABLE_"))
     }
     base_env.pop("PYTHONPATH", None)
     with tempfile.TemporaryDirectory(prefix="startup-venv-", dir="/tmp") as scratch:
@@ -72,9 +72,9 @@ def main() -> int:
         states = {
             "no .pth (baseline)": (False, base_env),
             ".pth, variables unset": (True, base_env),
-            ".pth, OSSMODELCONNECTOR_PREPARED_DIRS set (reader)": (
+            ".pth, OSSMC_PREPARED_DIRS set (reader)": (
                 True,
-                {**base_env, "OSSMODELCONNECTOR_PREPARED_DIRS": str(model_dir)},
+                {**base_env, "OSSMC_PREPARED_DIRS": str(model_dir)},
             ),
         }
         times: dict[str, list[float]] = {name: [] for name in states}

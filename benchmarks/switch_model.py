@@ -274,7 +274,7 @@ def switching(
 
 
 def _creds(server: LocalOss) -> object:
-    from ossmodelconnector.credentials import Credentials
+    from ossmodelconnector.oss.credentials import Credentials
 
     return Credentials(server.access_key_id, server.access_key_secret)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import typing
 
-# First: modules below read the version while this package is still initializing.
 from ossmodelconnector._version import __version__
 from ossmodelconnector.errors import (
     AccessDeniedError,
@@ -62,7 +61,7 @@ else:
 
     def __getattr__(name: str) -> typing.Any:
         # The connector pulls in oss2 and the HTTP client (~0.4 s). Imported on first use, so that a
-        # process the bootstrap only makes a reader (a vLLM worker) starts without that cost.
+        # process the start-up entry point only makes a reader (a vLLM worker) starts without that cost.
         if name == "OssModelConnector":
             from ossmodelconnector.connector import OssModelConnector
 

@@ -3,10 +3,10 @@
 ::
 
     ossmodelconnector run [--endpoint E] [--cred-path P] [--config C] [--wait] OSS_URI MODEL_DIR -- CMD...
-        connector = OssModelConnector(E or $OSS_ENDPOINT, P or $OSSMODELCONNECTOR_CRED_PATH or the
+        connector = OssModelConnector(E or $OSS_ENDPOINT, P or $OSSMC_CRED_PATH or the
                                       OSS_ACCESS_KEY_* variables, C)
         connector.prepare_directory(OSS_URI, MODEL_DIR)        this process owns the download
-        CMD runs with OSSMODELCONNECTOR_PREPARED_DIRS=MODEL_DIR and PYTHONPATH=<_startup>:$PYTHONPATH,
+        CMD runs with OSSMC_PREPARED_DIRS=MODEL_DIR and PYTHONPATH=<_startup>:$PYTHONPATH,
             so every Python process under it (children, grandchildren, spawn, fork, python -m, entry
             points) attaches to the cache at start-up
         SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 are passed on to CMD (not SIGINT/SIGQUIT from a
@@ -30,8 +30,9 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from ossmodelconnector.bootstrap import CONFIG_PATH_ENV, CRED_PATH_ENV, OSS_ENDPOINT_ENV
 from ossmodelconnector.errors import ConnectorError
+from ossmodelconnector.config import CONFIG_PATH_ENV, CRED_PATH_ENV
+from ossmodelconnector.startup import OSS_ENDPOINT_ENV, connector_from_environment
 
 __all__ = ["FORWARDED_SIGNALS", "main", "startup_dir"]
 
@@ -110,17 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         program = program[1:]
     if not program:
         parser.error("give the program to run after --, e.g. -- python serve.py")
-    endpoint = args.endpoint or os.environ.get(OSS_ENDPOINT_ENV, "")
-    if not endpoint:
+    if not (args.endpoint or os.environ.get(OSS_ENDPOINT_ENV)):
         parser.error(f"give --endpoint or set {OSS_ENDPOINT_ENV}")
-    from ossmodelconnector.connector import OssModelConnector
-
     try:
-        connector = OssModelConnector(
-            endpoint,
-            cred_path=args.cred_path or os.environ.get(CRED_PATH_ENV, ""),
-            config_path=args.config or os.environ.get(CONFIG_PATH_ENV, ""),
-        )
+        connector = connector_from_environment(args.endpoint, args.cred_path, args.config)
     except ConnectorError as exc:
         print(f"ossmodelconnector: {exc}", file=sys.stderr)
         return _USAGE_ERROR

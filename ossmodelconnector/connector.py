@@ -21,24 +21,24 @@ import time
 import weakref
 from typing import Any
 
-from ossmodelconnector.audit import open_audit
-from ossmodelconnector.bootstrap import export_directory
-from ossmodelconnector.cache.remote import RemoteSettings
-from ossmodelconnector.client import OssClient
+from ossmodelconnector.cache.attaching import AttachSettings
 from ossmodelconnector.config import Config, load_config
-from ossmodelconnector.credentials import resolve_credentials
-from ossmodelconnector.directory import PreparedDirectory, parse_prefix_uri, prepare_directory
-from ossmodelconnector.dirsafety import normalize_model_dir
+from ossmodelconnector.directory.attached import AttachedDirectory, live_owner, prepare_lock
+from ossmodelconnector.directory.exported import export_directory
+from ossmodelconnector.directory.lazy.residency import Residency
+from ossmodelconnector.directory.prepare import PreparedDirectory, parse_prefix_uri, prepare_directory
+from ossmodelconnector.directory.safety import normalize_model_dir
+from ossmodelconnector.directory.termination import exit_on_sigterm
 from ossmodelconnector.errors import ClosedError, ConfigError, InvalidURIError
-from ossmodelconnector.listing import fast_list, list_objects
+from ossmodelconnector.fetch.prefetch import PrefetchScheduler
+from ossmodelconnector.fetch.stream import OssStream, open_stream
 from ossmodelconnector.logfiles import configure_logging
 from ossmodelconnector.objects import ObjectInfo
-from ossmodelconnector.prefetch import PrefetchScheduler
-from ossmodelconnector.residency import Residency
-from ossmodelconnector.shared_directory import AttachedDirectory, live_owner, prepare_lock
-from ossmodelconnector.stream import OssStream, open_stream
-from ossmodelconnector.termination import exit_on_sigterm
-from ossmodelconnector.uri import is_valid_bucket_name, parse_endpoint, parse_oss_uri
+from ossmodelconnector.oss.client import OssClient
+from ossmodelconnector.oss.credentials import resolve_credentials
+from ossmodelconnector.oss.listing import fast_list, list_objects
+from ossmodelconnector.oss.request_log import open_audit
+from ossmodelconnector.oss.uri import is_valid_bucket_name, parse_endpoint, parse_oss_uri
 
 __all__ = ["OssModelConnector"]
 
@@ -158,7 +158,7 @@ class OssModelConnector:
                 UTF-8 text stream over it.
 
         Returns:
-            An :class:`~ossmodelconnector.stream.OssStream` (``.size``, ``.name``, ``.mmap()``), or an
+            An :class:`~ossmodelconnector.fetch.stream.OssStream` (``.size``, ``.name``, ``.mmap()``), or an
             ``io.TextIOWrapper`` over one.
 
         Raises:
@@ -238,9 +238,9 @@ class OssModelConnector:
 
         One copy per node: when another live process already prepared the same URI into the same
         directory (or is preparing it: this call waits for it), nothing is downloaded here; the result is
-        an :class:`~ossmodelconnector.shared_directory.AttachedDirectory` whose reads wait on that
+        an :class:`~ossmodelconnector.directory.attached.AttachedDirectory` whose reads wait on that
         process's cache. Child processes (``spawn``, ``subprocess``) read through the cache with no code
-        of their own: the directory is exported in ``OSSMODELCONNECTOR_PREPARED_DIRS`` while it is open,
+        of their own: the directory is exported in ``OSSMC_PREPARED_DIRS`` while it is open,
         and the start-up hook (``ossmodelconnector.pth``) attaches them.
 
         Args:
@@ -261,7 +261,7 @@ class OssModelConnector:
                 background timer; None: ``gc.idleSeconds`` (0 = never).
 
         Returns:
-            The :class:`~ossmodelconnector.directory.PreparedDirectory` (``.files``, ``.placement``,
+            The :class:`~ossmodelconnector.directory.prepare.PreparedDirectory` (``.files``, ``.placement``,
             ``.wait()``, ``.stats()``), or an ``AttachedDirectory`` (the same methods) when another process
             owns the download; the connector keeps it and closes it on :meth:`close`.
 
@@ -311,7 +311,7 @@ class OssModelConnector:
         return directory
 
     def _attach(self, path: str, uri: str, owner_pid: int, *, wait: bool) -> AttachedDirectory:
-        settings = RemoteSettings(
+        settings = AttachSettings(
             owner_check_s=self.config.owner_check_s, wait_timeout_s=self.config.wait_timeout_s
         )
         directory = AttachedDirectory(path, uri, owner_pid, settings)

@@ -1,10 +1,18 @@
-"""The record of one OSS object version: what a listing or a HEAD returns, and what a download pins."""
+"""The record of one OSS object version (what a listing or a HEAD returns, and what a download pins) and
+the callable that fetches a range of one into a buffer."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["ObjectInfo"]
+__all__ = ["FetchInto", "ObjectInfo"]
+
+FetchInto = Callable[[int, int, memoryview], int]
+"""``fetch_into(start, end, dest) -> crc64``: write bytes ``[start, end)`` of one object version into
+``dest`` (``len(dest) == end - start``) and return their CRC-64; raise a ``ConnectorError`` on failure.
+The OSS client makes one per object (``OssClient.make_fetch_into``); the stream, the prefetch scheduler
+and the prepared directory take one, and wrap it (progress, storing into a shared segment, a peer)."""
 
 _MAX_CRC64 = (1 << 64) - 1
 

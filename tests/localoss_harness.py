@@ -97,7 +97,9 @@ def start_localoss(root: Path, *args: str, port: int = 0, stderr: int | IO[bytes
         *args,
     ]
     # The server always runs on the fastest CRC backend, even when a test run forces the Python twins.
-    env = {k: v for k, v in os.environ.items() if k != "OSSMODELCONNECTOR_PUREPYTHON"}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("OSSMC_PUREPYTHON", "OSSMODELCONNECTOR_PUREPYTHON")
+    }
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env={**env, "PYTHONUNBUFFERED": "1"})
     assert proc.stdout is not None
     deadline = time.monotonic() + STARTUP_TIMEOUT_S

@@ -2,8 +2,8 @@
 
 The Cython modules are used when they are importable; otherwise (not built, unsupported platform) the
 twins in ``_reference.py`` take over with identical signatures, results and errors, only slower.
-``OSSMODELCONNECTOR_PUREPYTHON=1`` forces the twins (as ``MSGPACK_PUREPYTHON`` does for msgpack), so that
-a test run can cover the code path a user without a compiler gets.
+``OSSMC_PUREPYTHON=1`` (alias ``OSSMODELCONNECTOR_PUREPYTHON``) forces the twins (as ``MSGPACK_PUREPYTHON``
+does for msgpack), so that a test run can cover the code path a user without a compiler gets.
 
 Exposes:
     crc64(data, crc=0) -> int: CRC-64 of any C-contiguous buffer as OSS computes it
@@ -24,7 +24,8 @@ Note that ``from ossmodelconnector._fast.crc64 import crc64`` below rebinds the 
 from __future__ import annotations
 
 import logging
-import os
+
+from ossmodelconnector.config import PUREPYTHON_ENV, environment_value
 
 __all__ = [
     "BACKEND",
@@ -39,13 +40,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PUREPYTHON_ENV = "OSSMODELCONNECTOR_PUREPYTHON"
-
 BACKEND: str
 
-# The one environment read outside config.py: the backend has to be fixed before any config exists, and
-# the variable exists for test runs, not as a user setting.
-if os.environ.get(PUREPYTHON_ENV, "") not in ("", "0"):
+# Read at import: the backend has to be fixed before any config exists, and the variable exists for test
+# runs, not as a user setting.
+if environment_value(PUREPYTHON_ENV) not in ("", "0"):
     from ossmodelconnector._fast._reference import (
         atomic_increment_u32,
         atomic_load_u32,

@@ -1,7 +1,7 @@
 """Start-up hook for ``ossmodelconnector run``: its folder is put first on the children's ``PYTHONPATH``.
 
 Python imports the first ``sitecustomize`` on ``sys.path`` at start-up; this one runs the connector's
-start-up hook (``ossmodelconnector.bootstrap.run``: attach the prepared directories listed in the
+start-up hook (``ossmodelconnector.startup.run``: attach the prepared directories listed in the
 environment), then imports the ``sitecustomize`` that would have run without it (the next one on
 ``sys.path``), so a site's or a distribution's own customization still happens.
 """
@@ -14,9 +14,9 @@ import os
 import sys
 
 
-def _bootstrap() -> None:
+def _start() -> None:
     try:
-        from ossmodelconnector.bootstrap import run
+        from ossmodelconnector.startup import run
     except ImportError as exc:  # this interpreter cannot import the package: it reads plain files
         print(f"ossmodelconnector: start-up hook unavailable in {sys.executable}: {exc}", file=sys.stderr)
         return
@@ -34,5 +34,5 @@ def _chain() -> None:
     spec.loader.exec_module(module)
 
 
-_bootstrap()
+_start()
 _chain()

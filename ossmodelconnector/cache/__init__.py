@@ -1,15 +1,11 @@
-"""Where fetched bytes live: one contiguous buffer per object with a state per chunk.
+"""The shared-memory cache: what every process on the node maps, so that it holds one copy of a model.
 
-``chunk_buffer.ChunkBuffer`` is the in-process form (an anonymous mapping). For a prepared directory the
-same buffer is backed by the shared-memory cache (``shared_cache.SharedCache``: one data segment per
-file, one state table per directory, a manifest; layout in ``docs/cache-layout.md``) so that every
-process on the node reads one copy; ``attached`` is the side of a reader in another process and
-``registry`` the table the reader hooks consult.
+One data segment per large file (``segments``, kept while any process holds it: ``segment_hold``), one
+state table per prepared directory (``state_table``: a state byte per chunk, a futex generation), the
+manifest that names them (``manifest``), the demand ring readers post to (``demand``); ``shared_cache``
+creates and recovers them for the owner and ``shared_backing`` stores fetched chunks into them. Another
+process's directory is read through ``attached`` (its table mapped, waits on its futex), reached by
+``attaching`` (on first lookup, or after ``fork``); ``peer_source`` waits on another directory that fetches
+the same object version. ``registry`` is the table of files the reader hooks consult. Layout:
+``docs/cache-layout.md``.
 """
-
-from __future__ import annotations
-
-from ossmodelconnector.cache.chunk_buffer import ChunkBuffer
-from ossmodelconnector.cache.chunk_state import ChunkState
-
-__all__ = ["ChunkBuffer", "ChunkState"]

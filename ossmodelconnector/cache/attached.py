@@ -3,7 +3,7 @@
 ::
 
     AttachedCache.from_manifest(model_dir/.ossmodelconnector/manifest.json)   (or .attach(table name))
-        .file(i) -> RemoteFile: wait(start, end) / wait_all() on the shared chunk states
+        .file(i) -> AttachedFile: wait(start, end) / wait_all() on the shared chunk states
         .data(i) -> read-only view of file i's data segment
 
 A wait reads the generation, looks at the state bytes it needs, and futex-waits on the generation when
@@ -11,7 +11,7 @@ they are not READY yet (``docs/cache-layout.md``, section 3); every half second 
 owner still lives, so a dead owner is an :class:`OwnerDiedError`, not a hang. When the table is mapped
 writable, a wait on chunks not yet in flight also posts them to the table's demand ring, so the owner
 fetches them next (what a wait in the owner's own process does through the scheduler). The reader hooks
-of other processes (vLLM tensor-parallel workers) wait through :class:`RemoteFile` (``cache/remote.py``).
+of other processes (vLLM tensor-parallel workers) wait through :class:`AttachedFile` (``cache/attaching.py``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from ossmodelconnector.errors import (
     RequestTimeoutError,
 )
 
-__all__ = ["DEFAULT_OWNER_CHECK_S", "DEFAULT_REMOTE_WAIT_TIMEOUT_S", "AttachedCache", "RemoteFile"]
+__all__ = ["DEFAULT_OWNER_CHECK_S", "DEFAULT_REMOTE_WAIT_TIMEOUT_S", "AttachedCache", "AttachedFile"]
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +104,15 @@ class AttachedCache:
         *,
         owner_check_s: float = DEFAULT_OWNER_CHECK_S,
         wait_timeout_s: float = DEFAULT_REMOTE_WAIT_TIMEOUT_S,
-    ) -> RemoteFile:
-        """File ``index`` as a :class:`RemoteFile` (``wait``/``wait_all``).
+    ) -> AttachedFile:
+        """File ``index`` as a :class:`AttachedFile` (``wait``/``wait_all``).
 
         Args:
             index: the file's index in the table.
             owner_check_s: a waiting reader notices a dead owner within this many seconds.
             wait_timeout_s: the default of ``timeout_s`` for its waits.
         """
-        return RemoteFile(self.table, index, owner_check_s=owner_check_s, wait_timeout_s=wait_timeout_s)
+        return AttachedFile(self.table, index, owner_check_s=owner_check_s, wait_timeout_s=wait_timeout_s)
 
     def data(self, index: int) -> memoryview:
         """A read-only view of file ``index``'s data segment; read a range only after ``wait`` for it.
@@ -145,7 +145,7 @@ class AttachedCache:
         self.close()
 
 
-class RemoteFile:
+class AttachedFile:
     """One file of an attached cache, waitable from a process that is not the owner.
 
     Args:

@@ -2,7 +2,7 @@
 
 ::
 
-    reader (another process) ── RemoteFile.wait ── post_demand(file, first, count) ──┐  state table's
+    reader (another process) ── AttachedFile.wait ── post_demand(file, first, count) ──┐  state table's
     owner: DemandServer thread ── wait_for_demand(head) ── take_demands() <──────────┘  demand ring
                                          └── on_demand(file index, range of chunks)  (scheduler.boost)
 

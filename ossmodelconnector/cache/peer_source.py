@@ -42,8 +42,7 @@ from ossmodelconnector.cache.segments import (
 )
 from ossmodelconnector.cache.state_table import FLAG_LAZY, StateTable
 from ossmodelconnector.errors import CacheError, ClosedError, ConnectorError, OwnerDiedError
-from ossmodelconnector.object_handle import FetchInto
-from ossmodelconnector.objects import ObjectInfo
+from ossmodelconnector.objects import FetchInto, ObjectInfo
 
 __all__ = ["Lister", "PeerSource", "find_lister", "find_listers"]
 

@@ -110,7 +110,7 @@ def register_file(path: str | os.PathLike[str], waitable: WaitableFile) -> None:
 
     Args:
         path: the entry in the prepared directory (made absolute; usually a symlink to a data segment).
-        waitable: what to wait on (the owner's ``ObjectHandle``, or a reader's ``RemoteFile``).
+        waitable: what to wait on (the owner's ``ObjectHandle``, or a reader's ``AttachedFile``).
     """
     absolute = os.path.abspath(os.fspath(path))
     keys = _keys(absolute)

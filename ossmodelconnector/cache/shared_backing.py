@@ -19,16 +19,15 @@ import logging
 import mmap
 import os
 import threading
-from collections.abc import Callable
 
 from ossmodelconnector.cache.state_table import FileStatus, StateTable, TableStatus
 from ossmodelconnector.errors import CacheError, ClosedError
+from ossmodelconnector.objects import FetchInto
 
 __all__ = ["SharedBacking"]
 
 log = logging.getLogger(__name__)
 
-_FetchInto = Callable[[int, int, memoryview], int]
 _THREAD = threading.local()  # .bounce: this thread's reused landing buffer for fetch_through_file
 
 
@@ -126,7 +125,7 @@ class SharedBacking:
         if all(status == FileStatus.VERIFIED for status in statuses):
             self.table.set_status(TableStatus.COMPLETE)
 
-    def file_fetcher(self, fetch_into: _FetchInto) -> _FetchInto:
+    def file_fetcher(self, fetch_into: FetchInto) -> FetchInto:
         """The ``fetch_into`` to register this file's object with: one that stores through the file.
 
         The returned callable ignores the ``dest`` it is given (the mapping's view of the same bytes,
@@ -145,7 +144,7 @@ class SharedBacking:
 
         return fetch_to_file
 
-    def fetch_through_file(self, fetch_into: _FetchInto, start: int, end: int) -> int:
+    def fetch_through_file(self, fetch_into: FetchInto, start: int, end: int) -> int:
         """Fetch ``[start, end)`` into this thread's reused buffer, then ``pwrite`` it into the data file.
 
         The file is opened for each chunk (a few microseconds against milliseconds of transfer), so no

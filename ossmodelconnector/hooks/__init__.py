@@ -40,7 +40,7 @@ import threading
 import types
 from collections.abc import Callable
 
-from ossmodelconnector.hooks import audit, files
+from ossmodelconnector.hooks import files, safety_net
 from ossmodelconnector.hooks import safetensors as safetensors_hook
 from ossmodelconnector.hooks import torch as torch_hook
 from ossmodelconnector.hooks.patching import ImportWatcher, PatchSet
@@ -81,7 +81,7 @@ def install() -> None:
             for name, apply in _FRAMEWORKS:
                 watcher.when_imported(name, functools.partial(_framework, apply, patches))
             watcher.install()
-            audit.enable()
+            safety_net.enable()
         except BaseException:
             _count = 0
             watcher.uninstall()
@@ -104,7 +104,7 @@ def uninstall() -> None:
         _count -= 1
         if _count > 0:
             return
-        audit.disable()
+        safety_net.disable()
         if _watcher is not None:
             _watcher.uninstall()
         if _patches is not None:

@@ -20,7 +20,7 @@ from localoss_harness import LocalOss
 from tiny_models import tiny_qwen2
 
 from ossmodelconnector import OssModelConnector
-from ossmodelconnector.credentials import Credentials
+from ossmodelconnector.oss.credentials import Credentials
 
 PREFIX = "models/qwen2-tiny/"
 # Held in a dict: the hooks replace every module global bound to these while they are installed.

@@ -16,7 +16,7 @@ import torch
 from localoss_harness import LocalOss
 
 from ossmodelconnector import OssModelConnector
-from ossmodelconnector.credentials import Credentials
+from ossmodelconnector.oss.credentials import Credentials
 
 PREFIX = "sd/tiny-pipeline/"
 WEIGHTS = ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors")

@@ -2,7 +2,7 @@
 
 The workers run vLLM's loading pattern (``glob`` + the index's filter + ``safe_open``/``get_tensor`` per
 key) in fresh interpreters started with ``spawn``, whose only link to the connector is the environment:
-``OSSMODELCONNECTOR_PREPARED_DIRS`` (exported by ``prepare_directory``) and the start-up folder on
+``OSSMC_PREPARED_DIRS`` (exported by ``prepare_directory``) and the start-up folder on
 ``PYTHONPATH`` (the route ``ossmodelconnector run`` takes; an installed package uses its .pth instead).
 Checked: every tensor bit-identical to the source, each byte fetched once (the connector's counters),
 the data segments hold one copy (their allocated blocks), and no worker holds a private copy (its
@@ -29,7 +29,7 @@ from multiprocess_workers import header_allowance, vllm_worker, write_sharded_mo
 from ossmodelconnector import OssModelConnector
 from ossmodelconnector.cache.manifest import manifest_path, read_manifest
 from ossmodelconnector.cli import child_environment
-from ossmodelconnector.credentials import Credentials
+from ossmodelconnector.oss.credentials import Credentials
 
 MIB = 1 << 20
 MODEL_MIB = int(os.environ.get("OSSMC_E2E_MODEL_MIB", "96"))

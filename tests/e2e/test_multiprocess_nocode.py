@@ -32,7 +32,7 @@ from tiny_models import tiny_qwen2
 from ossmodelconnector import OssModelConnector
 from ossmodelconnector.cache.manifest import manifest_path, read_manifest
 from ossmodelconnector.cli import child_environment
-from ossmodelconnector.credentials import Credentials
+from ossmodelconnector.oss.credentials import Credentials
 
 TESTS = str(Path(__file__).parent.parent)
 REPO = str(Path(__file__).parent.parent.parent)
@@ -173,7 +173,7 @@ OWNER = textwrap.dedent(
     """
     import sys, time
     from ossmodelconnector import OssModelConnector
-    from ossmodelconnector.credentials import Credentials
+    from ossmodelconnector.oss.credentials import Credentials
     connector = OssModelConnector(sys.argv[1], cred_provider=Credentials(sys.argv[2], sys.argv[3]),
                                   chunk_size_mb=1, small_file_mb=1)
     connector.prepare_directory(sys.argv[4], sys.argv[5])
@@ -226,7 +226,7 @@ def test_owner_killed_mid_download(localoss_factory: Any, tmp_path: Path) -> Non
         old_files = [entry.data_path for entry in old.files.values()] + [f"/dev/shm/{old.state_table}"]
         reader_env = child_environment(env)
         reader_env.update(
-            OSSMODELCONNECTOR_PREPARED_DIRS=str(model_dir),
+            OSSMC_PREPARED_DIRS=str(model_dir),
             OSSMC_OWNER_CHECK_S="0.5",
             OSSMC_WAIT_TIMEOUT_S="120",
         )
@@ -280,7 +280,7 @@ COOPERATOR = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from multiprocess_workers import vllm_pattern
     from ossmodelconnector import OssModelConnector
-    from ossmodelconnector.credentials import Credentials
+    from ossmodelconnector.oss.credentials import Credentials
     with OssModelConnector(sys.argv[1], cred_provider=Credentials(sys.argv[2], sys.argv[3]),
                            chunk_size_mb=1, small_file_mb=1) as connector:
         directory = connector.prepare_directory(sys.argv[4], sys.argv[5])

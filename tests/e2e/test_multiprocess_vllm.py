@@ -22,7 +22,7 @@ from multiprocess_workers import write_sharded_model
 
 from ossmodelconnector import OssModelConnector
 from ossmodelconnector.cli import child_environment
-from ossmodelconnector.credentials import Credentials
+from ossmodelconnector.oss.credentials import Credentials
 
 VLLM_PYTHON = os.environ.get("OSSMC_VLLM_PYTHON", "")
 TESTS = str(Path(__file__).parent.parent)

@@ -26,7 +26,7 @@ from localoss_harness import LocalOss
 from tiny_models import tiny_qwen2
 
 from ossmodelconnector import OssModelConnector
-from ossmodelconnector.credentials import Credentials
+from ossmodelconnector.oss.credentials import Credentials
 
 MIB = 1 << 20
 PREFIX = "models/qwen2-e2e/"

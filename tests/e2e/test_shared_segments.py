@@ -29,7 +29,7 @@ from ossmodelconnector.cache.attached import AttachedCache
 from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.cache.manifest import manifest_path, read_manifest
 from ossmodelconnector.cache.segments import ours_in_dev_shm
-from ossmodelconnector.credentials import Credentials
+from ossmodelconnector.oss.credentials import Credentials
 
 TESTS = str(Path(__file__).parent.parent)
 PROCESS_TIMEOUT_S = 300
@@ -42,7 +42,7 @@ PREPARER = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from multiprocess_workers import vllm_pattern
     from ossmodelconnector import OssModelConnector
-    from ossmodelconnector.credentials import Credentials
+    from ossmodelconnector.oss.credentials import Credentials
     connector = OssModelConnector(sys.argv[1], cred_provider=Credentials(sys.argv[2], sys.argv[3]),
                                   chunk_size_mb=1, small_file_mb=1, prefetch_vcpus=1, prefetch_workers=4)
     connector.prepare_directory(sys.argv[4], sys.argv[5])

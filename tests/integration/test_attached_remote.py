@@ -16,17 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from ossmodelconnector import bootstrap
+from ossmodelconnector import startup
 from ossmodelconnector._fast import crc64
-from ossmodelconnector.cache import registry, remote
-from ossmodelconnector.cache.attached import AttachedCache, RemoteFile
+from ossmodelconnector.cache import attaching, registry
+from ossmodelconnector.cache.attached import AttachedCache, AttachedFile
 from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.cache.demand import DemandServer
 from ossmodelconnector.cache.shared_cache import SharedCache
+from ossmodelconnector.config import PREPARED_DIRS_ENV
+from ossmodelconnector.directory import exported
+from ossmodelconnector.directory.attached import lock_path, prepare_lock
 from ossmodelconnector.errors import CacheError, RequestTimeoutError
+from ossmodelconnector.fetch.prefetch import PrefetchScheduler
 from ossmodelconnector.objects import ObjectInfo
-from ossmodelconnector.prefetch import PrefetchScheduler
-from ossmodelconnector.shared_directory import lock_path, prepare_lock
 
 LIVENESS_S = 60.0
 CHUNK = 4096
@@ -99,35 +101,35 @@ def test_the_fallback_attaches_a_directory_on_first_use_only(
     shared, data = cache
     model_dir = tmp_path / "model"
     (model_dir / "config.json").write_text("{}")
-    remote.enable([str(model_dir)])
+    attaching.enable([str(model_dir)])
     try:
         assert registry.lookup("/elsewhere/model/big.bin") is None
-        assert remote.attached_directories() == []
+        assert attaching.attached_directories() == []
         assert registry.lookup(model_dir / "config.json") is None  # a small file: plain, but attached now
-        assert remote.attached_directories() == [str(model_dir)]
+        assert attaching.attached_directories() == [str(model_dir)]
         found = registry.lookup(model_dir / "big.bin")
-        assert isinstance(found, RemoteFile) and found.size == len(data)
+        assert isinstance(found, AttachedFile) and found.size == len(data)
         assert registry.lookup(shared.data_path(0)) is found  # what the symlink opens, too
         for index in range(found.table.file(0).chunk_count):
             shared.table.states(0)[index] = ChunkState.READY
         shared.table.publish()
         found.wait(0, len(data), LIVENESS_S)
     finally:
-        remote.disable()
+        attaching.disable()
     assert registry.lookup(model_dir / "big.bin") is None
 
 
 def test_environment_export_round_trip() -> None:
     environ: dict[str, str] = {}
-    bootstrap.export_directory("/a", environ)
-    bootstrap.export_directory("/b", environ)
-    bootstrap.export_directory("/a", environ)
-    assert bootstrap.exported_directories(environ) == ["/a", "/b"]
-    bootstrap.unexport_directory("/a", environ)
-    assert environ == {bootstrap.PREPARED_DIRS_ENV: "/b"}
-    bootstrap.unexport_directory("/b", environ)
+    exported.export_directory("/a", environ)
+    exported.export_directory("/b", environ)
+    exported.export_directory("/a", environ)
+    assert exported.exported_directories(environ) == ["/a", "/b"]
+    exported.unexport_directory("/a", environ)
+    assert environ == {PREPARED_DIRS_ENV: "/b"}
+    exported.unexport_directory("/b", environ)
     assert environ == {}
-    assert bootstrap.enabled({"ENABLE_CONNECTOR": "1"}) and not bootstrap.enabled({"ENABLE_CONNECTOR": "0"})
+    assert startup.enabled({"ENABLE_CONNECTOR": "1"}) and not startup.enabled({"ENABLE_CONNECTOR": "0"})
 
 
 def test_the_prepare_lock_excludes_and_is_released_when_its_holder_dies(tmp_path: Path) -> None:
@@ -141,7 +143,7 @@ def test_the_prepare_lock_excludes_and_is_released_when_its_holder_dies(tmp_path
     assert not os.path.exists(lock_path(model_dir))
     # A holder killed without releasing: the kernel drops its flock, the next one takes the lock.
     script = (
-        "import os, sys, time; from ossmodelconnector.shared_directory import prepare_lock\n"
+        "import os, sys, time; from ossmodelconnector.directory.attached import prepare_lock\n"
         "with prepare_lock(sys.argv[1], 60):\n    print('locked', flush=True); time.sleep(600)\n"
     )
     child = subprocess.Popen([sys.executable, "-c", script, model_dir], stdout=subprocess.PIPE, text=True)
@@ -169,5 +171,5 @@ def test_a_lazy_directory_is_not_attached_from_another_process(tmp_path: Path, n
         SharedCache.create(tmp_path / "lazy", [info], namespace=namespace, chunk_size=CHUNK, lazy=True),
         pytest.raises(CacheError, match="prepared lazily"),
     ):
-        remote.attach_directory(str(tmp_path / "lazy"))
-    remote.detach_directory(str(tmp_path / "lazy"))
+        attaching.attach_directory(str(tmp_path / "lazy"))
+    attaching.detach_directory(str(tmp_path / "lazy"))

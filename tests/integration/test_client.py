@@ -18,14 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from localoss_harness import LocalOss, start_localoss
 
-from ossmodelconnector.audit import AuditLog, parse_audit_line
-from ossmodelconnector.client import OssClient
 from ossmodelconnector.config import Config, load_config
-from ossmodelconnector.credentials import (
-    Credentials,
-    FileCredentialProvider,
-    StaticCredentialProvider,
-)
 from ossmodelconnector.errors import (
     AccessDeniedError,
     ClosedError,
@@ -38,7 +31,14 @@ from ossmodelconnector.errors import (
     RetriesExhaustedError,
 )
 from ossmodelconnector.objects import ObjectInfo
-from ossmodelconnector.uri import parse_endpoint
+from ossmodelconnector.oss.client import OssClient
+from ossmodelconnector.oss.credentials import (
+    Credentials,
+    FileCredentialProvider,
+    StaticCredentialProvider,
+)
+from ossmodelconnector.oss.request_log import AuditLog, parse_audit_line
+from ossmodelconnector.oss.uri import parse_endpoint
 
 FAST_RETRIES = {"retry_base_delay_s": 0.001, "retry_max_delay_s": 0.01}
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from localoss_harness import LocalOss, start_localoss
 
 from ossmodelconnector import InvalidURIError, ObjectNotFoundError, OssModelConnector
-from ossmodelconnector.credentials import Credentials
+from ossmodelconnector.oss.credentials import Credentials
 
 MIB = 1 << 20
 SIZES = [0, 1, 4097, MIB - 1, MIB, MIB + 1, 3 * MIB + 12345]

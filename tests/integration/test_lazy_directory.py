@@ -25,8 +25,8 @@ from multiprocess_workers import mapping_rss
 from safetensors.torch import load_file, save
 
 from ossmodelconnector import ConfigError, OssModelConnector
-from ossmodelconnector.audit import AuditRecord, parse_audit_line
-from ossmodelconnector.credentials import Credentials
+from ossmodelconnector.oss.credentials import Credentials
+from ossmodelconnector.oss.request_log import AuditRecord, parse_audit_line
 
 MIB = 1 << 20
 PREFIX = "sd/models/Stable-diffusion/"

@@ -11,12 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from localoss_harness import LocalOss
 
-from ossmodelconnector.client import OssClient
 from ossmodelconnector.config import load_config
-from ossmodelconnector.credentials import Credentials, StaticCredentialProvider
 from ossmodelconnector.errors import ObjectNotFoundError, RetriesExhaustedError
-from ossmodelconnector.listing import fast_list, list_objects
-from ossmodelconnector.uri import parse_endpoint
+from ossmodelconnector.oss.client import OssClient
+from ossmodelconnector.oss.credentials import Credentials, StaticCredentialProvider
+from ossmodelconnector.oss.listing import fast_list, list_objects
+from ossmodelconnector.oss.uri import parse_endpoint
 
 SPECIAL_KEYS = [
     "odd/a b.bin",

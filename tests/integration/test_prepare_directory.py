@@ -31,8 +31,8 @@ from ossmodelconnector import (
     UnsafePathError,
 )
 from ossmodelconnector.cache.segments import state_table_name
-from ossmodelconnector.credentials import Credentials
-from ossmodelconnector.dirsafety import OWNER_DIR_NAME, read_owner
+from ossmodelconnector.directory.safety import OWNER_DIR_NAME, read_owner
+from ossmodelconnector.oss.credentials import Credentials
 
 MIB = 1 << 20
 PREFIX = "models/tiny/"

@@ -28,7 +28,6 @@ from multiprocess_workers import mapping_rss
 
 from ossmodelconnector._fast import crc64
 from ossmodelconnector.cache.attached import AttachedCache
-from ossmodelconnector.cache.chunk_buffer import ChunkBuffer
 from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.cache.manifest import find_manifest, read_manifest
 from ossmodelconnector.cache.segments import data_segment_name, ours_in_dev_shm, state_table_name
@@ -43,8 +42,9 @@ from ossmodelconnector.errors import (
     RequestTimeoutError,
     RetriesExhaustedError,
 )
+from ossmodelconnector.fetch.chunk_buffer import ChunkBuffer
+from ossmodelconnector.fetch.prefetch import PrefetchScheduler
 from ossmodelconnector.objects import ObjectInfo
-from ossmodelconnector.prefetch import PrefetchScheduler
 
 LIVENESS_S = 60.0
 CHUNK = 4096

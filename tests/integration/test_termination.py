@@ -18,7 +18,7 @@ LIVENESS_S = 60.0
 CHILD = r"""
 import signal, sys, time
 from ossmodelconnector import OssModelConnector
-from ossmodelconnector.credentials import Credentials
+from ossmodelconnector.oss.credentials import Credentials
 
 endpoint, key_id, secret, uri, model_dir, mode = sys.argv[1:]
 if mode == "own-handler":

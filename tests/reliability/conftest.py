@@ -20,7 +20,7 @@ from hooks_harness import hooked_names, hooks_restored
 from localoss_harness import LocalOss, start_localoss
 
 from ossmodelconnector import OssModelConnector
-from ossmodelconnector.credentials import Credentials
+from ossmodelconnector.oss.credentials import Credentials
 
 MIB = 1 << 20
 MODEL_PREFIX = "models/tiny-qwen2/"

@@ -20,14 +20,14 @@ from xml.etree.ElementTree import ParseError
 import atheris
 
 with atheris.instrument_imports():
-    from ossmodelconnector.ranges import chunk_range, chunk_span, clamp_read, plan_chunks
-    from ossmodelconnector.responses import (
+    from ossmodelconnector.oss.responses import (
         check_body_range,
         object_info_from_headers,
         parse_content_range,
         parse_error,
         parse_list_v2,
     )
+    from ossmodelconnector.ranges import chunk_range, chunk_span, clamp_read, plan_chunks
 
 
 def fuzz_list(data: bytes) -> None:

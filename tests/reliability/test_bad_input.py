@@ -26,8 +26,8 @@ from ossmodelconnector import (
     RequestError,
     UnsafePathError,
 )
-from ossmodelconnector.credentials import Credentials
-from ossmodelconnector.responses import CODE_UNKNOWN_HOST
+from ossmodelconnector.oss.credentials import Credentials
+from ossmodelconnector.oss.responses import CODE_UNKNOWN_HOST
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ from ossmodelconnector import (
     ObjectChangedError,
     RetriesExhaustedError,
 )
-from ossmodelconnector.credentials import Credentials
-from ossmodelconnector.responses import CODE_CONNECTION
+from ossmodelconnector.oss.credentials import Credentials
+from ossmodelconnector.oss.responses import CODE_CONNECTION
 
 # A hang guard tighter than the suite's 300 s: each case resolves in seconds or fails clearly.
 pytestmark = pytest.mark.timeout(120)

@@ -17,14 +17,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ossmodelconnector.objects import ObjectInfo
-from ossmodelconnector.ranges import ByteRange, chunk_range, chunk_span, clamp_read, plan_chunks
-from ossmodelconnector.responses import (
+from ossmodelconnector.oss.responses import (
     check_body_range,
     object_info_from_headers,
     parse_content_range,
     parse_error,
     parse_list_v2,
 )
+from ossmodelconnector.ranges import ByteRange, chunk_range, chunk_span, clamp_read, plan_chunks
 
 PARSE_ERRORS = (ValueError, ParseError)
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

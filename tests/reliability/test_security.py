@@ -31,9 +31,9 @@ from ossmodelconnector import (
     UnsafePathError,
 )
 from ossmodelconnector.cache.attached import AttachedCache
-from ossmodelconnector.credentials import Credentials, FileCredentialProvider
-from ossmodelconnector.dirsafety import OWNER_DIR_NAME
-from ossmodelconnector.responses import CODE_INVALID_RESPONSE
+from ossmodelconnector.directory.safety import OWNER_DIR_NAME
+from ossmodelconnector.oss.credentials import Credentials, FileCredentialProvider
+from ossmodelconnector.oss.responses import CODE_INVALID_RESPONSE
 
 # A hang guard tighter than the suite's 300 s: each case resolves in seconds or fails clearly.
 pytestmark = pytest.mark.timeout(120)

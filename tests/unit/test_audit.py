@@ -11,16 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ossmodelconnector.audit import (
+from ossmodelconnector.config import Config
+from ossmodelconnector.errors import ClosedError, ConfigError
+from ossmodelconnector.logfiles import PACKAGE_LOGGER, configure_logging
+from ossmodelconnector.oss.request_log import (
     AuditLog,
     NullAudit,
     format_audit_line,
     open_audit,
     parse_audit_line,
 )
-from ossmodelconnector.config import Config
-from ossmodelconnector.errors import ClosedError, ConfigError
-from ossmodelconnector.logfiles import PACKAGE_LOGGER, configure_logging
 
 # --- audit -----------------------------------------------------------------------------------------------
 
@@ -183,7 +183,7 @@ def test_log_file_receives_records_at_its_level_and_undo_restores(tmp_path: Path
     logger = logging.getLogger(PACKAGE_LOGGER)
     handlers, level = list(logger.handlers), logger.level
     undo = configure_logging(Config(log_path=str(path), log_level=0))
-    child = logging.getLogger("ossmodelconnector.client")
+    child = logging.getLogger("ossmodelconnector.oss.client")
     child.debug("debug %s", "line")
     child.info("info line")
     logging.getLogger("somebody.else").error("not ours")
@@ -196,14 +196,14 @@ def test_log_file_receives_records_at_its_level_and_undo_restores(tmp_path: Path
     assert "not ours" not in text and "after undo" not in text
     line = next(line for line in text.splitlines() if "info line" in line)
     # time, level, thread, logger
-    assert " INFO [MainThread] ossmodelconnector.client: info line" in line
+    assert " INFO [MainThread] ossmodelconnector.oss.client: info line" in line
     dt.datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S")
 
 
 def test_log_level_filters(tmp_path: Path) -> None:
     path = tmp_path / "ossmc.log"
     undo = configure_logging(Config(log_path=str(path), log_level=2))
-    child = logging.getLogger("ossmodelconnector.prefetch")
+    child = logging.getLogger("ossmodelconnector.fetch.prefetch")
     child.info("quiet")
     child.warning("loud")
     undo()

@@ -349,9 +349,9 @@ def test_two_threads_hash_256_mib_each() -> None:
 
 def _backend_in_subprocess(env_value: str | None) -> str:
     env = dict(os.environ)
-    env.pop("OSSMODELCONNECTOR_PUREPYTHON", None)
+    env.pop("OSSMC_PUREPYTHON", None)
     if env_value is not None:
-        env["OSSMODELCONNECTOR_PUREPYTHON"] = env_value
+        env["OSSMC_PUREPYTHON"] = env_value
     code = (
         "import ossmodelconnector._fast as f; "
         "print(f.BACKEND, f.crc64.__module__, f.crc64_combine.__module__, f.crc64(b'123456789'))"

@@ -13,7 +13,8 @@ from typing import Any
 import oss2
 import pytest
 
-from ossmodelconnector.credentials import (
+from ossmodelconnector.errors import CredentialsError
+from ossmodelconnector.oss.credentials import (
     CredentialProvider,
     Credentials,
     EnvironmentCredentialProvider,
@@ -23,7 +24,6 @@ from ossmodelconnector.credentials import (
     parse_expiration,
     resolve_credentials,
 )
-from ossmodelconnector.errors import CredentialsError
 
 SECRET = "s3cr3t-VALUE-never-shown"
 TOKEN = "t0k3n-VALUE-never-shown"

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ossmodelconnector.cache.segments import process_start_time
-from ossmodelconnector.dirsafety import (
+from ossmodelconnector.directory.safety import (
     MAX_NAME_BYTES,
     OWNER_DIR_NAME,
     OWNER_FILE_NAME,

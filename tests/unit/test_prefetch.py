@@ -17,15 +17,16 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ossmodelconnector._fast import crc64
-from ossmodelconnector.cache import ChunkBuffer, ChunkState
+from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.errors import (
     ClosedError,
     IntegrityError,
     RequestTimeoutError,
     RetriesExhaustedError,
 )
+from ossmodelconnector.fetch.chunk_buffer import ChunkBuffer
+from ossmodelconnector.fetch.prefetch import ObjectHandle, PrefetchScheduler
 from ossmodelconnector.objects import ObjectInfo
-from ossmodelconnector.prefetch import ObjectHandle, PrefetchScheduler
 
 THREAD_PREFIX = "ossmodelconnector-prefetch"
 LIVENESS_LIMIT_S = 30.0  # a bound for polling loops, so a bug fails the test instead of hanging it

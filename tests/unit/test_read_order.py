@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ossmodelconnector.directory.read_order import chunk_order, fetch_tensor_ranges, natural_key
 from ossmodelconnector.objects import ObjectInfo
-from ossmodelconnector.read_order import chunk_order, fetch_tensor_ranges, natural_key
 from ossmodelconnector.safetensors_header import LENGTH_PREFIX, header_length, tensor_ranges
 
 names = st.lists(

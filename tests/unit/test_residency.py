@@ -17,16 +17,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ossmodelconnector._fast import crc64
-from ossmodelconnector.errors import ClosedError
-from ossmodelconnector.idle_gc import (
+from ossmodelconnector.directory.lazy.idle_gc import (
     DEFAULT_MAX_INTERVAL_S,
     DEFAULT_MIN_INTERVAL_S,
     IdleCollector,
     interval_for,
 )
+from ossmodelconnector.directory.lazy.residency import LazyFile, Residency, mapped_by_readers
+from ossmodelconnector.errors import ClosedError
+from ossmodelconnector.fetch.prefetch import ObjectHandle, PrefetchScheduler
 from ossmodelconnector.objects import ObjectInfo
-from ossmodelconnector.prefetch import ObjectHandle, PrefetchScheduler
-from ossmodelconnector.residency import LazyFile, Residency, mapped_by_readers
 
 CHUNK = 64
 SIZE = 3 * CHUNK  # three chunks per file; a limit of 2 * SIZE holds two files

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ossmodelconnector.client import http_range
-from ossmodelconnector.responses import (
+from ossmodelconnector.oss.client import http_range
+from ossmodelconnector.oss.responses import (
     check_body_range,
     object_info_from_headers,
     parse_content_range,

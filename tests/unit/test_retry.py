@@ -23,8 +23,8 @@ from ossmodelconnector.errors import (
     RequestTimeoutError,
     RetriesExhaustedError,
 )
-from ossmodelconnector.responses import ErrorDetails, error_for_status
-from ossmodelconnector.retry import Attempts, RetryPolicy, is_retryable
+from ossmodelconnector.oss.responses import ErrorDetails, error_for_status
+from ossmodelconnector.oss.retry import Attempts, RetryPolicy, is_retryable
 
 policies = st.builds(
     lambda attempts, base, extra: RetryPolicy(attempts, base, base + extra),

@@ -22,9 +22,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ossmodelconnector.credentials import Credentials
 from ossmodelconnector.errors import ConfigError
-from ossmodelconnector.signing import Signer
+from ossmodelconnector.oss.credentials import Credentials
+from ossmodelconnector.oss.signing import Signer
 
 FIXED_HTTP_DATE = "Wed, 25 Nov 2026 10:11:12 GMT"
 FIXED_UTC = dt.datetime(2026, 11, 25, 10, 11, 12)

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from test_prefetch import LIVENESS_LIMIT_S, Gate, MemoryObject, eventually, payload
 
-from ossmodelconnector.cache import ChunkState
+from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.errors import ClosedError, IntegrityError, RequestTimeoutError, RetriesExhaustedError
-from ossmodelconnector.prefetch import PrefetchScheduler
-from ossmodelconnector.stream import OssStream, open_stream
+from ossmodelconnector.fetch.prefetch import PrefetchScheduler
+from ossmodelconnector.fetch.stream import OssStream, open_stream
 
 
 @pytest.fixture

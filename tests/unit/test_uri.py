@@ -12,7 +12,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from ossmodelconnector.errors import ConfigError, InvalidURIError
-from ossmodelconnector.uri import (
+from ossmodelconnector.oss.uri import (
     Endpoint,
     OssUri,
     is_valid_bucket_name,

@@ -2,7 +2,7 @@
 
 Pure functions over bytes and header mappings, so they are tested without a server. The parsers raise
 plain ``ValueError`` (defusedxml's refusals included) or ``ParseError`` on malformed input;
-:mod:`ossmodelconnector.client`, the one place where foreign errors are translated, turns those into the
+:mod:`ossmodelconnector.oss.client`, the one place where foreign errors are translated, turns those into the
 package's errors. :func:`error_for_status` turns a failed answer into the package's error, with the fix
 in its message.
 """

@@ -45,9 +45,9 @@ from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.errors import ClosedError, IntegrityError
 
 if TYPE_CHECKING:
-    from ossmodelconnector.object_handle import ObjectHandle
+    from ossmodelconnector.fetch.object_handle import ObjectHandle
+    from ossmodelconnector.fetch.prefetch import PrefetchScheduler
     from ossmodelconnector.objects import ObjectInfo
-    from ossmodelconnector.prefetch import PrefetchScheduler
 
 __all__ = [
     "DEFAULT_SEQUENTIAL_BYTES",

@@ -22,21 +22,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Protocol
 
-from ossmodelconnector.cache.chunk_buffer import ChunkBuffer
-from ossmodelconnector.cache.delivery import Delivery
 from ossmodelconnector.cache.shared_backing import SharedBacking
 from ossmodelconnector.errors import RequestTimeoutError
-from ossmodelconnector.objects import ObjectInfo
+from ossmodelconnector.fetch.chunk_buffer import ChunkBuffer
+from ossmodelconnector.fetch.delivery import Delivery
+from ossmodelconnector.objects import FetchInto, ObjectInfo
 from ossmodelconnector.ranges import chunk_span
 
-__all__ = ["DEFAULT_WAIT_TIMEOUT_S", "ChunkScheduler", "FetchInto", "ObjectHandle"]
-
-FetchInto = Callable[[int, int, memoryview], int]
-"""``fetch_into(start, end, dest) -> crc64``: write bytes ``[start, end)`` of one object version into
-``dest`` (``len(dest) == end - start``) and return their CRC-64; raise a ``ConnectorError`` on failure."""
+__all__ = ["DEFAULT_WAIT_TIMEOUT_S", "ChunkScheduler", "ObjectHandle"]
 
 DEFAULT_WAIT_TIMEOUT_S = 600.0
 """Seconds a reader waits for one chunk before ``RequestTimeoutError`` (``Config.wait_timeout_s``)."""

@@ -43,9 +43,9 @@ from typing import NoReturn
 
 from ossmodelconnector._fast import crc64_combine
 from ossmodelconnector.cache.chunk_state import ChunkState
-from ossmodelconnector.cache.delivery import Deliveries, Delivery
 from ossmodelconnector.cache.shared_backing import SharedBacking
 from ossmodelconnector.errors import ClosedError, ConnectorError, IntegrityError, RequestTimeoutError
+from ossmodelconnector.fetch.delivery import Deliveries, Delivery
 from ossmodelconnector.objects import ObjectInfo
 from ossmodelconnector.ranges import ByteRange, chunk_count, chunk_range
 

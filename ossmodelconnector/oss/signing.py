@@ -31,7 +31,7 @@ import oss2.http
 from ossmodelconnector.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ossmodelconnector.credentials import Credentials
+    from ossmodelconnector.oss.credentials import Credentials
 
 __all__ = [
     "DEFAULT_PRODUCT",

@@ -22,11 +22,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from ossmodelconnector.client import DEFAULT_LIST_MAX_KEYS
 from ossmodelconnector.objects import ObjectInfo
+from ossmodelconnector.oss.client import DEFAULT_LIST_MAX_KEYS
 
 if TYPE_CHECKING:
-    from ossmodelconnector.client import OssClient
+    from ossmodelconnector.oss.client import OssClient
 
 __all__ = ["DEFAULT_DELIMITER", "DEFAULT_FAST_LIST_REQUESTS", "fast_list", "list_objects"]
 

@@ -18,8 +18,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from ossmodelconnector.errors import ConnectorError
-from ossmodelconnector.object_handle import FetchInto
-from ossmodelconnector.objects import ObjectInfo
+from ossmodelconnector.objects import FetchInto, ObjectInfo
 from ossmodelconnector.ranges import chunk_count
 from ossmodelconnector.safetensors_header import LENGTH_PREFIX, header_length, tensor_ranges
 

@@ -30,7 +30,7 @@ from ossmodelconnector.errors import (
     RequestTimeoutError,
     RetriesExhaustedError,
 )
-from ossmodelconnector.responses import REFRESH_CODES, RETRYABLE_CODES
+from ossmodelconnector.oss.responses import REFRESH_CODES, RETRYABLE_CODES
 
 if TYPE_CHECKING:
     from ossmodelconnector.config import Config

@@ -31,9 +31,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 from xml.etree.ElementTree import ParseError
 
-from ossmodelconnector import __version__
+from ossmodelconnector._version import __version__
 from ossmodelconnector._fast import crc64
-from ossmodelconnector.audit import NullAudit
 from ossmodelconnector.errors import (
     ClosedError,
     ConnectorError,
@@ -42,8 +41,9 @@ from ossmodelconnector.errors import (
     RequestError,
     RequestTimeoutError,
 )
-from ossmodelconnector.objects import ObjectInfo
-from ossmodelconnector.responses import (
+from ossmodelconnector.objects import FetchInto, ObjectInfo
+from ossmodelconnector.oss.request_log import NullAudit
+from ossmodelconnector.oss.responses import (
     CODE_CONNECTION,
     CODE_INCOMPLETE,
     CODE_INVALID_RESPONSE,
@@ -59,15 +59,15 @@ from ossmodelconnector.responses import (
     parse_list_v2,
     where,
 )
-from ossmodelconnector.retry import Attempts, RetryPolicy
-from ossmodelconnector.signing import Signer
-from ossmodelconnector.transport import Transport
+from ossmodelconnector.oss.retry import Attempts, RetryPolicy
+from ossmodelconnector.oss.signing import Signer
+from ossmodelconnector.oss.transport import Transport
 
 if TYPE_CHECKING:
-    from ossmodelconnector.audit import Audit
     from ossmodelconnector.config import Config
-    from ossmodelconnector.credentials import CredentialProvider
-    from ossmodelconnector.uri import Endpoint
+    from ossmodelconnector.oss.credentials import CredentialProvider
+    from ossmodelconnector.oss.request_log import Audit
+    from ossmodelconnector.oss.uri import Endpoint
 
 __all__ = [
     "DEFAULT_LIST_MAX_KEYS",
@@ -95,8 +95,6 @@ DEFAULT_ERROR_BODY_LIMIT = 64 * 1024
 
 USER_AGENT = f"ossmodelconnector/{__version__}"
 
-FetchInto = Callable[[int, int, memoryview], int]
-"""``fetch_into(start, end, dest) -> crc64``: the callable the stream and the prefetcher use."""
 
 _T = TypeVar("_T")
 _COUNTERS = ("requests", "retries", "bytes", "errors", "credential_refreshes", "integrity_retries")
@@ -149,7 +147,7 @@ class OssClient:
     """A thread-safe OSS client on pooled keep-alive ``http.client`` connections.
 
     Args:
-        endpoint: where to send requests (:func:`ossmodelconnector.uri.parse_endpoint`).
+        endpoint: where to send requests (:func:`ossmodelconnector.oss.uri.parse_endpoint`).
         credentials: asked before every request (``get()``); ``invalidate()`` is called once when the
             server refuses the credentials, and the request is retried with fresh ones.
         config: timeouts, retry budget, connection count and signature version.

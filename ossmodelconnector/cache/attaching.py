@@ -2,17 +2,17 @@
 
 ::
 
-    enable(["/models/qwen"])            (the bootstrap, from OSSMC_PREPARED_DIRS)
+    enable(["/models/qwen"])            (the start-up entry point, from OSSMC_PREPARED_DIRS)
         registry.set_fallback(dirs, resolve)
     open("/models/qwen/model-00001.safetensors")  ── hook ── registry.lookup: not registered
         resolve(path): first time for /models/qwen: read .ossmodelconnector/manifest.json,
                        AttachedCache(state table, writable: waits post demands), register a
-                       RemoteFile for every large file; a directory without a manifest is remembered
-        -> RemoteFile.wait(range): futex waits on the owner's chunk states
+                       AttachedFile for every large file; a directory without a manifest is remembered
+        -> AttachedFile.wait(range): futex waits on the owner's chunk states
 
     fork() in a process that prepared a directory
         after_in_child: every registered ObjectHandle (its fetch threads did not survive) is replaced
-        by a RemoteFile of the parent's table, attached on first use
+        by a AttachedFile of the parent's table, attached on first use
 
 Only the first lookup under a directory reads its manifest; other paths never reach this module.
 """
@@ -31,14 +31,14 @@ from ossmodelconnector.cache.attached import (
     DEFAULT_OWNER_CHECK_S,
     DEFAULT_REMOTE_WAIT_TIMEOUT_S,
     AttachedCache,
-    RemoteFile,
+    AttachedFile,
 )
 from ossmodelconnector.cache.manifest import find_manifest, manifest_path, read_manifest
 from ossmodelconnector.cache.state_table import FLAG_LAZY
 from ossmodelconnector.errors import CacheError
 
 __all__ = [
-    "RemoteSettings",
+    "AttachSettings",
     "attach_directory",
     "attached_directories",
     "detach_directory",
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RemoteSettings:
+class AttachSettings:
     """How readers of another process's directory wait.
 
     Args:
@@ -64,19 +64,19 @@ class RemoteSettings:
 
 _lock = threading.Lock()
 _resolving = threading.local()
-_settings = RemoteSettings()
+_settings = AttachSettings()
 # directory -> its attached cache (None: looked, nothing to attach: no manifest, or no large file)
 _attached: dict[str, AttachedCache | None] = {}
 
 
-def enable(directories: Sequence[str], settings: RemoteSettings | None = None) -> None:
+def enable(directories: Sequence[str], settings: AttachSettings | None = None) -> None:
     """Serve reads under ``directories`` (prepared by another process) through their shared cache.
 
     Nothing is read now: a directory's manifest is read on the first lookup of a path under it.
 
     Args:
         directories: absolute model directories.
-        settings: how readers wait (default :class:`RemoteSettings`).
+        settings: how readers wait (default :class:`AttachSettings`).
     """
     global _settings
     with _lock:
@@ -104,7 +104,7 @@ def attached_directories() -> list[str]:
         return sorted(d for d, cache in _attached.items() if cache is not None)
 
 
-def attach_directory(model_dir: str, settings: RemoteSettings | None = None) -> AttachedCache | None:
+def attach_directory(model_dir: str, settings: AttachSettings | None = None) -> AttachedCache | None:
     """Attach ``model_dir``'s cache now and register its large files (idempotent).
 
     Args:
@@ -164,7 +164,7 @@ def _attach_once(directory: str) -> None:
                 _attached[directory] = None
 
 
-def _attach(directory: str, settings: RemoteSettings) -> AttachedCache | None:
+def _attach(directory: str, settings: AttachSettings) -> AttachedCache | None:
     path = manifest_path(directory)
     try:
         manifest = read_manifest(path)
@@ -204,9 +204,9 @@ class _AfterFork:
     def __init__(self, path: str, size: int) -> None:
         self.path = path
         self.size = size
-        self._remote: RemoteFile | None = None
+        self._remote: AttachedFile | None = None
 
-    def _target(self) -> RemoteFile:
+    def _target(self) -> AttachedFile:
         if self._remote is None:
             found = find_manifest(self.path)
             if found is None:
@@ -238,7 +238,7 @@ def _after_fork_in_child() -> None:
     registry.reset_lock_after_fork()
     # The parent's fetch threads are gone: its handles would start fetching again in this process. Wait
     # on the parent's shared chunk states instead (the parent, still alive, keeps fetching).
-    handle_type = getattr(sys.modules.get("ossmodelconnector.object_handle"), "ObjectHandle", None)
+    handle_type = getattr(sys.modules.get("ossmodelconnector.fetch.object_handle"), "ObjectHandle", None)
     if handle_type is None:
         return
     for path, waitable in registry.registered_files().items():

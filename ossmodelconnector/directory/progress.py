@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ossmodelconnector.errors import ClosedError, RequestTimeoutError
-from ossmodelconnector.object_handle import FetchInto
+from ossmodelconnector.objects import FetchInto
 
 __all__ = [
     "FILE_STATES",

@@ -20,13 +20,13 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ossmodelconnector.directory.lazy.idle_gc import IdleCollector
+from ossmodelconnector.directory.lazy.residency import LazyFile, Release, Residency
 from ossmodelconnector.errors import ConfigError
-from ossmodelconnector.idle_gc import IdleCollector
-from ossmodelconnector.residency import LazyFile, Release, Residency
 
 if TYPE_CHECKING:
     from ossmodelconnector.config import Config
-    from ossmodelconnector.object_handle import ObjectHandle
+    from ossmodelconnector.fetch.object_handle import ObjectHandle
     from ossmodelconnector.objects import ObjectInfo
 
 __all__ = ["LazyFiles", "lazy_idle_seconds"]

@@ -26,8 +26,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ossmodelconnector.cache import remote
-from ossmodelconnector.cache.attached import AttachedCache, RemoteFile
+from ossmodelconnector import hooks
+from ossmodelconnector.cache import attaching
+from ossmodelconnector.cache.attached import AttachedCache, AttachedFile
 from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.cache.manifest import manifest_path, read_manifest
 from ossmodelconnector.cache.segments import (
@@ -37,10 +38,10 @@ from ossmodelconnector.cache.segments import (
     state_table_name,
 )
 from ossmodelconnector.cache.state_table import FileStatus
-from ossmodelconnector.dirsafety import read_owner
+from ossmodelconnector.directory.safety import read_owner
 from ossmodelconnector.errors import CacheError, ClosedError, RequestTimeoutError
 
-__all__ = ["DEFAULT_LOCK_POLL_S", "AttachedDirectory", "RemoteProgress", "live_owner", "prepare_lock"]
+__all__ = ["DEFAULT_LOCK_POLL_S", "AttachedDirectory", "AttachedProgress", "live_owner", "prepare_lock"]
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def live_owner(model_dir: str, uri: str, endpoint: str) -> dict[str, Any] | None
     return record
 
 
-class RemoteProgress:
+class AttachedProgress:
     """``stats()`` figures of an attached directory, read from the owner's state table."""
 
     def __init__(self, model_dir: str, uri: str, cache: AttachedCache | None, paths: dict[int, str]) -> None:
@@ -204,16 +205,14 @@ class AttachedDirectory:
         CacheError: the manifest or state table is invalid.
     """
 
-    def __init__(self, model_dir: str, uri: str, owner_pid: int, settings: remote.RemoteSettings) -> None:
+    def __init__(self, model_dir: str, uri: str, owner_pid: int, settings: attaching.AttachSettings) -> None:
         self.model_dir = model_dir
         self.uri = uri
         self.owner_pid = owner_pid
         self.lazy_files: None = None  # an attached directory is never lazy (a lazy owner is refused)
         self._settings = settings
         self._closed = False
-        from ossmodelconnector import hooks  # above this layer; imported only when a directory needs it
-
-        cache = remote.attach_directory(model_dir, settings)
+        cache = attaching.attach_directory(model_dir, settings)
         paths: dict[int, str] = {}
         if cache is not None:
             manifest = read_manifest(manifest_path(model_dir))
@@ -230,7 +229,7 @@ class AttachedDirectory:
         }
         self.placement = cache.table.placement if cache is not None else ""
         self.files = tuple(sorted(paths.values()))
-        self.progress = RemoteProgress(model_dir, uri, cache, paths)
+        self.progress = AttachedProgress(model_dir, uri, cache, paths)
         hooks.install()
         log.info("%s: attached to the cache that process %d is filling from %s", model_dir, owner_pid, uri)
 
@@ -270,9 +269,7 @@ class AttachedDirectory:
             return
         self._closed = True
         self.progress.closed = True
-        from ossmodelconnector import hooks
-
-        remote.detach_directory(self.model_dir)
+        attaching.detach_directory(self.model_dir)
         hooks.uninstall()
 
     def __repr__(self) -> str:
@@ -280,6 +277,6 @@ class AttachedDirectory:
         return f"AttachedDirectory({self.uri!r} -> {self.model_dir!r}, {len(self.files)} files, {state})"
 
 
-def remote_file_of(directory: AttachedDirectory, path: str) -> RemoteFile | None:
-    """The :class:`RemoteFile` behind ``path`` in an attached directory (for tests and tools)."""
+def remote_file_of(directory: AttachedDirectory, path: str) -> AttachedFile | None:
+    """The :class:`AttachedFile` behind ``path`` in an attached directory (for tests and tools)."""
     return directory._remote.get(path)

@@ -18,8 +18,8 @@ from operator import index as as_index
 from typing import TYPE_CHECKING
 
 from ossmodelconnector.errors import ClosedError
-from ossmodelconnector.objects import ObjectInfo
-from ossmodelconnector.prefetch import DEFAULT_WAIT_TIMEOUT_S, FetchInto, PrefetchScheduler
+from ossmodelconnector.fetch.prefetch import DEFAULT_WAIT_TIMEOUT_S, PrefetchScheduler
+from ossmodelconnector.objects import FetchInto, ObjectInfo
 from ossmodelconnector.ranges import DEFAULT_CHUNK_SIZE, clamp_read
 
 if TYPE_CHECKING:

@@ -44,11 +44,11 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
-from ossmodelconnector.cache.chunk_buffer import ChunkState
 from ossmodelconnector.cache.shared_backing import SharedBacking
 from ossmodelconnector.errors import ClosedError
-from ossmodelconnector.object_handle import DEFAULT_WAIT_TIMEOUT_S, FetchInto, ObjectHandle
-from ossmodelconnector.objects import ObjectInfo
+from ossmodelconnector.fetch.chunk_buffer import ChunkState
+from ossmodelconnector.fetch.object_handle import DEFAULT_WAIT_TIMEOUT_S, ObjectHandle
+from ossmodelconnector.objects import FetchInto, ObjectInfo
 from ossmodelconnector.ranges import DEFAULT_CHUNK_SIZE
 
 __all__ = [

@@ -36,12 +36,18 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from ossmodelconnector.bootstrap import export_directory, unexport_directory
+from ossmodelconnector import hooks
 from ossmodelconnector.cache.demand import DemandServer
 from ossmodelconnector.cache.peer_source import PeerSource
 from ossmodelconnector.cache.registry import register_file, unregister_file
 from ossmodelconnector.cache.shared_cache import SharedCache
-from ossmodelconnector.dirsafety import (
+from ossmodelconnector.directory.exported import export_directory, unexport_directory
+from ossmodelconnector.directory.lazy.files import LazyFiles, lazy_idle_seconds
+from ossmodelconnector.directory.lazy.residency import Residency
+from ossmodelconnector.directory.live import live_directories, refuse_overlap, release, reserve
+from ossmodelconnector.directory.progress import STATE_CACHED, STATE_FAILED, DirectoryProgress, FileProgress
+from ossmodelconnector.directory.read_order import chunk_order, fetch_tensor_ranges
+from ossmodelconnector.directory.safety import (
     check_model_dir,
     claim_model_dir,
     clean_model_dir,
@@ -57,20 +63,15 @@ from ossmodelconnector.errors import (
     InvalidURIError,
     ObjectNotFoundError,
 )
-from ossmodelconnector.lazy_directory import LazyFiles, lazy_idle_seconds
-from ossmodelconnector.listing import fast_list
-from ossmodelconnector.live_directories import live_directories, refuse_overlap, release, reserve
-from ossmodelconnector.objects import ObjectInfo
-from ossmodelconnector.progress import STATE_CACHED, STATE_FAILED, DirectoryProgress, FileProgress
-from ossmodelconnector.read_order import chunk_order, fetch_tensor_ranges
-from ossmodelconnector.residency import Residency
-from ossmodelconnector.uri import parse_oss_uri
+from ossmodelconnector.objects import FetchInto, ObjectInfo
+from ossmodelconnector.oss.listing import fast_list
+from ossmodelconnector.oss.uri import parse_oss_uri
 
 if TYPE_CHECKING:
-    from ossmodelconnector.client import OssClient
     from ossmodelconnector.config import Config
-    from ossmodelconnector.object_handle import FetchInto, ObjectHandle
-    from ossmodelconnector.prefetch import PrefetchScheduler
+    from ossmodelconnector.fetch.object_handle import ObjectHandle
+    from ossmodelconnector.fetch.prefetch import PrefetchScheduler
+    from ossmodelconnector.oss.client import OssClient
 
 __all__ = ["PreparedDirectory", "PreparedFile", "live_directories", "parse_prefix_uri", "prepare_directory"]
 
@@ -155,7 +156,7 @@ def prepare_directory(
         model_dir: the local directory; created if missing, cleaned if prepared before.
         namespace: the endpoint, so that two endpoints' objects never share a segment.
         lazy: create every large file's entry (name, size) at once but fetch nothing large until a
-            reader opens it (see :mod:`ossmodelconnector.residency`); the files are then kept within
+            reader opens it (see :mod:`ossmodelconnector.directory.lazy.residency`); the files are kept within
             ``memoryLimitMB`` by eviction and released after ``gc_idle_seconds`` without a reader.
         wait: return only when every large file is local and verified (not with ``lazy``).
         progress: a tqdm bar on stderr while prefetching; None: only when stderr is a terminal.
@@ -629,15 +630,10 @@ def _verdict(handle: ObjectHandle) -> str | None:
 
 
 def _install_hooks() -> None:
-    # The hooks sit above this layer (they patch frameworks); imported only once a directory needs them.
-    from ossmodelconnector import hooks
-
     hooks.install()
 
 
 def _uninstall_hooks() -> None:
-    from ossmodelconnector import hooks
-
     hooks.uninstall()
 
 
