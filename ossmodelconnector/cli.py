@@ -30,8 +30,8 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from ossmodelconnector.errors import ConnectorError
 from ossmodelconnector.config import CONFIG_PATH_ENV, CRED_PATH_ENV
+from ossmodelconnector.errors import ConnectorError
 from ossmodelconnector.startup import OSS_ENDPOINT_ENV, connector_from_environment
 
 __all__ = ["FORWARDED_SIGNALS", "main", "startup_dir"]

@@ -146,11 +146,9 @@ def state_digest(model: Any) -> str:
 def header_allowance(source: Any) -> int:
     """Bytes ``prepare_directory`` may read twice: each safetensors header, read once to plan the fetch
     order (``read_order.fetch_tensor_ranges``, when present) and again as part of its first chunk."""
-    try:
-        from ossmodelconnector import read_order
-    except ImportError:
-        return 0
-    probe = getattr(read_order, "_HEADER_PROBE", 0)
+    from ossmodelconnector.directory import read_order
+
+    probe = read_order._HEADER_PROBE
     allowance = 0
     for path in source.glob("*.safetensors"):
         with path.open("rb") as file:

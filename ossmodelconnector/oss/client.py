@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 from xml.etree.ElementTree import ParseError
 
-from ossmodelconnector._version import __version__
 from ossmodelconnector._fast import crc64
+from ossmodelconnector._version import __version__
 from ossmodelconnector.errors import (
     ClosedError,
     ConnectorError,
