@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ossmodelconnector.config import DEFAULT_CHUNK_SIZE_MB, MIB
+
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "ByteRange",
@@ -19,7 +21,7 @@ __all__ = [
     "plan_chunks",
 ]
 
-DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
+DEFAULT_CHUNK_SIZE = DEFAULT_CHUNK_SIZE_MB * MIB
 """Bytes per chunk (one ranged GET, one unit of caching and eviction) unless configured otherwise."""
 
 

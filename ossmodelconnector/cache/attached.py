@@ -24,8 +24,9 @@ from collections.abc import Callable, Sequence
 from ossmodelconnector import errors
 from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.cache.manifest import read_manifest
-from ossmodelconnector.cache.segments import DEFAULT_CACHE_DIR, Segment, attach_segment, process_alive
+from ossmodelconnector.cache.segments import STATE_DIR, Segment, attach_segment, process_alive
 from ossmodelconnector.cache.state_table import FileStatus, StateTable, TableStatus
+from ossmodelconnector.config import DEFAULT_OWNER_CHECK_S, DEFAULT_WAIT_TIMEOUT_S
 from ossmodelconnector.errors import (
     ClosedError,
     ConnectorError,
@@ -34,15 +35,9 @@ from ossmodelconnector.errors import (
     RequestTimeoutError,
 )
 
-__all__ = ["DEFAULT_OWNER_CHECK_S", "DEFAULT_REMOTE_WAIT_TIMEOUT_S", "AttachedCache", "AttachedFile"]
+__all__ = ["AttachedCache", "AttachedFile"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_OWNER_CHECK_S = 0.5
-"""A waiting reader checks at least this often (seconds) that the owner is alive."""
-
-DEFAULT_REMOTE_WAIT_TIMEOUT_S = 600.0
-"""Seconds a reader waits for a range when no timeout is given (as ``DEFAULT_WAIT_TIMEOUT_S``)."""
 
 _READY = bytes([ChunkState.READY])
 _FAILED = bytes([ChunkState.FAILED])
@@ -67,7 +62,7 @@ class AttachedCache:
     def __init__(
         self, table_name: str, *, writable: bool = False, data_paths: Sequence[str] | None = None
     ) -> None:
-        self._segment = attach_segment(DEFAULT_CACHE_DIR, table_name, writable=writable)
+        self._segment = attach_segment(STATE_DIR, table_name, writable=writable)
         self._data: dict[int, Segment] = {}
         try:
             if self._segment.mapping is None:
@@ -78,9 +73,7 @@ class AttachedCache:
             raise
         names = [entry.segment_name for entry in self.table.files()]
         self._data_paths = (
-            list(data_paths)
-            if data_paths is not None
-            else [os.path.join(DEFAULT_CACHE_DIR, n) for n in names]
+            list(data_paths) if data_paths is not None else [os.path.join(STATE_DIR, n) for n in names]
         )
 
     @classmethod
@@ -103,7 +96,7 @@ class AttachedCache:
         index: int,
         *,
         owner_check_s: float = DEFAULT_OWNER_CHECK_S,
-        wait_timeout_s: float = DEFAULT_REMOTE_WAIT_TIMEOUT_S,
+        wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S,
     ) -> AttachedFile:
         """File ``index`` as a :class:`AttachedFile` (``wait``/``wait_all``).
 
@@ -161,7 +154,7 @@ class AttachedFile:
         index: int,
         *,
         owner_check_s: float = DEFAULT_OWNER_CHECK_S,
-        wait_timeout_s: float = DEFAULT_REMOTE_WAIT_TIMEOUT_S,
+        wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S,
     ) -> None:
         if owner_check_s <= 0:
             raise ValueError(f"owner_check_s={owner_check_s} must be > 0 seconds")

@@ -27,14 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ossmodelconnector.cache import registry
-from ossmodelconnector.cache.attached import (
-    DEFAULT_OWNER_CHECK_S,
-    DEFAULT_REMOTE_WAIT_TIMEOUT_S,
-    AttachedCache,
-    AttachedFile,
-)
+from ossmodelconnector.cache.attached import AttachedCache, AttachedFile
 from ossmodelconnector.cache.manifest import find_manifest, manifest_path, read_manifest
 from ossmodelconnector.cache.state_table import FLAG_LAZY
+from ossmodelconnector.config import DEFAULT_OWNER_CHECK_S, DEFAULT_WAIT_TIMEOUT_S
 from ossmodelconnector.errors import CacheError
 
 __all__ = [
@@ -59,7 +55,7 @@ class AttachSettings:
     """
 
     owner_check_s: float = DEFAULT_OWNER_CHECK_S
-    wait_timeout_s: float = DEFAULT_REMOTE_WAIT_TIMEOUT_S
+    wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S
 
 
 _lock = threading.Lock()

@@ -34,6 +34,7 @@ from ossmodelconnector.cache.attached import AttachedCache
 from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.cache.manifest import manifest_path, read_manifest
 from ossmodelconnector.cache.segments import (
+    STATE_DIR,
     STATE_TABLE_PREFIX,
     attach_segment,
     data_segment_name,
@@ -48,7 +49,6 @@ __all__ = ["Lister", "PeerSource", "find_lister", "find_listers"]
 
 log = logging.getLogger(__name__)
 
-_STATE_DIR = "/dev/shm"
 _READY = ChunkState.READY
 
 
@@ -86,7 +86,7 @@ def find_lister(segment_name: str, *, exclude: str = "", data_path: str | None =
 def find_listers(wanted: Mapping[str, str | None], *, exclude: str = "") -> dict[str, Lister]:
     """:func:`find_lister` for several segments (name -> ``data_path``) in one scan of the tables."""
     try:
-        names = sorted(name for name in os.listdir(_STATE_DIR) if name.startswith(STATE_TABLE_PREFIX))
+        names = sorted(name for name in os.listdir(STATE_DIR) if name.startswith(STATE_TABLE_PREFIX))
     except OSError:
         return {}
     found: dict[str, Lister] = {}
@@ -96,7 +96,7 @@ def find_listers(wanted: Mapping[str, str | None], *, exclude: str = "") -> dict
         if name == exclude:
             continue
         try:
-            segment = attach_segment(_STATE_DIR, name)
+            segment = attach_segment(STATE_DIR, name)
         except (OSError, CacheError):
             continue
         try:

@@ -28,10 +28,10 @@ from ossmodelconnector.objects import ObjectInfo
 
 __all__ = [
     "DATA_SEGMENT_PREFIX",
-    "DEFAULT_CACHE_DIR",
     "DEFAULT_FREE_SPACE_MARGIN_BYTES",
     "SEGMENT_MODE",
     "SEGMENT_PREFIX",
+    "STATE_DIR",
     "STATE_TABLE_PREFIX",
     "ProcessIdentity",
     "Segment",
@@ -54,8 +54,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_DIR = "/dev/shm"
-"""Where data segments go unless configured otherwise (``cacheDir``); state tables always go here."""
+STATE_DIR = "/dev/shm"
+"""Where state tables and prepare locks always live, whatever ``cacheDir`` says (data segments go to
+``cacheDir``, whose default is ``config.DEFAULT_CACHE_DIR``): every process must find them by name."""
 
 SEGMENT_PREFIX = "ossmc-"
 """Every name the cache creates starts with this."""

@@ -30,7 +30,7 @@ from ossmodelconnector.cache.manifest import OWN_DIR_NAME, Manifest, ManifestEnt
 from ossmodelconnector.cache.peer_source import Lister, find_lister
 from ossmodelconnector.cache.segment_hold import SegmentHold
 from ossmodelconnector.cache.segments import (
-    DEFAULT_CACHE_DIR,
+    STATE_DIR,
     ProcessIdentity,
     Segment,
     attach_segment,
@@ -47,6 +47,7 @@ from ossmodelconnector.cache.segments import (
 )
 from ossmodelconnector.cache.shared_backing import SharedBacking
 from ossmodelconnector.cache.state_table import FLAG_LAZY, FileSpec, StateTable, TableStatus, plan_layout
+from ossmodelconnector.config import DEFAULT_CACHE_DIR
 from ossmodelconnector.errors import CacheError, ClosedError, OutOfMemoryError, UnsafePathError
 from ossmodelconnector.objects import ObjectInfo
 
@@ -57,7 +58,6 @@ log = logging.getLogger(__name__)
 DATA_DIR_NAME = "data"
 """The disk fallback keeps the data files in ``model_dir/.ossmodelconnector/data/``."""
 
-_STATE_DIR = DEFAULT_CACHE_DIR  # state tables are small and always live in /dev/shm
 _SHARE_ATTEMPTS = 3  # create, or share with a live owner, or remove a stale file and create: one each
 _MANIFEST_WAIT_S = 2.0
 
@@ -360,15 +360,15 @@ class SharedCache:
         layout = plan_layout([spec.size for spec in specs], self.chunk_size, os.path.realpath(self.model_dir))
         name = self.state_table_name
         try:
-            segment = create_segment(_STATE_DIR, name, layout.table_size)
+            segment = create_segment(STATE_DIR, name, layout.table_size)
         except FileExistsError:
             self._recover_table(name)
             try:
-                segment = create_segment(_STATE_DIR, name, layout.table_size)
+                segment = create_segment(STATE_DIR, name, layout.table_size)
             except FileExistsError:
                 raise CacheError(
                     f"{self.model_dir}: another process created its state table "
-                    f"{segment_path(_STATE_DIR, name)} at the same moment: prepare a directory from one "
+                    f"{segment_path(STATE_DIR, name)} at the same moment: prepare a directory from one "
                     "process at a time"
                 ) from None
         self._resources.table_segment = segment
@@ -387,13 +387,13 @@ class SharedCache:
         )
 
     def _recover_table(self, name: str) -> None:
-        path = segment_path(_STATE_DIR, name)
+        path = segment_path(STATE_DIR, name)
         info = lstat_or_none(path)
         if info is None:
             return
         check_ownership(path, info)
         try:
-            segment = attach_segment(_STATE_DIR, name)
+            segment = attach_segment(STATE_DIR, name)
         except FileNotFoundError:
             return
         try:
@@ -402,7 +402,7 @@ class SharedCache:
         except (CacheError, AssertionError):
             log.warning("%s: replacing the unreadable state table %s", self.model_dir, path)
             segment.close()
-            unlink_segment(_STATE_DIR, name)
+            unlink_segment(STATE_DIR, name)
             return
         try:
             if process_alive(table.owner_pid, table.owner_start_time):
@@ -422,7 +422,7 @@ class SharedCache:
             data_path = segment_path(directory, segment_name)
             if find_lister(segment_name, exclude=name, data_path=data_path) is None:
                 _unlink_if_ours(directory, segment_name)
-        unlink_segment(_STATE_DIR, name)
+        unlink_segment(STATE_DIR, name)
         log.warning(
             "%s: removed the state table and %d data file(s) left by process %d, which died without "
             "cleaning up",

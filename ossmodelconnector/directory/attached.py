@@ -32,8 +32,8 @@ from ossmodelconnector.cache.attached import AttachedCache, AttachedFile
 from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.cache.manifest import manifest_path, read_manifest
 from ossmodelconnector.cache.segments import (
-    DEFAULT_CACHE_DIR,
     SEGMENT_PREFIX,
+    STATE_DIR,
     process_alive,
     state_table_name,
 )
@@ -53,7 +53,7 @@ LOCK_PREFIX = SEGMENT_PREFIX + "l-"
 def lock_path(model_dir: str) -> str:
     """``/dev/shm/ossmc-l-<hash of realpath(model_dir)>``: the file :func:`prepare_lock` locks."""
     name = LOCK_PREFIX + state_table_name(model_dir)[len(SEGMENT_PREFIX) + 2 :]
-    return os.path.join(DEFAULT_CACHE_DIR, name)
+    return os.path.join(STATE_DIR, name)
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from typing import Any
 
 from ossmodelconnector.errors import ClosedError, RequestTimeoutError
 from ossmodelconnector.objects import FetchInto
+from ossmodelconnector.ranges import DEFAULT_CHUNK_SIZE
 
 __all__ = [
     "FILE_STATES",
@@ -67,7 +68,7 @@ class FileProgress:
     path: str
     size: int
     large: bool
-    chunk_size: int = 1
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     state: str = STATE_NOT_FETCHED
     bytes_done: int = 0
     first_byte_at: float | None = None

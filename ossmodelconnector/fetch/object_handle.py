@@ -26,15 +26,14 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from ossmodelconnector.cache.shared_backing import SharedBacking
+from ossmodelconnector.config import DEFAULT_WAIT_TIMEOUT_S
 from ossmodelconnector.errors import RequestTimeoutError
 from ossmodelconnector.fetch.chunk_buffer import ChunkBuffer
 from ossmodelconnector.fetch.delivery import Delivery
 from ossmodelconnector.objects import FetchInto, ObjectInfo
 from ossmodelconnector.ranges import chunk_span
 
-__all__ = ["DEFAULT_WAIT_TIMEOUT_S", "ChunkScheduler", "ObjectHandle"]
-
-DEFAULT_WAIT_TIMEOUT_S = 600.0
+__all__ = ["ChunkScheduler", "ObjectHandle"]
 """Seconds a reader waits for one chunk before ``RequestTimeoutError`` (``Config.wait_timeout_s``)."""
 
 # Reads up to this size from one READY chunk are copied under the scheduler lock, skipping the pin

@@ -45,9 +45,10 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 from ossmodelconnector.cache.shared_backing import SharedBacking
+from ossmodelconnector.config import DEFAULT_PREFETCH_VCPUS, DEFAULT_PREFETCH_WORKERS
 from ossmodelconnector.errors import ClosedError
 from ossmodelconnector.fetch.chunk_buffer import ChunkState
-from ossmodelconnector.fetch.object_handle import DEFAULT_WAIT_TIMEOUT_S, ObjectHandle
+from ossmodelconnector.fetch.object_handle import ObjectHandle
 from ossmodelconnector.objects import FetchInto, ObjectInfo
 from ossmodelconnector.ranges import DEFAULT_CHUNK_SIZE
 
@@ -55,7 +56,6 @@ __all__ = [
     "DEFAULT_CLOSE_TIMEOUT_S",
     "DEFAULT_CONNECTIONS",
     "DEFAULT_READ_AHEAD_DELAY_S",
-    "DEFAULT_WAIT_TIMEOUT_S",
     "FetchInto",
     "ObjectHandle",
     "PrefetchScheduler",
@@ -63,8 +63,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONNECTIONS = 16
-"""Worker threads, hence concurrent ranged GETs, per scheduler."""
+DEFAULT_CONNECTIONS = DEFAULT_PREFETCH_VCPUS * DEFAULT_PREFETCH_WORKERS
+"""Worker threads, hence concurrent ranged GETs, per scheduler (``prefetch.vcpus`` x ``prefetch.workers``)."""
 
 DEFAULT_CLOSE_TIMEOUT_S = 2.0
 """Seconds ``close()`` waits, in total, for the workers to exit."""

@@ -17,8 +17,9 @@ import weakref
 from operator import index as as_index
 from typing import TYPE_CHECKING
 
+from ossmodelconnector.config import DEFAULT_WAIT_TIMEOUT_S
 from ossmodelconnector.errors import ClosedError
-from ossmodelconnector.fetch.prefetch import DEFAULT_WAIT_TIMEOUT_S, PrefetchScheduler
+from ossmodelconnector.fetch.prefetch import PrefetchScheduler
 from ossmodelconnector.objects import FetchInto, ObjectInfo
 from ossmodelconnector.ranges import DEFAULT_CHUNK_SIZE, clamp_read
 

@@ -30,7 +30,7 @@ from typing import IO, Any
 from ossmodelconnector.cache.registry import WaitableFile, lookup
 from ossmodelconnector.hooks.patching import PatchSet
 from ossmodelconnector.hooks.waits import (
-    DEFAULT_WAIT_TIMEOUT_S,
+    HOOK_WAIT_TIMEOUT_S,
     reader_closed,
     reader_opened,
     wait_range,
@@ -114,7 +114,7 @@ class WaitingFileIO(io.FileIO):
         # A lazy file: a stream reading it through gets the whole file queued, a peek only its chunks.
         end = min(position + length, self.waitable.size)
         if position < end:
-            wait_read(position, end, DEFAULT_WAIT_TIMEOUT_S, sequential=self._run_bytes)
+            wait_read(position, end, HOOK_WAIT_TIMEOUT_S, sequential=self._run_bytes)
 
 
 def open_registered(

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from ossmodelconnector.cache.registry import WaitableFile, lookup
 
 __all__ = [
-    "DEFAULT_WAIT_TIMEOUT_S",
+    "HOOK_WAIT_TIMEOUT_S",
     "inside_safetensors_open",
     "opening_safetensors",
     "reader_closed",
@@ -26,7 +26,7 @@ __all__ = [
     "waitable_for",
 ]
 
-DEFAULT_WAIT_TIMEOUT_S: float | None = None
+HOOK_WAIT_TIMEOUT_S: float | None = None
 """Seconds a hook waits for one range; ``None`` defers to the waitable's own timeout (the connector's
 configured wait timeout), which is what the hooks pass."""
 
@@ -68,7 +68,7 @@ def wait_range(waitable: WaitableFile, start: int, end: int) -> None:
     """
     end = min(end, waitable.size)
     if start < end:
-        waitable.wait(max(start, 0), end, DEFAULT_WAIT_TIMEOUT_S)
+        waitable.wait(max(start, 0), end, HOOK_WAIT_TIMEOUT_S)
 
 
 def wait_whole(waitable: WaitableFile) -> None:
@@ -80,7 +80,7 @@ def wait_whole(waitable: WaitableFile) -> None:
     Raises:
         ConnectorError: whatever the waitable raises.
     """
-    waitable.wait_all(DEFAULT_WAIT_TIMEOUT_S)
+    waitable.wait_all(HOOK_WAIT_TIMEOUT_S)
 
 
 def reader_opened(waitable: WaitableFile) -> None:

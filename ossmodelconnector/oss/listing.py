@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from ossmodelconnector.config import DEFAULT_FAST_LIST_VCPUS, DEFAULT_FAST_LIST_WORKERS
 from ossmodelconnector.objects import ObjectInfo
 from ossmodelconnector.oss.client import DEFAULT_LIST_MAX_KEYS
 
@@ -33,7 +34,8 @@ __all__ = ["DEFAULT_DELIMITER", "DEFAULT_FAST_LIST_REQUESTS", "fast_list", "list
 log = logging.getLogger(__name__)
 
 DEFAULT_DELIMITER = "/"
-DEFAULT_FAST_LIST_REQUESTS = 16
+DEFAULT_FAST_LIST_REQUESTS = DEFAULT_FAST_LIST_VCPUS * DEFAULT_FAST_LIST_WORKERS
+"""Concurrent list requests of :func:`fast_list` (``fastList.vcpus`` x ``fastList.workers``)."""
 _GROUPS_PER_REQUEST = 4
 # How often the caller wakes to check on the workers; each request has its own timeouts.
 _POLL_INTERVAL_S = 1.0

@@ -19,6 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ossmodelconnector.config import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_RETRY_BASE_DELAY_S,
+    DEFAULT_RETRY_MAX_DELAY_S,
+)
 from ossmodelconnector.errors import (
     AccessDeniedError,
     ConfigError,
@@ -36,9 +41,6 @@ if TYPE_CHECKING:
     from ossmodelconnector.config import Config
 
 __all__ = [
-    "DEFAULT_BASE_DELAY_S",
-    "DEFAULT_MAX_ATTEMPTS",
-    "DEFAULT_MAX_DELAY_S",
     "Attempts",
     "RetryPolicy",
     "is_retryable",
@@ -46,9 +48,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_ATTEMPTS = 5
-DEFAULT_BASE_DELAY_S = 0.1
-DEFAULT_MAX_DELAY_S = 5.0
 
 # 2.0 ** 1024 raises OverflowError; past 2 ** 1000 any positive base has long reached the max delay.
 _MAX_EXPONENT = 1000
@@ -73,8 +72,8 @@ class RetryPolicy:
     """
 
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    base_delay_s: float = DEFAULT_BASE_DELAY_S
-    max_delay_s: float = DEFAULT_MAX_DELAY_S
+    base_delay_s: float = DEFAULT_RETRY_BASE_DELAY_S
+    max_delay_s: float = DEFAULT_RETRY_MAX_DELAY_S
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
