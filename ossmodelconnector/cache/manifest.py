@@ -7,7 +7,6 @@ it by walking up from that entry.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ossmodelconnector.atomic_files import write_json_atomically
 from ossmodelconnector.errors import CacheError
 
 __all__ = [
@@ -147,16 +147,7 @@ def write_manifest(model_dir: str | os.PathLike[str], manifest: Manifest) -> Pat
     """
     path = manifest_path(model_dir)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temporary = path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            json.dump(manifest.to_json(), file, indent=1, sort_keys=True)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    write_json_atomically(path, manifest.to_json())
     return path
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import sys
 import threading
 import time
@@ -37,6 +36,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ossmodelconnector import hooks
+from ossmodelconnector.atomic_files import symlink_atomically
 from ossmodelconnector.cache.demand import DemandServer
 from ossmodelconnector.cache.peer_source import PeerSource
 from ossmodelconnector.cache.registry import register_file, unregister_file
@@ -464,7 +464,7 @@ class PreparedDirectory:
         for index, file in enumerate(large):
             target = cache.data_path(index)
             with self._while_open():  # created and recorded together, so that close() removes it
-                _symlink_atomically(target, make_parents(self.model_dir, file.name))
+                symlink_atomically(target, make_parents(self.model_dir, file.name))
                 self._links[file.path] = target
         with self._while_open():  # before the workers start: importing the hooks competes with them
             _install_hooks()
@@ -595,18 +595,6 @@ def _run_all(pool: ThreadPoolExecutor, tasks: Sequence[Callable[[], Any]]) -> li
             wait_futures(pending)
             raise future.exception()  # type: ignore[misc]
     return [future.result() for future in futures]
-
-
-def _symlink_atomically(target: str, path: str) -> None:
-    directory, name = os.path.split(path)
-    temporary = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.link")
-    os.symlink(target, temporary)
-    try:
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
 
 
 def _unlink_link(path: str, target: str) -> None:

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ossmodelconnector.atomic_files import write_json_atomically
 from ossmodelconnector.cache.segments import process_alive, process_start_time
 from ossmodelconnector.errors import UnsafePathError
 from ossmodelconnector.objects import ObjectInfo
@@ -201,7 +202,7 @@ def claim_model_dir(check: DirectoryCheck, record: Mapping[str, Any]) -> None:
     owner_dir = os.path.join(path, OWNER_DIR_NAME)
     try:
         _mkdir_nofollow(owner_dir)
-        _write_json_atomically(owner_record_path(path), _owner_fields(record, active=True))
+        write_json_atomically(owner_record_path(path), _owner_fields(record, active=True))
     except OSError as exc:
         raise _unsafe(
             path, f"its owner record cannot be written ({exc.strerror})", "make the directory writable"
@@ -218,7 +219,7 @@ def release_owner(path: str) -> None:
     if record is None:
         return
     try:
-        _write_json_atomically(
+        write_json_atomically(
             owner_record_path(path), {**record, "active": False, "released_at": time.time()}
         )
     except OSError as exc:
@@ -508,19 +509,6 @@ def _mkdir_nofollow(path: str) -> None:
             raise NotADirectoryError(
                 errno.ENOTDIR, "exists and is not a directory (or a symlink)", path
             ) from exc
-
-
-def _write_json_atomically(path: str, record: Mapping[str, Any]) -> None:
-    temporary = f"{path}.{secrets.token_hex(6)}.part"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with open(fd, "w", encoding="utf-8", closefd=True) as handle:
-            json.dump(record, handle, indent=1, sort_keys=True)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
 
 
 def _name_problem(name: str) -> str | None:

@@ -18,14 +18,13 @@ from __future__ import annotations
 import http.client
 import logging
 import os
-import secrets
 import socket
 import ssl
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
@@ -33,6 +32,7 @@ from xml.etree.ElementTree import ParseError
 
 from ossmodelconnector._fast import crc64
 from ossmodelconnector._version import __version__
+from ossmodelconnector.atomic_files import atomic_output
 from ossmodelconnector.errors import (
     ClosedError,
     ConnectorError,
@@ -619,25 +619,11 @@ class OssClient:
             )
         data = self._download_verified(info)
         final = os.fspath(path)
-        directory, name = os.path.split(os.path.abspath(final))
-        temporary = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.part")
         try:
             # 0600 like the cache segments: a model directory that existed with wider permissions
-            # must not expose the configs and tokenizer to other users (O_EXCL: no pre-planted file).
-            fd = os.open(
-                temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
-            try:
-                with open(fd, "wb", closefd=True) as out:
-                    out.write(data)
-                    if fsync:
-                        out.flush()
-                        os.fsync(out.fileno())
-                os.replace(temporary, final)
-            except BaseException:
-                with suppress(FileNotFoundError):
-                    os.unlink(temporary)
-                raise
+            # must not expose the configs and tokenizer to other users.
+            with atomic_output(final, fsync=fsync) as out:
+                out.write(data)
         except OSError as exc:
             # A bare "[Errno 28] No space left on device" names neither the file nor the fix.
             raise OSError(

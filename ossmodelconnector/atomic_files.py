@@ -1,0 +1,79 @@
+"""Files replaced in one step: written under a temporary name beside the target, then ``os.replace``d.
+
+::
+
+    atomic_output(path) -> binary file .<name>.<random>.part (O_EXCL | O_NOFOLLOW, mode 0600)
+        body writes ... [fsync] ... close -> os.replace(temporary, path)
+        any exception -> the temporary is removed, path is untouched
+    write_json_atomically(path, record)     the same, for a JSON record
+    symlink_atomically(target, path)        .<name>.<random>.link, then os.replace
+
+A reader (another process, or this one after a crash) sees the old file or the whole new one, never a
+half-written one. The temporary is created exclusively and never through a symlink, so a file someone
+planted under that name is never written through; the random part keeps concurrent writers apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Iterator, Mapping
+from typing import Any, BinaryIO
+
+__all__ = ["atomic_output", "symlink_atomically", "temporary_name", "write_json_atomically"]
+
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_MODE = 0o600
+
+
+def temporary_name(path: str | os.PathLike[str], kind: str = "part") -> str:
+    """A fresh hidden name beside ``path`` (same directory, same file system): ``.<name>.<hex>.<kind>``."""
+    directory, name = os.path.split(os.path.abspath(os.fspath(path)))
+    return os.path.join(directory, f".{name}.{secrets.token_hex(6)}.{kind}")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterator[BinaryIO]:
+    """Write a new ``path`` in one step: yields a binary file that replaces ``path`` when the block ends.
+
+    Args:
+        path: the file to create or replace (its directory must exist).
+        fsync: flush the data to the disk before the rename (crash safety, slower).
+
+    Raises:
+        OSError: the temporary could not be created or written, or the rename failed; ``path`` is then
+            untouched and no temporary is left.
+    """
+    temporary = temporary_name(path)
+    fd = os.open(temporary, _CREATE_FLAGS, _FILE_MODE)
+    try:
+        with open(fd, "wb", closefd=True) as out:
+            yield out
+            if fsync:
+                out.flush()
+                os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def write_json_atomically(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
+    """Replace ``path`` with ``record`` as indented, key-sorted JSON (mode 0600), in one step."""
+    with atomic_output(path) as out:
+        out.write(json.dumps(record, indent=1, sort_keys=True).encode("utf-8"))
+
+
+def symlink_atomically(target: str, path: str | os.PathLike[str]) -> None:
+    """Make ``path`` a symlink to ``target``, replacing whatever entry ``path`` was, in one step."""
+    temporary = temporary_name(path, "link")
+    os.symlink(target, temporary)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
