@@ -6,7 +6,7 @@
         ├── Config (load_config)      ├── CredentialProvider (resolve_credentials)
         ├── OssClient ── pooled ranged GETs ──┐
         └── PrefetchScheduler ── workers ─────┴──> OssStream (open) / list / stats / close
-                                              └──> PreparedDirectory (prepare_directory: directory.py)
+                                              └──> ModelDirectory (prepare_directory: directory/)
 """
 
 from __future__ import annotations
@@ -14,18 +14,20 @@ from __future__ import annotations
 import atexit
 import builtins
 import contextlib
+import io
 import logging
 import os
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Any, Literal, overload
 
 from ossmodelconnector.cache.attaching import AttachSettings
 from ossmodelconnector.config import Config, load_config
 from ossmodelconnector.directory.attached import AttachedDirectory, live_owner, prepare_lock
 from ossmodelconnector.directory.exported import export_directory
 from ossmodelconnector.directory.lazy.residency import Residency
+from ossmodelconnector.directory.model_directory import ModelDirectory
 from ossmodelconnector.directory.prepare import PreparedDirectory, parse_prefix_uri, prepare_directory
 from ossmodelconnector.directory.safety import normalize_model_dir
 from ossmodelconnector.directory.termination import exit_on_sigterm
@@ -149,7 +151,13 @@ class OssModelConnector:
 
     # -- objects ---------------------------------------------------------------------------------------
 
-    def open(self, uri: str, binary: bool = True) -> Any:
+    @overload
+    def open(self, uri: str, binary: Literal[True] = True) -> OssStream: ...
+
+    @overload
+    def open(self, uri: str, binary: Literal[False]) -> io.TextIOWrapper: ...
+
+    def open(self, uri: str, binary: bool = True) -> OssStream | io.TextIOWrapper:
         """Open an object as a read-only stream; prefetching starts at once, in the order of opening.
 
         Args:
@@ -225,7 +233,7 @@ class OssModelConnector:
         wait: bool = False,
         progress: bool | None = None,
         gc_idle_seconds: float | None = None,
-    ) -> PreparedDirectory | AttachedDirectory:
+    ) -> ModelDirectory:
         """Make an OSS prefix a local model directory that frameworks can read while it is arriving.
 
         Lists the prefix, downloads the files smaller than ``smallFileMB`` into ``model_dir`` at once,
@@ -261,8 +269,8 @@ class OssModelConnector:
                 background timer; None: ``gc.idleSeconds`` (0 = never).
 
         Returns:
-            The :class:`~ossmodelconnector.directory.prepare.PreparedDirectory` (``.files``, ``.placement``,
-            ``.wait()``, ``.stats()``), or an ``AttachedDirectory`` (the same methods) when another process
+            A :class:`~ossmodelconnector.ModelDirectory` (``.placement``, ``.wait()``, ``.stats()``,
+            ``.file_states()``): a ``PreparedDirectory``, or an ``AttachedDirectory`` when another process
             owns the download; the connector keeps it and closes it on :meth:`close`.
 
         Raises:
@@ -357,13 +365,15 @@ class OssModelConnector:
         stats["open_streams"] = sum(1 for stream in self._streams if not stream.closed)
         with self._lock:
             directories = list(self._prepared.values())
-        stats["time_to_first_byte_s"] = directories[-1].progress.time_to_first_byte_s if directories else None
-        stats["directories"] = {
-            directory.model_dir: directory.progress.summary() for directory in directories
-        }
+        summaries: dict[str, dict[str, Any]] = {}
         files: dict[str, Any] = {}
         for directory in directories:
-            files.update(directory.file_states())
+            summary = directory.stats()
+            files.update(summary.pop("states"))
+            summaries[directory.model_dir] = summary
+        latest = summaries[directories[-1].model_dir] if directories else {}
+        stats["time_to_first_byte_s"] = latest.get("time_to_first_byte_s")
+        stats["directories"] = summaries
         stats["files"] = files
         return stats
 
@@ -419,11 +429,15 @@ class OssModelConnector:
                 f"gc(idle_seconds={idle_seconds!r}): give seconds >= 0, or None for gc.idleSeconds"
             )
         with self._lock:
-            lazy = [directory.lazy_files for directory in self._prepared.values() if not directory.closed]
+            lazy = [
+                directory.lazy_files
+                for directory in self._prepared.values()
+                if isinstance(directory, PreparedDirectory)
+                and directory.lazy_files is not None
+                and not directory.closed
+            ]
         released = []
         for files in lazy:
-            if files is None:
-                continue
             for release in files.collect(idle_seconds, why="connector.gc()"):
                 released.append({"path": release.path, "bytes": release.nbytes, "reason": release.reason})
         return released

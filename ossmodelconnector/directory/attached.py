@@ -209,7 +209,6 @@ class AttachedDirectory:
         self.model_dir = model_dir
         self.uri = uri
         self.owner_pid = owner_pid
-        self.lazy_files: None = None  # an attached directory is never lazy (a lazy owner is refused)
         self._settings = settings
         self._closed = False
         cache = attaching.attach_directory(model_dir, settings)

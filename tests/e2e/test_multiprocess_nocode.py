@@ -279,15 +279,15 @@ COOPERATOR = textwrap.dedent(
     import json, sys
     sys.path.insert(0, {tests!r})
     from multiprocess_workers import vllm_pattern
-    from ossmodelconnector import OssModelConnector
+    from ossmodelconnector import ModelDirectory, OssModelConnector
     from ossmodelconnector.oss.credentials import Credentials
     with OssModelConnector(sys.argv[1], cred_provider=Credentials(sys.argv[2], sys.argv[3]),
                            chunk_size_mb=1, small_file_mb=1) as connector:
         directory = connector.prepare_directory(sys.argv[4], sys.argv[5])
         digests, _ = vllm_pattern(sys.argv[5])
         stats = connector.stats()
-        print(json.dumps({{"kind": type(directory).__name__, "bytes": stats["bytes"], "digests": digests}}),
-              flush=True)
+        print(json.dumps({{"kind": type(directory).__name__, "bytes": stats["bytes"], "digests": digests,
+                          "protocol": isinstance(directory, ModelDirectory)}}), flush=True)
         sys.stdin.readline()  # both loaded: now the owner may close
     """
 ).format(tests=TESTS)
@@ -324,6 +324,7 @@ def test_two_processes_prepare_the_same_prefix_at_once(localoss_factory: Any, tm
                 process.wait()
     assert [process.returncode for process in processes] == [0, 0]
     assert sorted(report["kind"] for report in reports) == ["AttachedDirectory", "PreparedDirectory"]
+    assert all(report["protocol"] for report in reports)  # both kinds are what prepare_directory promises
     assert all(report["digests"] == digests for report in reports)
     fetched = sorted(report["bytes"] for report in reports)
     assert fetched[0] == 0  # the process that attached downloaded nothing

@@ -23,6 +23,39 @@ def test_all_is_sorted_and_exact() -> None:
     assert sorted(ossmodelconnector.__all__) == public
 
 
+def test_the_public_names_are_these() -> None:
+    """Users import these and ``ossmodelconnector.hooks`` only; a change here is a change of contract."""
+    assert set(ossmodelconnector.__all__) == {
+        *errors.__all__,
+        "Config",
+        "ModelDirectory",
+        "ObjectInfo",
+        "OssModelConnector",
+        "OssStream",
+        "__version__",
+    }
+
+
+def test_what_users_hold_is_exported_as_what_it_is() -> None:
+    from ossmodelconnector.config import Config
+    from ossmodelconnector.connector import OssModelConnector
+    from ossmodelconnector.directory.attached import AttachedDirectory
+    from ossmodelconnector.directory.prepare import PreparedDirectory
+    from ossmodelconnector.fetch.stream import OssStream
+    from ossmodelconnector.objects import ObjectInfo
+
+    assert ossmodelconnector.OssModelConnector is OssModelConnector
+    assert ossmodelconnector.OssStream is OssStream
+    assert ossmodelconnector.ObjectInfo is ObjectInfo
+    assert ossmodelconnector.Config is Config
+    # Both kinds of directory prepare_directory returns have the protocol's methods (mypy --strict checks
+    # the whole protocol where the connector returns them; tests/e2e checks isinstance on real ones).
+    methods = ("wait", "stats", "file_states", "close")
+    for kind in (PreparedDirectory, AttachedDirectory):
+        assert all(callable(getattr(kind, name, None)) for name in methods), kind
+        assert isinstance(getattr(kind, "closed", None), property), kind
+
+
 def test_every_error_is_exported() -> None:
     assert set(errors.__all__) <= set(ossmodelconnector.__all__)
 
