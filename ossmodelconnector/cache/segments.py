@@ -18,7 +18,6 @@ import logging
 import mmap
 import os
 import stat
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import posix_ipc
@@ -48,7 +47,6 @@ __all__ = [
     "required_margin",
     "segment_path",
     "state_table_name",
-    "unlink_all",
     "unlink_segment",
 ]
 
@@ -352,12 +350,3 @@ def unlink_segment(directory: str, name: str) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def unlink_all(directory: str, names: Iterable[str]) -> None:
-    """Remove every named segment that exists (for cleanup paths, which must not stop half-way)."""
-    for name in names:
-        try:
-            unlink_segment(directory, name)
-        except OSError as exc:
-            log.warning("could not remove cache file %s: %s", segment_path(directory, name), exc)

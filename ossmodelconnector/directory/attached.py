@@ -28,7 +28,7 @@ from typing import Any
 
 from ossmodelconnector import hooks
 from ossmodelconnector.cache import attaching
-from ossmodelconnector.cache.attached import AttachedCache, AttachedFile
+from ossmodelconnector.cache.attached import AttachedCache
 from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.cache.manifest import manifest_path, read_manifest
 from ossmodelconnector.cache.segments import (
@@ -274,8 +274,3 @@ class AttachedDirectory:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"owner {self.owner_pid}"
         return f"AttachedDirectory({self.uri!r} -> {self.model_dir!r}, {len(self.files)} files, {state})"
-
-
-def remote_file_of(directory: AttachedDirectory, path: str) -> AttachedFile | None:
-    """The :class:`AttachedFile` behind ``path`` in an attached directory (for tests and tools)."""
-    return directory._remote.get(path)

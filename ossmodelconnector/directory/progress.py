@@ -29,6 +29,7 @@ from ossmodelconnector.ranges import DEFAULT_CHUNK_SIZE
 __all__ = [
     "FILE_STATES",
     "STATE_CACHED",
+    "STATE_EVICTED",
     "STATE_FAILED",
     "STATE_FETCHING",
     "STATE_NOT_FETCHED",
@@ -43,7 +44,11 @@ STATE_NOT_FETCHED = "not fetched"
 STATE_FETCHING = "fetching"
 STATE_CACHED = "cached"
 STATE_FAILED = "failed"
-FILE_STATES = (STATE_NOT_FETCHED, STATE_FETCHING, STATE_CACHED, STATE_FAILED)
+STATE_EVICTED = "evicted"
+"""Lazy directories only: the file was released (``directory/lazy/residency.py``); it is fetched again when
+opened."""
+FILE_STATES = (STATE_NOT_FETCHED, STATE_FETCHING, STATE_CACHED, STATE_EVICTED, STATE_FAILED)
+"""What ``file_states()`` and ``stats()`` report for a file."""
 
 Verdict = Callable[[], "str | None"]
 """Asked once every chunk of a large file was fetched: ``"cached"`` (verified), ``"failed"`` (the CRC-64

@@ -106,7 +106,7 @@ class PrefetchScheduler:
 
     Example:
         >>> with PrefetchScheduler(connections=8, budget_bytes=256 << 20) as scheduler:
-        ...     handle = scheduler.register(info, client.fetcher(info), chunk_size=8 << 20)
+        ...     handle = scheduler.register(info, client.make_fetch_into(info), chunk_size=8 << 20)
         ...     data = handle.read_bytes(0, 1024)
     """
 

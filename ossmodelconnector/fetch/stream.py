@@ -50,7 +50,7 @@ class OssStream(io.BufferedIOBase):
         ValueError: a chunk size below 1.
 
     Example:
-        >>> with OssStream(info, client.fetcher(info), scheduler) as stream:
+        >>> with OssStream(info, client.make_fetch_into(info), scheduler) as stream:
         ...     header_length = int.from_bytes(stream.read(8), "little")
         ...     weights = stream.mmap()  # read-only memoryview of the whole object, no copy
     """

@@ -4,13 +4,13 @@
 
     get_into(bucket, key, start, end, dest)
       └─ attempt loop (retry.Attempts: backoff with full jitter, one credential refresh)
-           └─ _exchange: credentials.get() -> Signer.sign -> pooled connection -> request -> status check
+           └─ Exchanger.exchange (exchange.py): sign, pooled connection, request, status check
                 └─ body: HTTPResponse.readinto(dest[pos:pos + piece]) -> crc = crc64(piece, crc)
          a failed attempt resumes at the first missing byte; the CRC chain simply continues
 
-This module is the one place where foreign errors (sockets, ``http.client``, XML) become the package's
-errors: :meth:`OssClient._translating` is that boundary, always ``raise ... from exc``. Every HTTP
-request produces exactly one audit record and one ``requests`` count in :meth:`OssClient.stats`.
+What to ask and how often to try is decided here; carrying one request (and translating its foreign
+errors, the one place that happens) is ``exchange.py``'s. Every HTTP request produces exactly one
+request-log line and one ``requests`` count in :meth:`OssClient.stats`.
 """
 
 from __future__ import annotations
@@ -18,44 +18,23 @@ from __future__ import annotations
 import http.client
 import logging
 import os
-import socket
-import ssl
 import threading
-import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote
-from xml.etree.ElementTree import ParseError
 
 from ossmodelconnector._fast import crc64
-from ossmodelconnector._version import __version__
 from ossmodelconnector.atomic_files import atomic_output
-from ossmodelconnector.errors import (
-    ClosedError,
-    ConnectorError,
-    CredentialsError,
-    IntegrityError,
-    RequestError,
-    RequestTimeoutError,
-)
+from ossmodelconnector.errors import ClosedError, ConnectorError, IntegrityError, RequestError
 from ossmodelconnector.objects import FetchInto, ObjectInfo
+from ossmodelconnector.oss.exchange import Counters, Exchange, Exchanger, http_range
 from ossmodelconnector.oss.request_log import NullAudit
 from ossmodelconnector.oss.responses import (
-    CODE_CONNECTION,
     CODE_INCOMPLETE,
-    CODE_INVALID_RESPONSE,
-    CODE_TIMEOUT,
-    CODE_TLS,
-    CODE_UNKNOWN_HOST,
-    ErrorDetails,
     ListPage,
     check_body_range,
-    error_for_status,
     object_info_from_headers,
-    parse_error,
     parse_list_v2,
     where,
 )
@@ -72,10 +51,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_LIST_MAX_KEYS",
     "DEFAULT_READ_PIECE_BYTES",
-    "FetchInto",
     "ListPage",
     "OssClient",
-    "http_range",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,51 +67,8 @@ hand-offs between the reading threads, and those cost more: measured with 16 thr
 """
 DEFAULT_LIST_MAX_KEYS = 1000
 """Keys per ListObjectsV2 page (the most OSS returns)."""
-DEFAULT_ERROR_BODY_LIMIT = 64 * 1024
-"""An OSS error document is a few hundred bytes; read at most this much of one."""
-
-USER_AGENT = f"ossmodelconnector/{__version__}"
-
 
 _T = TypeVar("_T")
-_COUNTERS = ("requests", "retries", "bytes", "errors", "credential_refreshes", "integrity_retries")
-
-
-def http_range(start: int, end: int) -> str:
-    """The HTTP ``Range`` header for the half-open byte range ``[start, end)`` (HTTP's is inclusive).
-
-    Args:
-        start: first byte.
-        end: one past the last byte; ``end > start``.
-
-    Returns:
-        ``"bytes=start-(end - 1)"``.
-
-    Raises:
-        ValueError: an empty or negative range (HTTP cannot express an empty one).
-
-    Example:
-        >>> http_range(0, 8)
-        'bytes=0-7'
-    """
-    if not 0 <= start < end:
-        raise ValueError(f"byte range [{start}, {end}) is empty or negative; HTTP cannot request it")
-    return f"bytes={start}-{end - 1}"
-
-
-def _query(params: Mapping[str, str]) -> str:
-    return "&".join(f"{quote(name, safe='')}={quote(value, safe='')}" for name, value in params.items())
-
-
-@dataclass
-class _Exchange:
-    """What one HTTP request produced, for the caller's body handling, the stats and the audit line."""
-
-    response: http.client.HTTPResponse | None = None
-    status: int | None = None
-    request_id: str | None = None
-    nbytes: int = 0
-    ok: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,7 +121,10 @@ class OssClient:
             max_idle=max(config.prefetch_connections, config.fast_list_requests) + 8,
         )
         self._lock = threading.Lock()
-        self._counters = dict.fromkeys(_COUNTERS, 0)
+        self._counters = Counters()
+        self._exchanger = Exchanger(
+            endpoint, credentials, self._signer, self._transport, config, self._audit, self._counters
+        )
         self._closed = False
         _LIVE_CLIENTS.add(self)
 
@@ -234,8 +171,7 @@ class OssClient:
             ``integrity_retries`` (whole small downloads repeated after a CRC mismatch),
             ``connections`` (TCP connections opened) and ``idle_connections`` (pooled now).
         """
-        with self._lock:
-            counters = dict(self._counters)
+        counters = self._counters.snapshot()
         counters["connections"] = self._transport.connections_created()
         counters["idle_connections"] = self._transport.idle_connections()
         return counters
@@ -244,71 +180,7 @@ class OssClient:
         # A lock held by another thread at fork time would never be released in the child; the
         # counters restart so that stats() describes this process (the pools restart in transport.py).
         self._lock = threading.Lock()
-        self._counters = dict.fromkeys(_COUNTERS, 0)
-
-    def _count(self, name: str, amount: int = 1) -> None:
-        with self._lock:
-            self._counters[name] += amount
-
-    # -- the one translation boundary ------------------------------------------------------------------
-
-    @contextmanager
-    def _translating(self, bucket: str, key: str, rng: tuple[int, int] | None) -> Iterator[None]:
-        """Turn socket, ``http.client``, TLS and XML errors into the package's errors."""
-        place = where(bucket, key, rng)
-        context: dict[str, Any] = {"bucket": bucket, "key": key, "range": rng}
-        try:
-            yield
-        except ConnectorError:
-            raise
-        except TimeoutError as exc:
-            raise RequestTimeoutError(
-                f"{place}: no answer within {self._config.read_timeout_s}s (connect "
-                f"{self._config.connect_timeout_s}s); retried while the budget lasts",
-                code=CODE_TIMEOUT,
-                **context,
-            ) from exc
-        except http.client.IncompleteRead as exc:
-            raise RequestError(
-                f"{place}: the body ended early ({exc.partial and len(exc.partial)} bytes, more expected); "
-                "retried from the first missing byte",
-                code=CODE_INCOMPLETE,
-                **context,
-            ) from exc
-        except ssl.SSLCertVerificationError as exc:
-            raise RequestError(
-                f"{place}: the server's TLS certificate was refused ({exc.verify_message}): use the "
-                "endpoint's real host name, or an http:// endpoint inside a trusted network",
-                code=CODE_TLS,
-                **context,
-            ) from exc
-        except socket.gaierror as exc:
-            if exc.errno != socket.EAI_NONAME:  # EAI_AGAIN and friends: a DNS hiccup, retried
-                raise RequestError(
-                    f"{place}: the endpoint {self._endpoint} could not be resolved ({exc}); retried",
-                    code=CODE_CONNECTION,
-                    **context,
-                ) from exc
-            raise RequestError(
-                f"{place}: the endpoint's host name does not exist ({self._endpoint}: {exc.strerror}); "
-                "check it for a typo (e.g. oss-cn-beijing-internal.aliyuncs.com)",
-                code=CODE_UNKNOWN_HOST,
-                **context,
-            ) from exc
-        except (OSError, http.client.HTTPException) as exc:
-            raise RequestError(
-                f"{place}: the connection to {self._endpoint} failed ({type(exc).__name__}: {exc}); "
-                "retried on a new connection; if it persists check that the endpoint is reachable",
-                code=CODE_CONNECTION,
-                **context,
-            ) from exc
-        except (ValueError, ParseError) as exc:
-            raise RequestError(
-                f"{place}: the server's answer is malformed ({exc}); a server or proxy bug: check that "
-                "the endpoint is an OSS endpoint",
-                code=CODE_INVALID_RESPONSE,
-                **context,
-            ) from exc
+        self._counters.reset()
 
     def _attempts(self, method: str, bucket: str, key: str, rng: tuple[int, int] | None) -> Attempts:
         return Attempts(
@@ -318,94 +190,8 @@ class OssClient:
             {"bucket": bucket, "key": key, "range": rng},
             check_open=self._check_open,
             refresh=self._credentials.invalidate,
-            on_event=self._count,
+            on_event=self._counters.add,
         )
-
-    def _response_error(
-        self, resp: http.client.HTTPResponse, method: str, bucket: str, key: str, rng: tuple[int, int] | None
-    ) -> RequestError | CredentialsError:
-        body = resp.read(DEFAULT_ERROR_BODY_LIMIT) if method != "HEAD" else b""
-        try:
-            details = parse_error(body, resp.headers)
-        except (ValueError, ParseError):
-            details = ErrorDetails(request_id=resp.getheader("x-oss-request-id") or "")
-        return error_for_status(resp.status, details, method, bucket, key, rng)
-
-    # -- one HTTP exchange -----------------------------------------------------------------------------
-
-    @contextmanager
-    def _exchange(
-        self,
-        method: str,
-        bucket: str,
-        key: str,
-        params: Mapping[str, str],
-        headers: Mapping[str, str],
-        rng: tuple[int, int] | None,
-    ) -> Iterator[_Exchange]:
-        """Send one signed request on a pooled connection; yield it once the status says success.
-
-        The connection goes back to the pool only if the caller read the whole body; on any error it
-        is closed. One audit record and one ``requests`` count per call.
-        """
-        endpoint = self._endpoint
-        pool = self._transport.pool_for(endpoint.host if endpoint.path_style else f"{bucket}.{endpoint.host}")
-        exchange = _Exchange()
-        conn: http.client.HTTPConnection | None = None
-        started = time.monotonic()
-        try:
-            with self._translating(bucket, key, rng):
-                signed = self._signer.sign(method, bucket, key, params, headers, self._credentials.get())
-                path = endpoint.path_for(bucket, key)
-                if params:
-                    path = f"{path}?{_query(params)}"
-                conn = pool.acquire()
-                conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-                conn.putheader("Host", endpoint.host_for(bucket))
-                conn.putheader("User-Agent", USER_AGENT)
-                for name, value in signed.items():
-                    conn.putheader(name, value)
-                conn.endheaders()
-                resp = conn.getresponse()
-                exchange.response = resp
-                exchange.status = resp.status
-                exchange.request_id = resp.getheader("x-oss-request-id")
-                if resp.status not in (200, 206):
-                    raise self._response_error(resp, method, bucket, key, rng)
-                yield exchange
-                if method == "HEAD":
-                    resp.read()
-                exchange.ok = resp.isclosed()
-        finally:
-            # Failures before a connection was taken (credentials, a bad key) sent no request.
-            if conn is not None:
-                if exchange.ok:
-                    pool.release(conn)
-                else:
-                    pool.discard(conn)
-                self._finish(method, bucket, key, rng, exchange, started)
-
-    def _finish(
-        self,
-        method: str,
-        bucket: str,
-        key: str,
-        rng: tuple[int, int] | None,
-        exchange: _Exchange,
-        started: float,
-    ) -> None:
-        elapsed_ms = (time.monotonic() - started) * 1000.0
-        with self._lock:
-            self._counters["requests"] += 1
-            self._counters["bytes"] += exchange.nbytes
-            if not exchange.ok:
-                self._counters["errors"] += 1
-        try:
-            self._audit.record(
-                method, bucket, key, rng, exchange.status, exchange.nbytes, elapsed_ms, exchange.request_id
-            )
-        except ConnectorError as exc:  # a closed audit log must not hide the request's own outcome
-            log.debug("audit record dropped: %s", exc)
 
     def _request(
         self,
@@ -419,7 +205,7 @@ class OssClient:
         while True:
             tries.begin()
             try:
-                with self._exchange(method, bucket, key, params, {}, None) as exchange:
+                with self._exchanger.exchange(method, bucket, key, params, {}, None) as exchange:
                     assert exchange.response is not None
                     return handle(exchange.response)
             except ConnectorError as err:
@@ -522,7 +308,7 @@ class OssClient:
             if pinned:
                 headers["If-Match"] = pinned
             try:
-                with self._exchange("GET", bucket, key, {}, headers, (first, end)) as exchange:
+                with self._exchanger.exchange("GET", bucket, key, {}, headers, (first, end)) as exchange:
                     resp = exchange.response
                     assert resp is not None
                     check_body_range(resp.status, resp.headers, first, end)
@@ -568,7 +354,7 @@ class OssClient:
             )
             if not self._retry.can_retry(attempt):
                 raise error
-            self._count("integrity_retries")
+            self._counters.add("integrity_retries")
             log.debug("%s: %s; downloading again", info.uri, error.code)
 
     def get_object_bytes(self, bucket: str, key: str) -> bytes:
@@ -697,7 +483,7 @@ def _byte_view(dest: Any, start: int, end: int, bucket: str, key: str) -> memory
 
 
 def _short_body(
-    bucket: str, key: str, first: int, end: int, reached: int, exchange: _Exchange
+    bucket: str, key: str, first: int, end: int, reached: int, exchange: Exchange
 ) -> RequestError:
     return RequestError(
         f"{where(bucket, key, (first, end))}: the body ended after {reached - first} of {end - first} bytes; "

@@ -42,6 +42,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ossmodelconnector.cache.chunk_state import ChunkState
+from ossmodelconnector.directory.progress import (
+    STATE_CACHED,
+    STATE_EVICTED,
+    STATE_FAILED,
+    STATE_FETCHING,
+    STATE_NOT_FETCHED,
+)
 from ossmodelconnector.errors import ClosedError, IntegrityError
 
 if TYPE_CHECKING:
@@ -51,11 +58,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SEQUENTIAL_BYTES",
-    "STATE_CACHED",
-    "STATE_EVICTED",
-    "STATE_FAILED",
-    "STATE_FETCHING",
-    "STATE_NOT_FETCHED",
     "LazyFile",
     "Release",
     "Residency",
@@ -63,12 +65,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-STATE_NOT_FETCHED = "not fetched"
-STATE_FETCHING = "fetching"
-STATE_CACHED = "cached"
-STATE_EVICTED = "evicted"
-STATE_FAILED = "failed"
 
 _MAPS = "/proc/self/maps"
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ossmodelconnector.oss.client import http_range
+from ossmodelconnector.oss.exchange import http_range
 from ossmodelconnector.oss.responses import (
     check_body_range,
     object_info_from_headers,
