@@ -30,7 +30,7 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from ossmodelconnector.config import CONFIG_PATH_ENV, CRED_PATH_ENV
+from ossmodelconnector.environment import CONFIG_PATH_ENV, CRED_PATH_ENV
 from ossmodelconnector.errors import ConnectorError
 from ossmodelconnector.startup import OSS_ENDPOINT_ENV, connector_from_environment
 

@@ -26,37 +26,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ossmodelconnector.environment import ENV_PREFIX, NOT_SETTINGS
 from ossmodelconnector.errors import ConfigError
 
-__all__ = [
-    "CONFIG_PATH_ENV",
-    "CRED_PATH_ENV",
-    "ENV_PREFIX",
-    "LEGACY_ENV_PREFIX",
-    "MAX_CONNECTIONS",
-    "MIB",
-    "PREPARED_DIRS_ENV",
-    "PUREPYTHON_ENV",
-    "Config",
-    "environment_value",
-    "load_config",
-]
+__all__ = ["MAX_CONNECTIONS", "MIB", "Config", "load_config"]
 
 log = logging.getLogger(__name__)
-
-ENV_PREFIX = "OSSMC_"
-"""The prefix of every environment variable of this package: the settings below and the four that follow."""
-LEGACY_ENV_PREFIX = "OSSMODELCONNECTOR_"
-"""Read as an alias of ``OSSMC_`` for the variables below that had it (never for settings); OSSMC_ wins."""
-CRED_PATH_ENV = ENV_PREFIX + "CRED_PATH"
-"""A credentials JSON file for the no-code modes (as ``cred_path``)."""
-CONFIG_PATH_ENV = ENV_PREFIX + "CONFIG_PATH"
-"""A config JSON file for the no-code modes (as ``config_path``)."""
-PREPARED_DIRS_ENV = ENV_PREFIX + "PREPARED_DIRS"
-"""``os.pathsep``-separated directories prepared by a live process of this environment's ancestry."""
-PUREPYTHON_ENV = ENV_PREFIX + "PUREPYTHON"
-"""``1`` forces the pure-Python twins of the ``_fast`` kernels (read once, by ``_fast``)."""
-_NOT_SETTINGS = frozenset({CRED_PATH_ENV, CONFIG_PATH_ENV, PREPARED_DIRS_ENV, PUREPYTHON_ENV})
 
 MIB = 1024 * 1024
 
@@ -468,7 +443,7 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
             continue
         spec = _BY_ENV.get(name)
         if spec is None:
-            if name in _NOT_SETTINGS:
+            if name in NOT_SETTINGS:
                 continue
             close = difflib.get_close_matches(name, list(_BY_ENV), n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
@@ -570,21 +545,6 @@ def _from_file(path: str) -> dict[str, tuple[Any, str]]:
     values: dict[str, Any] = {}
     _flatten(_read_json(path), _TREE, "", source, values)
     return {name: (value, source) for name, value in values.items()}
-
-
-def environment_value(name: str, environ: Mapping[str, str] | None = None) -> str:
-    """The value of the environment variable ``name`` (an ``OSSMC_*`` name), or of its legacy alias.
-
-    Args:
-        name: one of :data:`CRED_PATH_ENV`, :data:`CONFIG_PATH_ENV`, :data:`PREPARED_DIRS_ENV`,
-            :data:`PUREPYTHON_ENV`.
-        environ: the mapping to read (default ``os.environ``).
-
-    Returns:
-        ``OSSMC_X`` if set and not empty, else ``OSSMODELCONNECTOR_X``, else "".
-    """
-    source = os.environ if environ is None else environ
-    return source.get(name) or source.get(LEGACY_ENV_PREFIX + name.removeprefix(ENV_PREFIX)) or ""
 
 
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:

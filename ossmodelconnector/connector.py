@@ -28,7 +28,7 @@ from ossmodelconnector.directory.attached import AttachedDirectory, live_owner, 
 from ossmodelconnector.directory.exported import export_directory
 from ossmodelconnector.directory.lazy.residency import Residency
 from ossmodelconnector.directory.model_directory import ModelDirectory
-from ossmodelconnector.directory.prepare import PreparedDirectory, parse_prefix_uri, prepare_directory
+from ossmodelconnector.directory.prepare import PreparedDirectory, prepare_directory
 from ossmodelconnector.directory.safety import normalize_model_dir
 from ossmodelconnector.directory.termination import exit_on_sigterm
 from ossmodelconnector.errors import ClosedError, ConfigError, InvalidURIError
@@ -40,7 +40,7 @@ from ossmodelconnector.oss.client import OssClient
 from ossmodelconnector.oss.credentials import resolve_credentials
 from ossmodelconnector.oss.listing import fast_list, list_objects
 from ossmodelconnector.oss.request_log import open_audit
-from ossmodelconnector.oss.uri import is_valid_bucket_name, parse_endpoint, parse_oss_uri
+from ossmodelconnector.oss.uri import is_valid_bucket_name, parse_endpoint, parse_oss_uri, parse_prefix_uri
 
 __all__ = ["OssModelConnector"]
 

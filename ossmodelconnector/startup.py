@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING
 
 from ossmodelconnector import hooks
 from ossmodelconnector.cache import attaching
-from ossmodelconnector.config import CONFIG_PATH_ENV, CRED_PATH_ENV, environment_value, load_config
+from ossmodelconnector.config import load_config
 from ossmodelconnector.directory.exported import exported_directories
 from ossmodelconnector.directory.safety import normalize_model_dir
+from ossmodelconnector.environment import CONFIG_PATH_ENV, CRED_PATH_ENV, environment_value
 
 if TYPE_CHECKING:
     from ossmodelconnector.connector import OssModelConnector

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 
-from ossmodelconnector.config import PUREPYTHON_ENV, environment_value
+from ossmodelconnector.environment import PUREPYTHON_ENV, environment_value
 
 __all__ = [
     "BACKEND",

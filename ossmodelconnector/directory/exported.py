@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, MutableMapping
 
-from ossmodelconnector.config import PREPARED_DIRS_ENV, environment_value
+from ossmodelconnector.environment import PREPARED_DIRS_ENV, environment_value
 
 __all__ = ["export_directory", "exported_directories", "unexport_directory"]
 

@@ -60,12 +60,11 @@ from ossmodelconnector.errors import (
     ClosedError,
     ConnectorError,
     IntegrityError,
-    InvalidURIError,
     ObjectNotFoundError,
 )
 from ossmodelconnector.objects import FetchInto, ObjectInfo
 from ossmodelconnector.oss.listing import fast_list
-from ossmodelconnector.oss.uri import parse_oss_uri
+from ossmodelconnector.oss.uri import parse_prefix_uri
 
 if TYPE_CHECKING:
     from ossmodelconnector.config import Config
@@ -73,7 +72,7 @@ if TYPE_CHECKING:
     from ossmodelconnector.fetch.prefetch import PrefetchScheduler
     from ossmodelconnector.oss.client import OssClient
 
-__all__ = ["PreparedDirectory", "PreparedFile", "live_directories", "parse_prefix_uri", "prepare_directory"]
+__all__ = ["PreparedDirectory", "PreparedFile", "live_directories", "prepare_directory"]
 
 log = logging.getLogger(__name__)
 
@@ -101,31 +100,6 @@ class PreparedFile:
     def size(self) -> int:
         """Bytes."""
         return self.info.size
-
-
-def parse_prefix_uri(oss_dir: str) -> tuple[str, str]:
-    """Split ``oss://bucket/prefix/`` into the bucket and a prefix that is "" or ends in ``/``.
-
-    Args:
-        oss_dir: the URI; a prefix without its final ``/`` gets one (logged at DEBUG).
-
-    Returns:
-        ``(bucket, prefix)``.
-
-    Raises:
-        InvalidURIError: not an ``oss://`` URI, or a bad bucket name or key.
-    """
-    parsed = parse_oss_uri(oss_dir)
-    prefix = parsed.key
-    if prefix and not prefix.endswith("/"):
-        log.debug("%s: a directory prefix ends in '/'; using %r", oss_dir, prefix + "/")
-        prefix += "/"
-    if "//" in prefix or prefix.startswith("/"):
-        raise InvalidURIError(
-            f"{oss_dir!r}: the prefix {prefix!r} has an empty folder name; write oss://bucket/folder/",
-            bucket=parsed.bucket,
-        )
-    return parsed.bucket, prefix
 
 
 def prepare_directory(

@@ -10,6 +10,7 @@ key on the request line exactly as oss2 does, so that what the server decodes is
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
@@ -24,8 +25,11 @@ __all__ = [
     "is_valid_bucket_name",
     "parse_endpoint",
     "parse_oss_uri",
+    "parse_prefix_uri",
     "region_from_host",
 ]
+
+log = logging.getLogger(__name__)
 
 SCHEME = "oss://"
 DEFAULT_SCHEME = "http"  # what the reference product and oss2 assume for a bare host name
@@ -150,6 +154,31 @@ def parse_oss_uri(uri: str) -> OssUri:
     if problem:
         raise InvalidURIError(f"{uri!r} is not an OSS URI: {problem}; {_URI_HELP}", bucket=bucket)
     return OssUri(bucket, key)
+
+
+def parse_prefix_uri(oss_dir: str) -> tuple[str, str]:
+    """Split ``oss://bucket/prefix/`` into the bucket and a prefix that is "" or ends in ``/``.
+
+    Args:
+        oss_dir: the URI; a prefix without its final ``/`` gets one (logged at DEBUG).
+
+    Returns:
+        ``(bucket, prefix)``.
+
+    Raises:
+        InvalidURIError: not an ``oss://`` URI, or a bad bucket name or key.
+    """
+    parsed = parse_oss_uri(oss_dir)
+    prefix = parsed.key
+    if prefix and not prefix.endswith("/"):
+        log.debug("%s: a directory prefix ends in '/'; using %r", oss_dir, prefix + "/")
+        prefix += "/"
+    if "//" in prefix or prefix.startswith("/"):
+        raise InvalidURIError(
+            f"{oss_dir!r}: the prefix {prefix!r} has an empty folder name; write oss://bucket/folder/",
+            bucket=parsed.bucket,
+        )
+    return parsed.bucket, prefix
 
 
 def region_from_host(host: str) -> str | None:
