@@ -8,7 +8,7 @@
            x-oss-security-token (STS) and Authorization
 
 Reusing oss2 keeps the string-to-sign rules (sub-resources, canonical headers, V4 URI encoding) exactly
-what the SDK, and therefore OSS, expects; ``tests/unit/test_signing.py`` pins that our headers are
+what the SDK, and therefore OSS, expects; ``tests/unit/oss/test_signing.py`` pins that our headers are
 byte-identical to the ones an ``oss2.Bucket`` sends for the same request.
 
 oss2 logs its string-to-sign at DEBUG, and that string contains the STS security token. A filter on the

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -299,7 +300,24 @@ def test_idle_files_are_released_by_the_timer_and_files_in_use_are_kept(
                 break
             released.wait(0.05)
         assert released.is_set(), connector.status(model_dir / "A.safetensors")
-        threading.Event().wait(1.0)  # B stays in use well past the idle time
+        # B stays in use past the idle time: a pass of the timer that began once B had not been read for
+        # gc_idle_seconds has run to its end, and kept B (it is open).
+        passes: list[float] = []  # when each finished pass began, on the clock of last_used_at
+        collect = prepared.lazy_files.collect
+
+        def timed_collect(idle_s: float | None = None, why: str | None = None) -> object:
+            began = time.time()
+            done = collect(idle_s, why)
+            passes.append(began)
+            return done
+
+        prepared.lazy_files.collect = timed_collect  # type: ignore[method-assign]
+        idle_from = connector.status(model_dir / "B.safetensors")["last_used_at"] + 0.3
+        for _ in range(200):
+            if passes and passes[-1] >= idle_from:
+                break
+            threading.Event().wait(0.05)
+        assert passes and passes[-1] >= idle_from, (passes, idle_from)
         assert connector.status(model_dir / "B.safetensors")["state"] in ("cached", "fetching")
         assert os.stat(model_dir / "B.safetensors").st_blocks > 0
         assert in_use.read() == FILES["B.safetensors"][2 * MIB :]

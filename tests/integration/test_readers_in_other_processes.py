@@ -23,9 +23,9 @@ from ossmodelconnector.cache.attached import AttachedCache, AttachedFile
 from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.cache.demand import DemandServer
 from ossmodelconnector.cache.shared_cache import SharedCache
-from ossmodelconnector.environment import PREPARED_DIRS_ENV
 from ossmodelconnector.directory import exported
 from ossmodelconnector.directory.attached import lock_path, prepare_lock
+from ossmodelconnector.environment import PREPARED_DIRS_ENV
 from ossmodelconnector.errors import CacheError, RequestTimeoutError
 from ossmodelconnector.fetch.prefetch import PrefetchScheduler
 from ossmodelconnector.objects import ObjectInfo

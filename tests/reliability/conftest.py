@@ -1,41 +1,16 @@
-"""Shared pieces of the reliability suite: a tiny saved transformers model, connectors with short budgets.
-
-Every case runs against ``localoss`` in a real subprocess with seeded faults. Budgets are small (1 MiB
-chunks, short timeouts, millisecond backoff) so that a fault resolves in seconds; pytest-timeout only
-guards against a hang, no test asserts a duration.
-"""
+"""Fixtures of the reliability suite: a tiny saved transformers model, servers a test may crash, hooks
+restored after every case. What the cases share besides fixtures is in ``reliability_harness.py``."""
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 from hooks_harness import hooked_names, hooks_restored
 from localoss_harness import LocalOss, start_localoss
-
-from ossmodelconnector import OssModelConnector
-from ossmodelconnector.oss.credentials import Credentials
-
-MIB = 1 << 20
-MODEL_PREFIX = "models/tiny-qwen2/"
-FAST_RETRIES: dict[str, Any] = {"retry_base_delay_s": 0.001, "retry_max_delay_s": 0.02}
+from reliability_harness import MIB, SavedModel
 
 REAL = hooked_names()  # before any test installs a hook
-
-
-@dataclass(frozen=True)
-class SavedModel:
-    """A tiny Qwen2 saved by ``save_pretrained`` in shards, and its state dict loaded locally."""
-
-    source: Path
-    files: dict[str, bytes]
-    state: dict[str, torch.Tensor]
 
 
 @pytest.fixture(scope="session")
@@ -53,49 +28,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> SavedModel:
     local = transformers.AutoModelForCausalLM.from_pretrained(source)
     state = {name: tensor.detach().clone() for name, tensor in local.state_dict().items()}
     return SavedModel(source, files, state)
-
-
-def upload_model(server: LocalOss, bucket: str, model: SavedModel) -> str:
-    """Put the model's files under ``MODEL_PREFIX`` and return ``oss://bucket/prefix/``."""
-    server.make_bucket(bucket)
-    for name, data in model.files.items():
-        server.put_file(bucket, MODEL_PREFIX + name, data)
-    return f"oss://{bucket}/{MODEL_PREFIX}"
-
-
-def make_connector(server: LocalOss, **overrides: Any) -> OssModelConnector:
-    """A connector with 1 MiB chunks, 4 connections, fast retries; ``overrides`` win."""
-    settings: dict[str, Any] = {
-        "chunk_size_mb": 1,
-        "small_file_mb": 1,
-        "prefetch_vcpus": 2,
-        "prefetch_workers": 2,
-        "max_attempts": 30,
-        "read_timeout_s": 5.0,
-        "connect_timeout_s": 2.0,
-        "wait_timeout_s": 60.0,
-        **FAST_RETRIES,
-        **overrides,
-    }
-    cred = settings.pop("cred_provider", None)
-    cred_path = settings.pop("cred_path", "")
-    if cred is None and not cred_path:
-        cred = Credentials(server.access_key_id, server.access_key_secret)
-    return OssModelConnector(server.endpoint, cred_provider=cred, cred_path=cred_path, **settings)
-
-
-def load_model(model_dir: Path) -> dict[str, torch.Tensor]:
-    """``from_pretrained`` the directory and return a copy of its state dict."""
-    import transformers
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
-    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-
-
-def assert_same_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
-    assert state.keys() == expected.keys()
-    for name, tensor in expected.items():
-        assert torch.equal(state[name], tensor), name
 
 
 @pytest.fixture
@@ -123,31 +55,3 @@ def crashable_localoss(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cal
 @pytest.fixture(autouse=True)
 def _hooks_restored() -> Iterator[None]:
     yield from hooks_restored(REAL)
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """Mount a tmpfs of ``size`` at ``path`` (root only; the caller skips otherwise) for the block."""
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def can_mount() -> bool:
-    """Whether this process may mount a tmpfs (root with CAP_SYS_ADMIN): tried once on a scratch dir."""
-    import os
-    import tempfile
-
-    if os.geteuid() != 0:
-        return False
-    with tempfile.TemporaryDirectory() as scratch:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", scratch], capture_output=True, check=False
-        )
-        if done.returncode != 0:
-            return False
-        subprocess.run(["umount", scratch], check=False)
-    return True

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import can_mount, make_connector, tmpfs
 from localoss_harness import LocalOss
+from reliability_harness import can_mount, make_connector, tmpfs
 
 from ossmodelconnector import (
     ConfigError,

@@ -15,18 +15,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import (
+from localoss_harness import LocalOss
+from reliability_harness import (
     MODEL_PREFIX,
+    RotatingProvider,
     SavedModel,
     assert_same_state,
     can_mount,
     load_model,
     make_connector,
+    replace_json,
     tmpfs,
     upload_model,
 )
-from localoss_harness import LocalOss
-from test_faults_stream import RotatingProvider, _token_file
 
 from ossmodelconnector import (
     IntegrityError,
@@ -166,10 +167,10 @@ def test_sts_token_expiring_mid_prepare_is_refreshed(
 ) -> None:
     tokens = tmp_path / "server-tokens.json"
     old, fresh = "sts-old-token-" + "e" * 24, "sts-new-token-" + "f" * 24
-    _token_file(tokens, {old: None, fresh: None})
+    replace_json(tokens, {old: None, fresh: None})
     server = localoss_factory("--sts-token-file", str(tokens), "--conn-bandwidth-mibps", "1")
     uri = upload_model(server, BUCKET, tiny_model)
-    _token_file(tokens, {old: time.time() + 0.5, fresh: None})  # the shards take > 1 s at 4 MiB/s
+    replace_json(tokens, {old: time.time() + 0.5, fresh: None})  # the shards take > 1 s at 4 MiB/s
     provider = RotatingProvider(server.access_key_id, server.access_key_secret, [old, fresh])
     with make_connector(server, cred_provider=provider) as connector:
         connector.prepare_directory(uri, tmp_path / "model")

@@ -6,7 +6,6 @@ so that the prefetcher's concurrent ranged GETs each meet faults of their own.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import threading
@@ -15,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import make_connector
 from localoss_harness import LocalOss
+from reliability_harness import MIB, RotatingProvider, make_connector, replace_json
 
 from ossmodelconnector import (
     ConnectorError,
@@ -24,13 +23,11 @@ from ossmodelconnector import (
     ObjectChangedError,
     RetriesExhaustedError,
 )
-from ossmodelconnector.oss.credentials import Credentials
 from ossmodelconnector.oss.responses import CODE_CONNECTION
 
 # A hang guard tighter than the suite's 300 s: each case resolves in seconds or fails clearly.
 pytestmark = pytest.mark.timeout(120)
 
-MIB = 1 << 20
 BUCKET = "faults"
 KEY = "weights/blob.bin"
 
@@ -146,40 +143,15 @@ def test_corrupted_byte_is_caught_by_the_crc(localoss_factory: Callable[..., Loc
             stream.mmap()
 
 
-class RotatingProvider:
-    """An STS-like provider: the old token until the server refuses it, then a fresh one."""
-
-    def __init__(self, key_id: str, secret: str, tokens: list[str]) -> None:
-        self._key_id, self._secret = key_id, secret
-        self._tokens = tokens
-        self.refreshes = 0
-        self._lock = threading.Lock()
-
-    def get(self) -> Credentials:
-        with self._lock:
-            token = self._tokens[min(self.refreshes, len(self._tokens) - 1)]
-        return Credentials(self._key_id, self._secret, token)
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self.refreshes += 1
-
-
-def _token_file(path: Path, tokens: dict[str, float | None]) -> None:
-    scratch = path.with_suffix(".tmp")
-    scratch.write_text(json.dumps(tokens))
-    os.replace(scratch, path)
-
-
 def test_sts_token_expiring_mid_load_is_refreshed_from_the_provider(
     localoss_factory: Callable[..., LocalOss], tmp_path: Path
 ) -> None:
     tokens = tmp_path / "server-tokens.json"
     old, fresh = "sts-old-token-" + "a" * 24, "sts-new-token-" + "b" * 24
-    _token_file(tokens, {old: None, fresh: None})
+    replace_json(tokens, {old: None, fresh: None})
     server = localoss_factory("--sts-token-file", str(tokens), "--conn-bandwidth-mibps", "2")
     # 16 chunks on 4 connections at 2 MiB/s each take ~2 s: the old token expires in the middle.
-    _token_file(tokens, {old: time.time() + 0.8, fresh: None})
+    replace_json(tokens, {old: time.time() + 0.8, fresh: None})
     blob = _blob(16 * MIB)
     server.put_file(BUCKET, KEY, blob)
     provider = RotatingProvider(server.access_key_id, server.access_key_secret, [old, fresh])
@@ -193,10 +165,10 @@ def test_sts_credentials_file_rotated_before_expiry_mid_load(
 ) -> None:
     tokens = tmp_path / "server-tokens.json"
     old, fresh = "sts-old-token-" + "c" * 24, "sts-new-token-" + "d" * 24
-    _token_file(tokens, {old: None, fresh: None})
+    replace_json(tokens, {old: None, fresh: None})
     server = localoss_factory("--sts-token-file", str(tokens), "--conn-bandwidth-mibps", "2")
     expires = time.time() + 1.5  # 16 MiB at 4 x 2 MiB/s: the rotation at 0.8 s falls mid-load
-    _token_file(tokens, {old: expires, fresh: None})
+    replace_json(tokens, {old: expires, fresh: None})
     blob = _blob(16 * MIB)
     server.put_file(BUCKET, KEY, blob)
     creds = tmp_path / "creds.json"
@@ -209,7 +181,7 @@ def test_sts_credentials_file_rotated_before_expiry_mid_load(
             "SecurityToken": token,
             "Expiration": stamp,
         }
-        _token_file(creds, doc)  # type: ignore[arg-type]
+        replace_json(creds, doc)
 
     write(old, expires + 1)
     rotate = threading.Timer(0.8, write, args=(fresh, time.time() + 3600))

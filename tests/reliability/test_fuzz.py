@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 from urllib.parse import quote
+from xml.etree import ElementTree
 from xml.etree.ElementTree import ParseError
 
 from hypothesis import HealthCheck, example, given, settings
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 from ossmodelconnector.objects import ObjectInfo
 from ossmodelconnector.oss.responses import (
+    ErrorDetails,
     check_body_range,
     object_info_from_headers,
     parse_content_range,
@@ -126,14 +128,31 @@ def test_error_parser_on_arbitrary_bodies_and_headers(body: bytes, header: bytes
     assert isinstance(details.code, str) and isinstance(details.request_id, str)
 
 
+def _first_child_text(root: ElementTree.Element, tag: str) -> str:
+    """The text of the first direct child named ``tag``, ``""`` when it has none or there is none."""
+    return next((child.text or "" for child in root if child.tag == tag), "")
+
+
 @FUZZ
 @given(st.lists(xml_trees(), max_size=4))
+@example(["<Code>NoSuchKey</Code>", "<Message>gone</Message>", "<RequestId>5C3D</RequestId>"])
+@example(["<Contents><Code>Nested</Code></Contents>", "<Code></Code>", "<Code>Second</Code>"])
 def test_error_parser_on_hostile_documents(children: list[str]) -> None:
     body = f"<?xml version='1.0'?><Error>{''.join(children)}</Error>".encode()
     try:
-        parse_error(body, {})
+        details = parse_error(body, {})
     except PARSE_ERRORS:
         return
+    # What the document says, read by the plain parser: the first Code/Message/RequestId/HostId directly
+    # under <Error>, "" for a missing or empty one; nested ones never count, and with no header the
+    # request id has no fallback.
+    root = ElementTree.fromstring(body)
+    assert details == ErrorDetails(
+        code=_first_child_text(root, "Code"),
+        message=_first_child_text(root, "Message"),
+        request_id=_first_child_text(root, "RequestId"),
+        host_id=_first_child_text(root, "HostId"),
+    )
 
 
 @FUZZ

@@ -20,8 +20,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import MODEL_PREFIX, SavedModel, make_connector, upload_model
 from localoss_harness import LocalOss
+from reliability_harness import MODEL_PREFIX, SavedModel, make_connector, upload_model
 
 from ossmodelconnector import (
     CacheError,

@@ -1,88 +1,34 @@
-"""The prefetch scheduler and the chunk buffer: order, demand boosts, budget, errors, integrity, lifecycle.
+"""The prefetch scheduler: order, demand boosts, budget, errors, integrity, lifecycle, delivered reads.
 
-No sockets: ``MemoryObject.fetch_into`` serves an in-memory ``bytes`` and can fail, block or lie about the
-CRC on chosen calls. Tests assert bytes, call orders and states, never durations.
+No sockets: ``MemoryObject.fetch_into`` (``fetch_harness``) serves an in-memory ``bytes`` and can fail,
+block or lie about the CRC on chosen calls. Tests assert bytes, call orders and states, never durations.
+The chunk buffer on its own is in ``test_chunk_buffer.py``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import os
 import random
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from fetch_harness import LIVENESS_LIMIT_S, Gate, Hook, MemoryObject, eventually, payload
 
 from ossmodelconnector._fast import crc64
 from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.errors import (
     ClosedError,
+    ConnectorError,
     IntegrityError,
     RequestTimeoutError,
     RetriesExhaustedError,
 )
-from ossmodelconnector.fetch.chunk_buffer import ChunkBuffer
 from ossmodelconnector.fetch.prefetch import ObjectHandle, PrefetchScheduler
 from ossmodelconnector.objects import ObjectInfo
 
 THREAD_PREFIX = "ossmodelconnector-prefetch"
-LIVENESS_LIMIT_S = 30.0  # a bound for polling loops, so a bug fails the test instead of hanging it
-
-# hook(call_number, start, end) runs inside fetch_into before the bytes land: it may raise, block, or
-# return a CRC to report instead of the true one.
-Hook = Callable[[int, int, int], "int | None"]
-
-
-class MemoryObject:
-    """One object version held in memory, with a ``fetch_into`` over it that records every call."""
-
-    def __init__(
-        self, data: bytes, *, key: str = "model.bin", hook: Hook | None = None, crc: int | bool | None = True
-    ) -> None:
-        self.data = data
-        expected = crc64(data) if crc is True else (None if crc is False else crc)
-        self.info = ObjectInfo("bucket", key, len(data), '"etag"', 0.0, expected)
-        self.hook = hook
-        self.calls: list[tuple[int, int]] = []
-        self._lock = threading.Lock()
-
-    def fetch_into(self, start: int, end: int, dest: memoryview) -> int:
-        assert len(dest) == end - start and not dest.readonly
-        with self._lock:
-            number = len(self.calls)
-            self.calls.append((start, end))
-        reported = self.hook(number, start, end) if self.hook is not None else None
-        dest[:] = self.data[start:end]
-        actual = crc64(dest)
-        return actual if reported is None else reported
-
-
-class Gate:
-    """A fetch hook that blocks chosen calls until opened; ``entered`` tells which calls are blocked."""
-
-    def __init__(self, blocked: Callable[[int, int, int], bool]) -> None:
-        self.blocked = blocked
-        self.opened = threading.Event()
-        self.entered = threading.Semaphore(0)
-
-    def __call__(self, number: int, start: int, end: int) -> None:
-        if self.blocked(number, start, end):
-            self.entered.release()
-            assert self.opened.wait(LIVENESS_LIMIT_S), "gate never opened"
-
-    def wait_entered(self) -> None:
-        assert self.entered.acquire(timeout=LIVENESS_LIMIT_S), "no fetch reached the gate"
-
-
-def eventually(predicate: Callable[[], bool]) -> None:
-    """Poll until ``predicate()`` holds; fails (rather than hangs) past a generous bound."""
-    deadline = time.monotonic() + LIVENESS_LIMIT_S
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never became true"
-        time.sleep(0.005)
 
 
 def read_all(handle: ObjectHandle, timeout_s: float = LIVENESS_LIMIT_S) -> bytes:
@@ -101,10 +47,6 @@ def schedulers() -> Iterator[Callable[..., PrefetchScheduler]]:
     yield make
     for scheduler in made:
         scheduler.close()
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
 
 
 # --- order ------------------------------------------------------------------------------------------
@@ -247,10 +189,21 @@ def test_read_ahead_pauses_when_the_budget_is_full_and_resumes_as_the_reader_mov
 ) -> None:
     obj = MemoryObject(payload(100))
     scheduler = schedulers(connections=2, budget_bytes=30)
+    refused: set[str] = set()  # the workers that asked for a job with the budget full and got none
+    next_job = scheduler._next_job
+
+    def next_job_or_pause() -> tuple[ObjectHandle, int] | None:
+        job = next_job()  # a worker calls this holding the scheduler's lock
+        if job is None and scheduler._queued and scheduler.held_bytes == 30:
+            refused.add(threading.current_thread().name)
+        return job
+
+    scheduler._next_job = next_job_or_pause  # type: ignore[method-assign]
     handle = scheduler.register(obj.info, obj.fetch_into, chunk_size=10)
-    eventually(lambda: len(obj.calls) == 3 and scheduler.held_bytes == 30)
-    time.sleep(0.05)  # give a wrongly unpaused worker the chance to overstep (not an assertion on time)
-    assert len(obj.calls) == 3, "read-ahead paused at the budget"
+    # Paused means every worker asked for the next chunk once the budget was full and was given none;
+    # a worker that oversteps shows up as a fourth fetch instead.
+    eventually(lambda: len(refused) == scheduler.connections or len(obj.calls) > 3)
+    assert len(obj.calls) == 3 and scheduler.held_bytes == 30, "read-ahead paused at the budget"
     assert handle.read_bytes(0, 10, LIVENESS_LIMIT_S) == obj.data[:10]
     eventually(lambda: len(obj.calls) == 4)  # the consumed chunk made room for the next
     assert handle.buffer.state(0) == ChunkState.EMPTY
@@ -316,8 +269,11 @@ def test_a_foreign_exception_is_wrapped_with_the_object_named(
 
     obj = MemoryObject(payload(10), hook=broken)
     handle = schedulers().register(obj.info, obj.fetch_into, chunk_size=10)
-    with pytest.raises(Exception, match=r"oss://bucket/model\.bin") as caught:
+    with pytest.raises(ConnectorError, match=r"oss://bucket/model\.bin") as caught:
         read_all(handle)
+    # Not an error of the package's own: the base class, naming the object and the range, with the cause.
+    assert type(caught.value) is ConnectorError
+    assert (caught.value.bucket, caught.value.key, caught.value.range) == ("bucket", "model.bin", (0, 10))
     assert isinstance(caught.value.__cause__, OSError)
 
 
@@ -532,91 +488,6 @@ def test_a_forked_child_refetches_what_was_in_flight_with_its_own_workers(
     assert os.waitstatus_to_exitcode(status) == 0
     gate.opened.set()
     assert read_all(handle) == obj.data
-
-
-# --- the chunk buffer -------------------------------------------------------------------------------
-
-
-def _resident_bytes(buffer: ChunkBuffer) -> int:
-    """Rss of the buffer's mapping, from /proc/self/smaps."""
-    assert buffer._mapping is not None
-    anchor = ctypes.c_char.from_buffer(buffer._mapping)
-    address = ctypes.addressof(anchor)
-    del anchor
-    with open("/proc/self/smaps") as smaps:
-        inside = False
-        for line in smaps:
-            head = line.split()[0]
-            if "-" in head and not head.endswith(":"):
-                low, high = (int(part, 16) for part in head.split("-"))
-                inside = low <= address < high
-            elif inside and head == "Rss:":
-                return int(line.split()[1]) * 1024
-    raise AssertionError("mapping not found in /proc/self/smaps")
-
-
-@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="Linux only")
-def test_release_returns_the_pages_to_the_system() -> None:
-    size = 16 << 20
-    info = ObjectInfo("bucket", "big.bin", size, '"e"', 0.0)
-    buffer = ChunkBuffer(info, 4 << 20)
-    try:
-        for index in range(buffer.count):
-            buffer.begin_fetch(index)
-            buffer.chunk_view(index)[:] = b"\xab" * len(buffer.chunk(index))
-            buffer.complete(index, 0)
-        filled = _resident_bytes(buffer)
-        assert filled >= size
-        for index in range(buffer.count):
-            buffer.release(index)
-        assert buffer.held_bytes == 0
-        # The kernel may merge our mapping with a neighbouring anonymous one into a single smaps entry,
-        # so compare what the release freed rather than what is left.
-        assert filled - _resident_bytes(buffer) > size - size // 16
-    finally:
-        buffer.close()
-
-
-def _strict_overcommit() -> bool:
-    try:
-        with open("/proc/sys/vm/overcommit_memory") as setting:
-            return setting.read().strip() == "2"
-    except OSError:
-        return True
-
-
-@pytest.mark.skipif(_strict_overcommit(), reason="needs Linux heuristic overcommit")
-def test_an_object_larger_than_memory_can_be_buffered_within_a_budget() -> None:
-    info = ObjectInfo("bucket", "huge.bin", 256 << 30, '"e"', 0.0)
-    buffer = ChunkBuffer(info, 8 << 20)
-    try:
-        last = buffer.count - 1
-        buffer.begin_fetch(last)
-        buffer.chunk_view(last)[:] = b"\x01" * len(buffer.chunk(last))
-        buffer.complete(last, 0)
-        assert buffer.tobytes(info.size - 2, info.size) == b"\x01\x01"
-        buffer.release(last)
-    finally:
-        buffer.close()
-
-
-def test_release_of_an_unaligned_chunk_keeps_its_neighbours_bytes() -> None:
-    data = payload(3 * 5000)
-    info = ObjectInfo("bucket", "k", len(data), '"e"', 0.0)
-    buffer = ChunkBuffer(info, 5000)
-    for index in range(3):
-        buffer.begin_fetch(index)
-        chunk = buffer.chunk(index)
-        buffer.chunk_view(index)[:] = data[chunk.start : chunk.end]
-        buffer.complete(index, crc64(data[chunk.start : chunk.end]))
-    buffer.release(1)
-    assert buffer.tobytes(0, 5000) == data[:5000] and buffer.tobytes(10000, 15000) == data[10000:]
-    buffer.pin(0)
-    with pytest.raises(RuntimeError, match="pinned"):
-        buffer.release(0)
-    buffer.close()
-    buffer.close()
-    assert buffer.states() == [ChunkState.EMPTY] * 3
 
 
 def test_dropped_handles_free_their_memory_via_the_stream_finalizer(

@@ -8,10 +8,10 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
+from fetch_harness import LIVENESS_LIMIT_S, Gate, MemoryObject, eventually, payload
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from test_prefetch import LIVENESS_LIMIT_S, Gate, MemoryObject, eventually, payload
 
 from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.errors import ClosedError, IntegrityError, RequestTimeoutError, RetriesExhaustedError

@@ -1,4 +1,4 @@
-"""Lazy files and their budget: start on first use, LRU eviction of whole files, readers, mappings, GC timer.
+"""Lazy files and their budget: start on first use, LRU eviction of whole files, readers, mappings.
 
 No sockets: each object is an in-memory ``bytes`` served by a ``fetch_into`` that records its calls, and
 the real :class:`PrefetchScheduler` fetches it. Tests assert bytes, states and calls, never durations.
@@ -6,7 +6,6 @@ the real :class:`PrefetchScheduler` fetches it. Tests assert bytes, states and c
 
 from __future__ import annotations
 
-import gc
 import mmap
 import threading
 from collections.abc import Iterator
@@ -17,12 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ossmodelconnector._fast import crc64
-from ossmodelconnector.directory.lazy.idle_gc import (
-    DEFAULT_MAX_INTERVAL_S,
-    DEFAULT_MIN_INTERVAL_S,
-    IdleCollector,
-    interval_for,
-)
 from ossmodelconnector.directory.lazy.residency import LazyFile, Residency, mapped_by_readers
 from ossmodelconnector.errors import ClosedError
 from ossmodelconnector.fetch.prefetch import ObjectHandle, PrefetchScheduler
@@ -196,34 +189,3 @@ def test_mapped_by_readers_tells_a_readers_mapping_from_the_caches_own(tmp_path:
         assert mapped_by_readers([str(path)]) == set()
         own.close()
     assert mapped_by_readers([]) == set()
-
-
-class _Target:
-    def __init__(self) -> None:
-        self.calls = threading.Semaphore(0)
-
-    def collect(self) -> None:
-        self.calls.release()
-
-
-def test_the_idle_timer_calls_until_stopped_and_never_keeps_its_target_alive() -> None:
-    target = _Target()
-    collector = IdleCollector(target.collect, 0.01, name="test")
-    assert collector._thread.daemon
-    assert target.calls.acquire(timeout=10) and target.calls.acquire(timeout=10)
-    collector.stop()
-    assert not collector.alive
-    target = _Target()
-    collector = IdleCollector(target.collect, 0.01, name="test")
-    del target
-    gc.collect()
-    collector._thread.join(10)  # its target is gone: the thread ends on its own
-    assert not collector.alive
-
-
-def test_timer_interval_bounds() -> None:
-    assert interval_for(0.001) == DEFAULT_MIN_INTERVAL_S
-    assert interval_for(2) == 0.5
-    assert interval_for(10**6) == DEFAULT_MAX_INTERVAL_S
-    with pytest.raises(ValueError, match="idle_s"):
-        IdleCollector(_Target().collect, 0, name="test")

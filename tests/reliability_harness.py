@@ -1,0 +1,135 @@
+"""What the reliability suite's cases share: the saved model, connectors with short budgets, tmpfs mounts,
+a rotating STS provider.
+
+Every case runs against ``localoss`` in a real subprocess with seeded faults. Budgets are small (1 MiB
+chunks, short timeouts, millisecond backoff) so that a fault resolves in seconds; pytest-timeout only
+guards against a hang, no test asserts a duration. The fixtures (``tiny_model``, ``crashable_localoss``)
+are in ``reliability/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from localoss_harness import LocalOss
+
+from ossmodelconnector import OssModelConnector
+from ossmodelconnector.oss.credentials import Credentials
+
+MIB = 1 << 20
+MODEL_PREFIX = "models/tiny-qwen2/"
+FAST_RETRIES: dict[str, Any] = {"retry_base_delay_s": 0.001, "retry_max_delay_s": 0.02}
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    """A tiny Qwen2 saved by ``save_pretrained`` in shards, and its state dict loaded locally."""
+
+    source: Path
+    files: dict[str, bytes]
+    state: dict[str, torch.Tensor]
+
+
+def upload_model(server: LocalOss, bucket: str, model: SavedModel) -> str:
+    """Put the model's files under ``MODEL_PREFIX`` and return ``oss://bucket/prefix/``."""
+    server.make_bucket(bucket)
+    for name, data in model.files.items():
+        server.put_file(bucket, MODEL_PREFIX + name, data)
+    return f"oss://{bucket}/{MODEL_PREFIX}"
+
+
+def make_connector(server: LocalOss, **overrides: Any) -> OssModelConnector:
+    """A connector with 1 MiB chunks, 4 connections, fast retries; ``overrides`` win."""
+    settings: dict[str, Any] = {
+        "chunk_size_mb": 1,
+        "small_file_mb": 1,
+        "prefetch_vcpus": 2,
+        "prefetch_workers": 2,
+        "max_attempts": 30,
+        "read_timeout_s": 5.0,
+        "connect_timeout_s": 2.0,
+        "wait_timeout_s": 60.0,
+        **FAST_RETRIES,
+        **overrides,
+    }
+    cred = settings.pop("cred_provider", None)
+    cred_path = settings.pop("cred_path", "")
+    if cred is None and not cred_path:
+        cred = Credentials(server.access_key_id, server.access_key_secret)
+    return OssModelConnector(server.endpoint, cred_provider=cred, cred_path=cred_path, **settings)
+
+
+def load_model(model_dir: Path) -> dict[str, torch.Tensor]:
+    """``from_pretrained`` the directory and return a copy of its state dict."""
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def assert_same_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert state.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(state[name], tensor), name
+
+
+class RotatingProvider:
+    """An STS-like provider: the old token until the server refuses it, then a fresh one."""
+
+    def __init__(self, key_id: str, secret: str, tokens: list[str]) -> None:
+        self._key_id, self._secret = key_id, secret
+        self._tokens = tokens
+        self.refreshes = 0
+        self._lock = threading.Lock()
+
+    def get(self) -> Credentials:
+        with self._lock:
+            token = self._tokens[min(self.refreshes, len(self._tokens) - 1)]
+        return Credentials(self._key_id, self._secret, token)
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self.refreshes += 1
+
+
+def replace_json(path: Path, document: dict[str, Any]) -> None:
+    """Write ``document`` as JSON beside ``path`` and rename it over ``path``: readers (``localoss``'s
+    ``--sts-token-file``, a credentials file) never see a half-written file."""
+    scratch = path.with_suffix(".tmp")
+    scratch.write_text(json.dumps(document))
+    os.replace(scratch, path)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """Mount a tmpfs of ``size`` at ``path`` (root only; the caller skips otherwise) for the block."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def can_mount() -> bool:
+    """Whether this process may mount a tmpfs (root with CAP_SYS_ADMIN): tried once on a scratch dir."""
+    if os.geteuid() != 0:
+        return False
+    with tempfile.TemporaryDirectory() as scratch:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", scratch], capture_output=True, check=False
+        )
+        if done.returncode != 0:
+            return False
+        subprocess.run(["umount", scratch], check=False)
+    return True
