@@ -111,8 +111,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         program = program[1:]
     if not program:
         parser.error("give the program to run after --, e.g. -- python serve.py")
-    if not (args.endpoint or os.environ.get(OSS_ENDPOINT_ENV)):
-        parser.error(f"give --endpoint or set {OSS_ENDPOINT_ENV}")
     try:
         connector = connector_from_environment(args.endpoint, args.cred_path, args.config)
     except ConnectorError as exc:
