@@ -133,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="answer listings and error documents with a 'billion laughs' XML document (entity expansion)",
     )
+    faults.add_argument(
+        "--ignore-if-match",
+        action="store_true",
+        help="serve GETs whatever their If-Match says (a proxy or server that ignores the condition)",
+    )
     parser.add_argument(
         "--log-level",
         default="WARNING",
@@ -180,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             fault_stall=args.fault_stall,
             stall_ms=args.stall_ms,
             xml_bomb=args.fault_xml_bomb,
+            ignore_if_match=args.ignore_if_match,
         ),
     )
     server = LocalOssServer(config)

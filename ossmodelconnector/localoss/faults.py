@@ -73,6 +73,8 @@ class FaultConfig:
         stall_ms: the length of such a stall, in milliseconds.
         xml_bomb: answer listings and error documents with a "billion laughs" XML document (nested
             entities that expand to gigabytes), which a safe parser must refuse.
+        ignore_if_match: serve GETs whatever their ``If-Match`` says, as a proxy or an S3-compatible
+            server that ignores the condition would: a client must then compare the ETag itself.
     """
 
     seed: int | None = None
@@ -86,6 +88,7 @@ class FaultConfig:
     fault_stall: float = 0.0
     stall_ms: float = 0.0
     xml_bomb: bool = False
+    ignore_if_match: bool = False
 
     def __post_init__(self) -> None:
         for name in ("fault_503", "fault_reset", "fault_short", "fault_corrupt", "fault_stall"):

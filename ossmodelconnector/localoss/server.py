@@ -324,6 +324,8 @@ class LocalOssServer:
                 raise ServiceError(
                     503, "SlowDown", "injected fault (--fault-503): please reduce your request rate"
                 )
+            if self.faults.config.ignore_if_match:
+                request.headers.pop("if-match", None)
             call = self._resolve(request, body)
             s3 = call.s3
             self._authenticate(call)

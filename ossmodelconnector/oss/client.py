@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ossmodelconnector._fast import crc64
 from ossmodelconnector.atomic_files import atomic_output
-from ossmodelconnector.errors import ClosedError, ConnectorError, IntegrityError, RequestError
+from ossmodelconnector.errors import (
+    ClosedError,
+    ConnectorError,
+    IntegrityError,
+    ObjectChangedError,
+    RequestError,
+)
 from ossmodelconnector.objects import FetchInto, ObjectInfo
 from ossmodelconnector.oss.exchange import Counters, Exchange, Exchanger, http_range
 from ossmodelconnector.oss.request_log import NullAudit
@@ -312,9 +318,15 @@ class OssClient:
                     resp = exchange.response
                     assert resp is not None
                     check_body_range(resp.status, resp.headers, first, end)
+                    answered = resp.getheader("ETag")
                     if pinned is None:
-                        pinned = resp.getheader("ETag")
+                        pinned = answered
                     header_crc = resp.getheader("x-oss-hash-crc64ecma")
+                    # Every answer must be of the pinned version: a server or proxy that ignores If-Match
+                    # would otherwise hand over bytes of another version (the object's CRC-64 header
+                    # tells the same for an ETag the server did not send).
+                    if not same_version(pinned, answered, object_crc, header_crc):
+                        raise _changed(bucket, key, (first, end), pinned, answered, exchange)
                     if header_crc:
                         object_crc = int(header_crc)
                     while pos < size:
@@ -480,6 +492,38 @@ def _byte_view(dest: Any, start: int, end: int, bucket: str, key: str) -> memory
             f"{end - start}: pass a buffer of exactly end - start bytes"
         )
     return view
+
+
+def same_version(pinned: str | None, answered: str | None, crc: int | None, answered_crc: str | None) -> bool:
+    """Whether an answer is of the pinned object version, by its ETag and its ``x-oss-hash-crc64ecma``.
+
+    ETags are compared without the weak prefix and quotes (a proxy may rewrite either); a missing ETag or
+    CRC on either side proves nothing and is not held against the answer.
+    """
+    if pinned and answered and _bare_etag(pinned) != _bare_etag(answered):
+        return False
+    return crc is None or not answered_crc or not answered_crc.isdigit() or int(answered_crc) == crc
+
+
+def _bare_etag(etag: str) -> str:
+    etag = etag.strip()
+    return (etag[2:] if etag.startswith("W/") else etag).strip('"')
+
+
+def _changed(
+    bucket: str, key: str, rng: tuple[int, int], pinned: str | None, answered: str | None, exchange: Exchange
+) -> ObjectChangedError:
+    return ObjectChangedError(
+        f"{where(bucket, key, rng)} changed while it was being read: this answer is of ETag {answered}, the "
+        f"read began on {pinned} (the server or a proxy ignored If-Match); none of its bytes were kept: "
+        "open the object again to read the new version",
+        bucket=bucket,
+        key=key,
+        range=rng,
+        status=exchange.status,
+        code="ETagMismatch",
+        request_id=exchange.request_id,
+    )
 
 
 def _short_body(

@@ -297,6 +297,29 @@ def test_object_rewritten_between_reads(localoss: LocalOss, bucket: str, client:
     assert client.stats()["retries"] == 0
 
 
+def test_an_answer_of_another_version_is_refused_when_the_server_ignores_if_match(
+    localoss_factory: Callable[..., LocalOss],
+) -> None:
+    server = localoss_factory("--ignore-if-match")
+    server.put_file("etag-bucket", "k", b"A" * 1000)
+    with make_client(server) as client:
+        info = client.head_object("etag-bucket", "k")
+        fetch = client.make_fetch_into(info)
+        buf = bytearray(100)
+        fetch(0, 100, memoryview(buf))
+        path = server.put_file("etag-bucket", "k", b"B" * 1000)
+        os.utime(path, (info.last_modified + 10, info.last_modified + 10))
+        with pytest.raises(ObjectChangedError) as caught:
+            fetch(100, 200, memoryview(buf))
+        assert caught.value.code == "ETagMismatch" and caught.value.status == 206
+        assert info.etag in str(caught.value)
+        assert buf == b"A" * 100  # nothing of the other version landed
+        assert client.stats()["retries"] == 0  # a changed object is never retried into a mix
+        with pytest.raises(ObjectChangedError):
+            client.download_to_file("etag-bucket", "k", server.root / "unused", info)
+        assert not (server.root / "unused").exists()
+
+
 class FlakyTokenProvider:
     """Returns a wrong STS token until invalidated once."""
 
