@@ -22,7 +22,18 @@ import secrets
 from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
 
-__all__ = ["atomic_output", "symlink_atomically", "temporary_name", "write_json_atomically"]
+__all__ = [
+    "TEMPORARY_NAME_EXTRA_BYTES",
+    "atomic_output",
+    "symlink_atomically",
+    "temporary_name",
+    "write_json_atomically",
+]
+
+_RANDOM_HEX = 12  # secrets.token_hex(6)
+TEMPORARY_NAME_EXTRA_BYTES = len(".") + len(".") + _RANDOM_HEX + len(".part")
+"""How many bytes longer than its target's name a temporary name is (``.part`` and ``.link`` alike): a
+name within ``255 - TEMPORARY_NAME_EXTRA_BYTES`` bytes can be written this way."""
 
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_MODE = 0o600
@@ -31,7 +42,7 @@ _FILE_MODE = 0o600
 def temporary_name(path: str | os.PathLike[str], kind: str = "part") -> str:
     """A fresh hidden name beside ``path`` (same directory, same file system): ``.<name>.<hex>.<kind>``."""
     directory, name = os.path.split(os.path.abspath(os.fspath(path)))
-    return os.path.join(directory, f".{name}.{secrets.token_hex(6)}.{kind}")
+    return os.path.join(directory, f".{name}.{secrets.token_hex(_RANDOM_HEX // 2)}.{kind}")
 
 
 @contextlib.contextmanager

@@ -29,14 +29,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ossmodelconnector.atomic_files import write_json_atomically
+from ossmodelconnector.atomic_files import TEMPORARY_NAME_EXTRA_BYTES, write_json_atomically
+from ossmodelconnector.cache.manifest import OWN_DIR_NAME
 from ossmodelconnector.cache.segments import process_alive, process_start_time
 from ossmodelconnector.errors import UnsafePathError
 from ossmodelconnector.objects import ObjectInfo
 
 __all__ = [
+    "MAX_FILE_NAME_BYTES",
     "MAX_NAME_BYTES",
-    "OWNER_DIR_NAME",
     "OWNER_FILE_NAME",
     "DirectoryCheck",
     "Entry",
@@ -54,12 +55,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OWNER_DIR_NAME = ".ossmodelconnector"
-"""The reserved top-level name inside a prepared directory: our record and the disk fallback cache."""
 OWNER_FILE_NAME = "owner.json"
 """The record that marks a directory as prepared by us (who, when, from where, still live or not)."""
 MAX_NAME_BYTES = 255
 """The longest file name (one path segment) Linux file systems accept, in UTF-8 bytes."""
+MAX_FILE_NAME_BYTES = MAX_NAME_BYTES - TEMPORARY_NAME_EXTRA_BYTES
+"""The longest name of a mirrored file: it is first written under a longer temporary name beside it."""
 
 _TOOL = "ossmodelconnector"
 _OWNER_FORMAT = 1
@@ -146,7 +147,7 @@ def check_model_dir(model_dir: str | os.PathLike[str]) -> DirectoryCheck:
         raise _unsafe(
             path,
             f"it is not empty ({len(names)} entries, e.g. {sorted(names)[0]!r}) and was not prepared by "
-            f"ossmodelconnector (no {OWNER_DIR_NAME}/{OWNER_FILE_NAME}), so cleaning it could destroy "
+            f"ossmodelconnector (no {OWN_DIR_NAME}/{OWNER_FILE_NAME}), so cleaning it could destroy "
             "your files",
             "pass an empty or new directory, or empty this one yourself",
         )
@@ -199,7 +200,7 @@ def claim_model_dir(check: DirectoryCheck, record: Mapping[str, Any]) -> None:
                 f"it cannot be created ({exc.strerror})",
                 "create it yourself with write permission, or choose a writable location",
             ) from exc
-    owner_dir = os.path.join(path, OWNER_DIR_NAME)
+    owner_dir = os.path.join(path, OWN_DIR_NAME)
     try:
         _mkdir_nofollow(owner_dir)
         write_json_atomically(owner_record_path(path), _owner_fields(record, active=True))
@@ -228,7 +229,7 @@ def release_owner(path: str) -> None:
 
 def owner_record_path(path: str) -> str:
     """``path/.ossmodelconnector/owner.json``."""
-    return os.path.join(path, OWNER_DIR_NAME, OWNER_FILE_NAME)
+    return os.path.join(path, OWN_DIR_NAME, OWNER_FILE_NAME)
 
 
 def read_owner(path: str) -> dict[str, Any] | None:
@@ -237,7 +238,7 @@ def read_owner(path: str) -> dict[str, Any] | None:
     Args:
         path: the model directory.
     """
-    owner_dir = os.path.join(path, OWNER_DIR_NAME)
+    owner_dir = os.path.join(path, OWN_DIR_NAME)
     try:
         if not stat.S_ISDIR(os.lstat(owner_dir).st_mode):
             return None
@@ -277,7 +278,7 @@ def clean_model_dir(path: str) -> int:
     except OSError as exc:
         raise _unsafe(path, f"it cannot be opened as a directory ({exc.strerror})", "check it") from exc
     try:
-        return _empty_directory(fd, keep={OWNER_DIR_NAME: {OWNER_FILE_NAME: None}})
+        return _empty_directory(fd, keep={OWN_DIR_NAME: {OWNER_FILE_NAME: None}})
     finally:
         os.close(fd)
 
@@ -521,8 +522,9 @@ def _name_problem(name: str) -> str | None:
     if "\\" in name:
         return "contains a backslash, which some tools treat as a path separator"
     parts = name.split("/")
-    if parts[0] == OWNER_DIR_NAME:
-        return f"uses the reserved top-level name {OWNER_DIR_NAME!r}"
+    if OWN_DIR_NAME in parts:
+        # At any depth: a manifest or owner record under a sub-folder would be trusted as ours.
+        return f"uses the reserved name {OWN_DIR_NAME!r}"
     for part in parts:
         if part == "":
             return "has an empty path segment ('//' or a trailing '/')"
@@ -530,6 +532,13 @@ def _name_problem(name: str) -> str | None:
             return f"has a {part!r} segment"
         if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
             return f"has a segment longer than {MAX_NAME_BYTES} bytes"
+    file_name_bytes = len(parts[-1].encode("utf-8", "surrogatepass"))
+    if file_name_bytes > MAX_FILE_NAME_BYTES:
+        return (
+            f"has a file name of {file_name_bytes} bytes; it is written under a temporary name "
+            f"{TEMPORARY_NAME_EXTRA_BYTES} bytes longer first, and file names are limited to "
+            f"{MAX_NAME_BYTES} bytes (so at most {MAX_FILE_NAME_BYTES})"
+        )
     return None
 
 

@@ -30,8 +30,9 @@ from ossmodelconnector import (
     OssModelConnector,
     UnsafePathError,
 )
+from ossmodelconnector.cache.manifest import OWN_DIR_NAME
 from ossmodelconnector.cache.segments import state_table_name
-from ossmodelconnector.directory.safety import OWNER_DIR_NAME, read_owner
+from ossmodelconnector.directory.safety import read_owner
 from ossmodelconnector.oss.credentials import Credentials
 
 MIB = 1 << 20
@@ -207,7 +208,7 @@ def test_the_bucket_root_and_a_prefix_without_slash_work(
     assert _read_raw(str(tmp_path / "whole" / "weights" / "model.safetensors")) == FILES[LARGE[0]]
     prepared.close()  # one object version is prepared into one directory at a time
     connector.prepare_directory(f"oss://{bucket}/weights", tmp_path / "weights", wait=True)
-    assert os.listdir(tmp_path / "weights") == sorted([OWNER_DIR_NAME, "model.safetensors"])
+    assert os.listdir(tmp_path / "weights") == sorted([OWN_DIR_NAME, "model.safetensors"])
 
 
 def test_a_directory_marker_is_skipped(
@@ -260,7 +261,7 @@ def test_large_files_go_to_disk_when_memory_is_limited(
     assert any(
         "instead of" in record.getMessage() for record in caplog.records if record.levelname == "WARNING"
     )
-    data_dir = model_dir / OWNER_DIR_NAME / "data"
+    data_dir = model_dir / OWN_DIR_NAME / "data"
     for name in LARGE:
         assert os.readlink(model_dir / name).startswith(str(data_dir) + "/")
         assert _read_raw(str(model_dir / name)) == FILES[name]

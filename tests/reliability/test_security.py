@@ -31,7 +31,7 @@ from ossmodelconnector import (
     UnsafePathError,
 )
 from ossmodelconnector.cache.attached import AttachedCache
-from ossmodelconnector.directory.safety import OWNER_DIR_NAME
+from ossmodelconnector.cache.manifest import OWN_DIR_NAME
 from ossmodelconnector.oss.credentials import Credentials, FileCredentialProvider
 from ossmodelconnector.oss.responses import CODE_INVALID_RESPONSE
 
@@ -89,7 +89,9 @@ def listing_stub() -> Iterator[ThreadingHTTPServer]:
         ("..\\escaped.json", "backslash"),
         ("a\0b.json", "NUL"),
         ("x" * 300, "longer than 255"),
-        (f"{OWNER_DIR_NAME}/owner.json", "reserved"),
+        (f"{OWN_DIR_NAME}/owner.json", "reserved"),
+        (f"sub/{OWN_DIR_NAME}/manifest.json", "reserved"),  # at any depth: it would be trusted as ours
+        ("w" * 240 + ".bin", "temporary name"),  # fits 255 bytes, its temporary name does not
     ],
 )
 def test_keys_that_would_escape_model_dir_are_refused(
@@ -138,10 +140,10 @@ def test_files_and_segments_are_private_and_owned_by_the_user(
                     assert stat.S_ISREG(st.st_mode) and _mode(target) == 0o600 and st.st_uid == os.geteuid()
                 else:
                     assert _mode(path) == 0o600, file.name
-            manifest = model_dir / OWNER_DIR_NAME / "manifest.json"
+            manifest = model_dir / OWN_DIR_NAME / "manifest.json"
             table = Path("/dev/shm") / json.loads(manifest.read_text())["state_table"]
             assert _mode(table) == 0o600 and os.lstat(table).st_uid == os.geteuid()
-            assert _mode(model_dir / OWNER_DIR_NAME) == 0o700
+            assert _mode(model_dir / OWN_DIR_NAME) == 0o700
     finally:
         os.umask(umask)
 
@@ -155,7 +157,7 @@ def test_attaching_refuses_a_state_table_another_user_owns(
     model_dir = tmp_path / "model"
     with make_connector(localoss) as connector:
         connector.prepare_directory(uri, model_dir, wait=True)
-        manifest = model_dir / OWNER_DIR_NAME / "manifest.json"
+        manifest = model_dir / OWN_DIR_NAME / "manifest.json"
         table = Path("/dev/shm") / json.loads(manifest.read_text())["state_table"]
         with AttachedCache.from_manifest(manifest) as attached:  # ours: fine
             assert attached is not None
@@ -183,7 +185,7 @@ def test_planted_symlinks_in_model_dir_are_never_followed(
     (model_dir / "config.json").unlink()
     (model_dir / "config.json").symlink_to(elsewhere / "config.json")
     (model_dir / "sub").symlink_to(elsewhere)
-    (model_dir / OWNER_DIR_NAME / "data").symlink_to(elsewhere)
+    (model_dir / OWN_DIR_NAME / "data").symlink_to(elsewhere)
     with make_connector(localoss, memory_limit_mb=1) as connector:  # disk placement: writes under data/
         prepared = connector.prepare_directory(uri, model_dir, wait=True)
         assert prepared.placement == "disk"

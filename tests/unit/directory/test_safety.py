@@ -19,10 +19,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ossmodelconnector.cache.manifest import OWN_DIR_NAME
 from ossmodelconnector.cache.segments import process_start_time
 from ossmodelconnector.directory.safety import (
+    MAX_FILE_NAME_BYTES,
     MAX_NAME_BYTES,
-    OWNER_DIR_NAME,
     OWNER_FILE_NAME,
     check_model_dir,
     claim_model_dir,
@@ -181,8 +182,8 @@ def test_a_lone_hidden_file_makes_a_directory_foreign(tmp_path: Path) -> None:
 )
 def test_a_forged_or_broken_owner_record_is_not_ours(tmp_path: Path, record: bytes) -> None:
     model = precious_dir(tmp_path / "model")
-    (model / OWNER_DIR_NAME).mkdir()
-    (model / OWNER_DIR_NAME / OWNER_FILE_NAME).write_bytes(record)
+    (model / OWN_DIR_NAME).mkdir()
+    (model / OWN_DIR_NAME / OWNER_FILE_NAME).write_bytes(record)
     before = snapshot(model)
     with pytest.raises(UnsafePathError, match="not empty"):
         check_model_dir(model)
@@ -193,15 +194,15 @@ def test_an_owner_record_reached_through_a_symlink_is_not_ours(tmp_path: Path) -
     ours = tmp_path / "ours"
     make_ours(ours)
     model = precious_dir(tmp_path / "model")
-    os.symlink(ours / OWNER_DIR_NAME, model / OWNER_DIR_NAME)
+    os.symlink(ours / OWN_DIR_NAME, model / OWN_DIR_NAME)
     before = snapshot(model)
     with pytest.raises(UnsafePathError, match="not empty"):
         check_model_dir(model)
     assert snapshot(model) == before
     # The same with only owner.json being a symlink to a genuine record.
-    os.unlink(model / OWNER_DIR_NAME)
-    (model / OWNER_DIR_NAME).mkdir()
-    os.symlink(ours / OWNER_DIR_NAME / OWNER_FILE_NAME, model / OWNER_DIR_NAME / OWNER_FILE_NAME)
+    os.unlink(model / OWN_DIR_NAME)
+    (model / OWN_DIR_NAME).mkdir()
+    os.symlink(ours / OWN_DIR_NAME / OWNER_FILE_NAME, model / OWN_DIR_NAME / OWNER_FILE_NAME)
     with pytest.raises(UnsafePathError, match="not empty"):
         check_model_dir(model)
 
@@ -215,7 +216,7 @@ def test_a_directory_served_by_another_live_process_is_refused(tmp_path: Path) -
         record = read_owner(str(model))
         assert record is not None
         record.update(pid=sleeper.pid, pid_start=process_start_time(sleeper.pid), active=True)
-        (model / OWNER_DIR_NAME / OWNER_FILE_NAME).write_text(json.dumps(record))
+        (model / OWN_DIR_NAME / OWNER_FILE_NAME).write_text(json.dumps(record))
         before = snapshot(model)
         with pytest.raises(UnsafePathError, match=f"process {sleeper.pid} is serving it"):
             check_model_dir(model)
@@ -233,7 +234,7 @@ def test_a_released_record_of_a_live_process_is_not_in_use(tmp_path: Path) -> No
     record = read_owner(str(model))
     assert record is not None
     record.update(pid=os.getppid(), pid_start=process_start_time(os.getppid()), active=False)
-    (model / OWNER_DIR_NAME / OWNER_FILE_NAME).write_text(json.dumps(record))
+    (model / OWN_DIR_NAME / OWNER_FILE_NAME).write_text(json.dumps(record))
     assert check_model_dir(model).exists
 
 
@@ -245,7 +246,7 @@ def test_a_recycled_pid_is_not_a_live_owner(tmp_path: Path) -> None:
     start = process_start_time(os.getppid())
     assert start is not None
     record.update(pid=os.getppid(), pid_start=start + 1, active=True)  # same pid, another process
-    (model / OWNER_DIR_NAME / OWNER_FILE_NAME).write_text(json.dumps(record))
+    (model / OWN_DIR_NAME / OWNER_FILE_NAME).write_text(json.dumps(record))
     assert check_model_dir(model).owner is not None
 
 
@@ -367,15 +368,15 @@ def test_cleaning_never_follows_a_symlink(tmp_path: Path) -> None:
     os.symlink(precious_file, model / "nested" / "link-to-file")
     os.symlink(tmp_path / "missing", model / "dangling")
     os.mkfifo(model / "fifo")
-    os.symlink(precious, model / OWNER_DIR_NAME / "data")  # even inside our own folder
+    os.symlink(precious, model / OWN_DIR_NAME / "data")  # even inside our own folder
 
     removed = clean_model_dir(str(model))
 
     assert removed == 10  # 7 files and links, 2 folders, and the planted link in our folder
     assert snapshot(precious) == before
     assert precious_file.read_bytes() == b"do not delete"
-    assert sorted(os.listdir(model)) == [OWNER_DIR_NAME]
-    assert os.listdir(model / OWNER_DIR_NAME) == [OWNER_FILE_NAME]
+    assert sorted(os.listdir(model)) == [OWN_DIR_NAME]
+    assert os.listdir(model / OWN_DIR_NAME) == [OWNER_FILE_NAME]
     assert check_model_dir(model).owner is not None
 
 
@@ -384,7 +385,7 @@ def test_cleaning_removes_a_planted_symlink_in_place_of_our_folder(tmp_path: Pat
     before = snapshot(precious)
     model = tmp_path / "model"
     model.mkdir()
-    os.symlink(precious, model / OWNER_DIR_NAME)
+    os.symlink(precious, model / OWN_DIR_NAME)
     assert clean_model_dir(str(model)) == 1
     assert os.listdir(model) == []
     assert snapshot(precious) == before
@@ -427,10 +428,16 @@ def test_make_parents_mirrors_folders_0700_and_refuses_a_symlinked_one(tmp_path:
         ("a//b", "empty path segment"),
         ("a/", "empty path segment"),
         ("", "empty"),
-        (f"{OWNER_DIR_NAME}/owner.json", "reserved"),
-        (OWNER_DIR_NAME, "reserved"),
+        (f"{OWN_DIR_NAME}/owner.json", "reserved"),
+        (OWN_DIR_NAME, "reserved"),
         ("x" * (MAX_NAME_BYTES + 1), "longer than 255"),
         ("d/" + "é" * 128, "longer than 255"),  # 256 bytes in UTF-8
+        # Reserved at every depth: a sub-folder's manifest would be trusted as the directory's own.
+        (f"sub/{OWN_DIR_NAME}/manifest.json", "reserved"),
+        (f"a/b/{OWN_DIR_NAME}", "reserved"),
+        # A file name whose temporary name (".name.<12 hex>.part") would pass the 255-byte limit.
+        ("x" * (MAX_FILE_NAME_BYTES + 1), "temporary name"),
+        ("d/" + "x" * MAX_NAME_BYTES, "temporary name"),
     ],
 )
 def test_escaping_or_unsafe_names_are_refused_naming_the_key(name: str, why: str) -> None:
@@ -448,9 +455,10 @@ def test_escaping_or_unsafe_names_are_refused_naming_the_key(name: str, why: str
         "a/b/c.safetensors",
         "..hidden",
         "...",
-        "x" * MAX_NAME_BYTES,
-        "é" * 127,
-        "sub/.ossmodelconnector",
+        "x" * MAX_FILE_NAME_BYTES,
+        "x" * MAX_NAME_BYTES + "/file",  # a folder name has no temporary name
+        "é" * 118,
+        "sub/.ossmodelconnectors",
         "名前 with spaces/模型.bin",
     ],
 )
