@@ -15,6 +15,7 @@ request-log line and one ``requests`` count in :meth:`OssClient.stats`.
 
 from __future__ import annotations
 
+import errno
 import http.client
 import logging
 import os
@@ -427,8 +428,7 @@ class OssClient:
             raise OSError(
                 exc.errno,
                 f"oss://{bucket}/{key}: writing its {info.size} bytes failed ({exc.strerror}); nothing was "
-                "left under the final name: free space or fix permissions there, or choose another "
-                "directory",
+                f"left under the final name: {_write_fix(exc.errno)}",
                 final,
             ) from exc
 
@@ -492,6 +492,21 @@ def _byte_view(dest: Any, start: int, end: int, bucket: str, key: str) -> memory
             f"{end - start}: pass a buffer of exactly end - start bytes"
         )
     return view
+
+
+_WRITE_FIXES = {
+    errno.ENOSPC: "free space there, or choose another directory",
+    errno.EDQUOT: "free space within your disk quota there, or choose another directory",
+    errno.EACCES: "fix the permissions of the directory, or choose another one",
+    errno.EPERM: "fix the permissions of the directory, or choose another one",
+    errno.EROFS: "the file system is read-only: choose a writable directory",
+    errno.EMFILE: "this process has too many files open: raise its limit (ulimit -n) or close some",
+    errno.ENFILE: "the system has too many files open: raise fs.file-max or close some",
+}
+
+
+def _write_fix(number: int | None) -> str:
+    return _WRITE_FIXES.get(number or 0, "check the directory (space, permissions), or choose another one")
 
 
 def same_version(pinned: str | None, answered: str | None, crc: int | None, answered_crc: str | None) -> bool:

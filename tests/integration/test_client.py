@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import multiprocessing
 import os
 import random
+import resource
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -497,6 +499,26 @@ def test_download_to_file_leaves_nothing_on_error(
         client.download_to_file(bucket, "other", tmp_path / "other", info)
     assert list(tmp_path.iterdir()) == []
     assert client.stats()["integrity_retries"] == load_config().max_attempts - 1
+
+
+def test_download_to_file_names_the_cause_and_its_fix(
+    localoss: LocalOss, bucket: str, client: OssClient, tmp_path: Path
+) -> None:
+    """Too many open files is not blamed on space or permissions (the message names the real fix)."""
+    localoss.put_file(bucket, "k", b"0123456789")
+    info = client.head_object(bucket, "k")  # the pooled connection the download reuses: no new socket
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no new descriptor from here on
+    try:
+        with pytest.raises(OSError) as caught:
+            client.download_to_file(bucket, "k", tmp_path / "k", info)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert caught.value.errno == errno.EMFILE
+    assert "ulimit -n" in str(caught.value) and "free space" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_one_audit_line_per_request(localoss_factory: Callable[..., LocalOss], tmp_path: Path) -> None:
