@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from typing import Protocol
 
 from ossmodelconnector.errors import UnsafePathError
@@ -68,13 +69,64 @@ def release(path: str, directory: LiveDirectory) -> None:
 
 
 def _refuse_overlap_locked(path: str) -> None:
+    # By identity, not spelling: an alias (a symlinked parent, /proc/self/cwd/..., a bind mount) of a live
+    # directory is that directory, and cleaning it would delete what the live one serves.
+    place = _Place.of(path)
     for other, directory in _LIVE.items():
         if directory.closed:
             continue
-        if other == path or path.startswith(other + os.sep) or other.startswith(path + os.sep):
-            relation = "is" if other == path else ("is inside" if len(path) > len(other) else "contains")
-            raise UnsafePathError(
-                f"model_dir {path!r} refused: it {relation} the directory {other!r} this process prepared "
-                f"from {directory.uri} and is still serving; nothing was deleted. Fix: close that one first "
-                "(connector.close()), or choose a separate directory"
-            )
+        relation = place.relation_to(_Place.of(other))
+        if relation is None:
+            continue
+        spelled = "" if other == path else f" (the same place by another path: {place.real!r})"
+        raise UnsafePathError(
+            f"model_dir {path!r} refused: it {relation} the directory {other!r}{spelled} this process "
+            f"prepared from {directory.uri} and is still serving; nothing was deleted. Fix: close that one "
+            "first (connector.close()), or choose a separate directory"
+        )
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where a directory really is: its path with symlinks resolved, and the ``(st_dev, st_ino)`` of it
+    (when it exists) and of each of its existing ancestors, nearest first."""
+
+    real: str
+    identity: tuple[int, int] | None
+    ancestors: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, path: str) -> _Place:
+        real = os.path.realpath(path)
+        identity = _identity(real)
+        ancestors = []
+        current = real
+        while (parent := os.path.dirname(current)) != current:
+            current = parent
+            found = _identity(current)
+            if found is not None:
+                ancestors.append(found)
+        return cls(real, identity, tuple(ancestors))
+
+    def relation_to(self, other: _Place) -> str | None:
+        """``"is"``, ``"is inside"``, ``"contains"`` (this place relative to ``other``), or None."""
+        if self.real == other.real or (self.identity is not None and self.identity == other.identity):
+            return "is"
+        # A bind mount has another path but the same inode: compare identities as well as paths.
+        if self.real.startswith(other.real + os.sep) or (
+            other.identity is not None and other.identity in self.ancestors
+        ):
+            return "is inside"
+        if other.real.startswith(self.real + os.sep) or (
+            self.identity is not None and self.identity in other.ancestors
+        ):
+            return "contains"
+        return None
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
