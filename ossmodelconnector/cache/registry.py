@@ -8,7 +8,10 @@ no lock.
 
 A file is registered under the path of its entry in the prepared directory, that path with the
 directory's symlinks resolved, and its data segment (the entry's ``realpath``, what ``open`` of the
-symlink really opens: ``/dev/shm/ossmc-d-...``).
+symlink really opens: ``/dev/shm/ossmc-d-...``), and by what it is: the ``(st_dev, st_ino)`` of that
+segment. A path outside every registered directory whose last component is the name of a registered
+file (an alias: a symlinked parent, ``/proc/self/cwd/...``, a bind mount) costs one ``stat`` and is
+recognized by that identity; any other path still costs string operations only.
 
 A process that did not prepare a directory itself (a vLLM worker, a ``spawn`` child) learns about it
 through :func:`set_fallback`: a path under one of the fallback directories that is not registered yet is
@@ -29,6 +32,7 @@ __all__ = [
     "WaitableFile",
     "fallback_directories",
     "lookup",
+    "lookup_descriptor",
     "lookup_registered",
     "register_file",
     "registered_directories",
@@ -64,6 +68,7 @@ class _Snapshot:
     directories: tuple[str, ...] = ()
     fallback: tuple[str, ...] = ()  # fallback directories, each ending in "/"
     all_prefixes: tuple[str, ...] = ()  # prefixes + fallback
+    identities: dict[tuple[int, int], WaitableFile] = field(default_factory=dict)  # (st_dev, st_ino)
 
 
 Resolver = Callable[[str], "WaitableFile | None"]
@@ -74,6 +79,7 @@ _lock = threading.Lock()
 _snapshot = _Snapshot()
 # registered path -> (its keys in the prepared directory, the data segment it links to)
 _keys_by_path: dict[str, tuple[tuple[str, ...], str]] = {}
+_identity_by_path: dict[str, tuple[int, int]] = {}
 _files: dict[str, WaitableFile] = {}
 _fallback_directories: tuple[str, ...] = ()
 _resolver: Resolver | None = None
@@ -95,6 +101,7 @@ def _rebuild() -> None:
             entries[key] = waitable
         model_side.update(os.path.dirname(key) for key in keys)
     prefixes = tuple(sorted({os.path.join(os.path.dirname(key), "") for key in entries}))
+    identities = {identity: _files[path] for path, identity in _identity_by_path.items()}
     _snapshot = _Snapshot(
         entries=entries,
         prefixes=prefixes,
@@ -102,6 +109,7 @@ def _rebuild() -> None:
         directories=tuple(sorted(model_side)),
         fallback=_fallback_directories,
         all_prefixes=prefixes + _fallback_directories,
+        identities=identities,
     )
 
 
@@ -114,9 +122,14 @@ def register_file(path: str | os.PathLike[str], waitable: WaitableFile) -> None:
     """
     absolute = os.path.abspath(os.fspath(path))
     keys = _keys(absolute)
+    identity = _identity(absolute)
     with _lock:
         _keys_by_path[absolute] = keys
         _files[absolute] = waitable
+        if identity is None:
+            _identity_by_path.pop(absolute, None)
+        else:
+            _identity_by_path[absolute] = identity
         _rebuild()
 
 
@@ -126,15 +139,22 @@ def unregister_file(path: str | os.PathLike[str]) -> None:
     with _lock:
         if _keys_by_path.pop(absolute, None) is not None:
             del _files[absolute]
+            _identity_by_path.pop(absolute, None)
             _rebuild()
 
 
-def lookup(path: str | bytes | os.PathLike[str] | os.PathLike[bytes] | int) -> WaitableFile | None:
+def lookup(
+    path: str | bytes | os.PathLike[str] | os.PathLike[bytes] | int, *, by_identity: bool = True
+) -> WaitableFile | None:
     """The waitable file registered for ``path``, or None (fast for paths that are not registered).
 
     Args:
         path: what a hook was given: a path (absolute or relative to the current directory, str, bytes
             or path-like) or a file descriptor (always None: hooks cannot tell what an fd is cheaply).
+        by_identity: also recognize a registered file by another spelling (a symlinked parent,
+            ``/proc/self/cwd``, a bind mount): a path outside the registered directories whose last
+            component is a registered name costs one ``stat``. A caller that another check always follows
+            (the ``open`` hook: the audit hook sees the same path) passes False.
 
     Returns:
         The registered file, or None.
@@ -151,15 +171,23 @@ def lookup(path: str | bytes | os.PathLike[str] | os.PathLike[bytes] | int) -> W
             return None
         text = os.fsdecode(raw) if isinstance(raw, bytes) else raw
     if not text.startswith("/"):
-        if os.path.basename(text) not in snapshot.basenames and not snapshot.fallback:
+        if text.rpartition("/")[2] not in snapshot.basenames and not snapshot.fallback:
             return None
         text = os.path.join(os.getcwd(), text)
     if not text.startswith(snapshot.all_prefixes):
-        if "/." not in text and "//" not in text:
+        # Outside the registered directories only a registered name can be ours: one set lookup decides
+        # for unrelated paths (no syscall, no normalization).
+        if text.rpartition("/")[2] not in snapshot.basenames:
             return None
-        text = os.path.normpath(text)  # "/model/./x", "/tmp/../model/x": normalize, then check again
-        if not text.startswith(snapshot.all_prefixes):
-            return None
+        if "/." in text or "//" in text:
+            text = os.path.normpath(text)  # "/model/./x", "/tmp/../model/x": normalize, then check again
+            if text.startswith(snapshot.all_prefixes):
+                return _registered(snapshot, text)
+        return _by_identity(snapshot, text) if by_identity else None
+    return _registered(snapshot, text)
+
+
+def _registered(snapshot: _Snapshot, text: str) -> WaitableFile | None:
     found = snapshot.entries.get(text)
     if found is None:
         text = os.path.normpath(text)
@@ -169,6 +197,35 @@ def lookup(path: str | bytes | os.PathLike[str] | os.PathLike[bytes] | int) -> W
         if resolver is not None:
             found = resolver(text)
     return found
+
+
+def _by_identity(snapshot: _Snapshot, text: str) -> WaitableFile | None:
+    identity = _identity(text)
+    return None if identity is None else snapshot.identities.get(identity)
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):  # missing, a dangling link, a NUL in the name
+        return None
+    return info.st_dev, info.st_ino
+
+
+def lookup_descriptor(fd: int) -> WaitableFile | None:
+    """The registered file an open descriptor refers to (by ``fstat``), or None.
+
+    For opens the path-based lookup cannot follow (``os.open(name, dir_fd=...)``); costs one ``fstat``,
+    so callers ask only when a directory is registered.
+    """
+    identities = _snapshot.identities
+    if not identities:
+        return None
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return None
+    return identities.get((info.st_dev, info.st_ino))
 
 
 def set_fallback(directories: Sequence[str], resolver: Resolver | None) -> None:

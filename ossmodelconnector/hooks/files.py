@@ -27,7 +27,7 @@ import os
 import warnings
 from typing import IO, Any
 
-from ossmodelconnector.cache.registry import WaitableFile, lookup
+from ossmodelconnector.cache.registry import WaitableFile, lookup, lookup_descriptor
 from ossmodelconnector.hooks.patching import PatchSet
 from ossmodelconnector.hooks.waits import (
     HOOK_WAIT_TIMEOUT_S,
@@ -196,7 +196,9 @@ def _make_open(original: Any) -> Any:
         closefd: bool = True,
         opener: Any = None,
     ) -> Any:
-        waitable = lookup(file)
+        # By path only: an alias of a registered file is recognized by the audit hook, which sees this
+        # open too (and waits for the whole file): the check by identity is paid once per open, not twice.
+        waitable = lookup(file, by_identity=False)
         if waitable is not None:
             result = open_registered(
                 waitable, file, mode, buffering, encoding, errors, newline, closefd, opener
@@ -208,8 +210,30 @@ def _make_open(original: Any) -> Any:
     return open
 
 
+def _make_os_open(original: Any) -> Any:
+    @functools.wraps(original)
+    def os_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if dir_fd is None:
+            return int(original(path, flags, mode))  # the safety net sees this one by its path
+        fd = int(original(path, flags, mode, dir_fd=dir_fd))
+        # Relative to dir_fd, which neither the registry nor the audit event can see: ask what the
+        # descriptor is. Whoever reads a raw descriptor reads around every other hook: the whole file.
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            waitable = lookup_descriptor(fd)
+            if waitable is not None:
+                try:
+                    wait_whole(waitable)
+                except BaseException:
+                    os.close(fd)
+                    raise
+        return fd
+
+    return os_open
+
+
 def install(patches: PatchSet) -> None:
-    """Replace ``builtins.open`` and ``io.open`` (one object: ``io.open is builtins.open``).
+    """Replace ``builtins.open`` and ``io.open`` (one object: ``io.open is builtins.open``), and ``os.open``
+    for opens relative to a directory descriptor (``dir_fd``).
 
     Args:
         patches: where the replacements are recorded for :meth:`PatchSet.restore`.
@@ -221,3 +245,4 @@ def install(patches: PatchSet) -> None:
     patches.set_attribute(builtins, "open", hooked)
     if io.open is original:
         patches.set_attribute(io, "open", hooked)
+    patches.set_attribute(os, "open", _make_os_open(os.open))

@@ -100,10 +100,20 @@ def _descriptor_path(fd: int) -> str | None:
         return None
 
 
+# Frames that stand in for the function whose event this is (the ``open`` and ``os.open`` replacements):
+# the caller is the frame beyond them.
+_STAND_INS = frozenset(
+    {("ossmodelconnector.hooks.files", "open"), ("ossmodelconnector.hooks.files", "os_open")}
+)
+
+
 def _called_from_this_package() -> bool:
     # Frame 0 is this module; walk out to the first frame that is not (the caller of os.open/mmap/FileIO).
     frame = sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__") == __name__:
+    while frame is not None and (
+        frame.f_globals.get("__name__") == __name__
+        or (frame.f_globals.get("__name__"), frame.f_code.co_name) in _STAND_INS
+    ):
         frame = frame.f_back  # type: ignore[assignment]
     if frame is None:
         return False

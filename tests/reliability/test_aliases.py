@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -72,16 +72,7 @@ def test_preparing_an_alias_of_a_live_directory_is_refused_before_anything_is_to
     with contextlib.ExitStack() as stack, make_connector(localoss) as connector:
         connector.prepare_directory(uri, model_dir, wait=True)
         before = _tree_digest(model_dir)
-        if spelling == "symlinked parent":
-            (tmp_path / "alias").symlink_to(work)
-            alias = tmp_path / "alias" / "model"
-        elif spelling == "/proc/self/cwd":
-            stack.enter_context(_cwd(work))
-            alias = Path("/proc/self/cwd/model")
-        else:
-            if not stack.enter_context(_bind_mount(work, tmp_path / "bound")):
-                pytest.skip("mount --bind is not permitted here (needs root in this mount namespace)")
-            alias = tmp_path / "bound" / "model"
+        alias = _alias_path(stack, tmp_path, work, spelling)
         # Another connector of the same process.
         with (
             make_connector(localoss) as other,
@@ -91,3 +82,58 @@ def test_preparing_an_alias_of_a_live_directory_is_refused_before_anything_is_to
         assert "nothing was deleted" in str(caught.value)
         assert _tree_digest(model_dir) == before  # config, symlinks, manifest: all still there
         assert_same_state(load_model(model_dir), tiny_model.state)
+
+
+def _alias_path(stack: contextlib.ExitStack, tmp_path: Path, work: Path, spelling: str) -> Path:
+    """The model directory ``work/model`` spelled another way (the context stays until ``stack`` ends)."""
+    if spelling == "symlinked parent":
+        (tmp_path / "alias").symlink_to(work)
+        return tmp_path / "alias" / "model"
+    if spelling == "/proc/self/cwd":
+        stack.enter_context(_cwd(work))
+        return Path("/proc/self/cwd/model")
+    if not stack.enter_context(_bind_mount(work, tmp_path / "bound")):
+        pytest.skip("mount --bind is not permitted here (needs root in this mount namespace)")
+    return tmp_path / "bound" / "model"
+
+
+def _read_with(reader: str, path: Path) -> bytes | dict[str, bytes]:
+    if reader == "open":
+        with open(path, "rb") as file:
+            return file.read()
+    if reader == "safe_open":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as opened:
+            return {key: opened.get_tensor(key).numpy().tobytes() for key in opened.keys()}  # noqa: SIM118
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)  # os.open(name, dir_fd=...)
+    try:
+        fd = os.open(path.name, os.O_RDONLY, dir_fd=directory)
+    finally:
+        os.close(directory)
+    try:
+        return os.pread(fd, os.fstat(fd).st_size, 0)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("reader", ["open", "safe_open", "os.open dir_fd"])
+@pytest.mark.parametrize("spelling", ["symlinked parent", "/proc/self/cwd", "bind mount"])
+def test_reads_through_an_alias_wait_for_the_bytes_and_never_see_zeros(
+    localoss_factory: Callable[..., LocalOss],
+    tiny_model: SavedModel,
+    tmp_path: Path,
+    spelling: str,
+    reader: str,
+) -> None:
+    server = localoss_factory("--bandwidth-mibps", "2")  # the last shard arrives seconds after prepare
+    uri = upload_model(server, BUCKET, tiny_model)
+    work = tmp_path / "work"
+    work.mkdir()
+    last = sorted(name for name in tiny_model.files if name.endswith(".safetensors"))[-1]
+    expected = _read_with(reader, tiny_model.source / last)
+    with contextlib.ExitStack() as stack, make_connector(server) as connector:
+        connector.prepare_directory(uri, work / "model")
+        alias = _alias_path(stack, tmp_path, work, spelling) / last
+        assert connector.status(work / "model" / last)["state"] != "cached"  # the read has to wait
+        assert _read_with(reader, alias) == expected
