@@ -241,6 +241,49 @@ def test_a_file_being_read_is_never_evicted(
     assert connector.stats()["lazy_held_bytes"] == 0
 
 
+@pytest.mark.parametrize("holder", ["tensors", "raw descriptor"])
+@pytest.mark.parametrize("spelling", ["cacheDir through a symlink", "model_dir through a symlinked parent"])
+def test_what_a_reader_holds_is_never_evicted_however_the_paths_are_spelled(
+    make_connector: Callable[..., OssModelConnector],
+    sd_bucket: str,
+    tmp_path: Path,
+    spelling: str,
+    holder: str,
+) -> None:
+    """B is held (tensors that map it, or an ``os.open`` descriptor) while C and D need room: B stays."""
+    if spelling == "cacheDir through a symlink":
+        (tmp_path / "shm").symlink_to("/dev/shm")  # what /run/shm is on many systems
+        connector = make_connector(cacheDir=str(tmp_path / "shm"))
+        model_dir = tmp_path / "models"
+    else:
+        (tmp_path / "real").mkdir()
+        (tmp_path / "alias").symlink_to(tmp_path / "real")
+        connector = make_connector()
+        model_dir = tmp_path / "alias" / "models"
+    connector.prepare_directory(f"oss://{sd_bucket}/{PREFIX}", model_dir, lazy=True)
+    if holder == "tensors":
+        held_tensors = load_file(model_dir / "B.safetensors")  # zero-copy: maps B after the load returns
+    else:
+        fd = os.open(model_dir / "B.safetensors", os.O_RDONLY)  # the safety net waits for the whole file
+    try:
+        for name in ("C.safetensors", "D.safetensors"):
+            _load_like_the_web_ui(model_dir / name)
+        assert _states(connector, model_dir)["B.safetensors"] == "cached"
+        if holder == "tensors":
+            for key, expected in TENSORS["B.safetensors"].items():
+                assert torch.equal(held_tensors[key], expected)  # never zeroed under its holder
+        else:
+            assert os.pread(fd, len(FILES["B.safetensors"]), 0) == FILES["B.safetensors"]
+    finally:
+        if holder == "tensors":
+            del held_tensors
+            gc.collect()
+        else:
+            os.close(fd)
+    released = connector.gc(0)  # nothing holds B any more: now it goes
+    assert "B.safetensors" in {Path(item["path"]).name for item in released}
+
+
 def test_listing_peeks_fetch_only_what_they_read(
     make_connector: Callable[..., OssModelConnector], sd_bucket: str, tmp_path: Path
 ) -> None:

@@ -35,6 +35,7 @@ the header), and fetching every file whole for that would churn the budget. A lo
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -61,12 +62,14 @@ __all__ = [
     "LazyFile",
     "Release",
     "Residency",
-    "mapped_by_readers",
+    "in_use_by_readers",
 ]
 
 log = logging.getLogger(__name__)
 
 _MAPS = "/proc/self/maps"
+_FDS = "/proc/self/fd"
+_FDINFO = "/proc/self/fdinfo"
 
 DEFAULT_SEQUENTIAL_BYTES = 4 << 20
 """An ``open()`` stream that has read this many bytes in order (or half the file, if less) is reading
@@ -313,11 +316,11 @@ class Residency:
                 and file.readers == 0
                 and now - file.last_used >= idle_s
             ]
-            mapped = mapped_by_readers(file.data_path for file in candidates)
+            in_use = in_use_by_readers(file.data_path for file in candidates)
             released = []
             for file in sorted(candidates, key=lambda file: file.last_used):
-                if file.data_path in mapped:
-                    log.debug("%s: not released: a reader still maps it (tensors in use)", file.path)
+                if file.data_path in in_use:
+                    log.debug("%s: not released: a reader still maps it or holds it open", file.path)
                     continue
                 idle = now - file.last_used
                 released.append(self._evict(file, f"not read for {idle:.1f} s ({why})"))
@@ -385,11 +388,11 @@ class Residency:
             for file in self._files.values()
             if file is not wanted and file.held_bytes and file.readers == 0 and not file.closed
         ]
-        mapped = mapped_by_readers(file.data_path for file in candidates)
+        in_use = in_use_by_readers(file.data_path for file in candidates)
         for file in sorted(candidates, key=lambda file: file.last_used):
             if held + need <= limit:
                 return
-            if file.data_path in mapped:
+            if file.data_path in in_use:
                 continue
             released = self._evict(
                 file,
@@ -443,32 +446,69 @@ def _failed(handle: ObjectHandle, states: Sequence[ChunkState]) -> bool:
     return False
 
 
-def mapped_by_readers(paths: Iterable[str]) -> set[str]:
-    """Those of ``paths`` (data segments) that this process maps other than as the cache's writer.
+def in_use_by_readers(paths: Iterable[str]) -> set[str]:
+    """Those of ``paths`` (data segments) that a reader in this process maps or holds open.
 
-    The cache maps each data segment once, writable and shared (``rw-s``); any other mapping of it is a
-    reader's (``safe_open``'s private mapping, an ``mmap`` of an opened file, tensors made from them).
+    Files are compared by what they are (device and inode), never by how their path is spelled: a
+    ``cacheDir`` or ``model_dir`` reached through a symlink names the segment differently from what the
+    kernel lists. The cache maps each data segment once, writable and shared (``rw-s``), holds it open
+    with a ``flock`` (``segment_hold.py``) and writes chunks through write-only descriptors; any other
+    mapping (``safe_open``'s, an ``mmap``, tensors made from them) or read-only descriptor without a lock
+    (``os.open`` + ``os.pread``) is a reader's.
 
     Args:
-        paths: data segment paths, as ``/proc/self/maps`` shows them.
+        paths: data segment paths (any spelling).
 
     Returns:
-        The subset that a reader maps.
+        The subset of ``paths`` a reader uses.
     """
-    wanted = set(paths)
+    wanted: dict[tuple[int, int], str] = {}
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue  # gone: nothing of it can be in use
+        wanted[(info.st_dev, info.st_ino)] = path
     if not wanted:
         return set()
-    found: set[str] = set()
     try:
-        with open(_MAPS, encoding="utf-8", errors="replace") as maps:
-            for line in maps:
-                fields = line.split(maxsplit=5)
-                if len(fields) < 6:
-                    continue
-                path = fields[5].rstrip("\n")
-                if path in wanted and not (fields[1][1] == "w" and fields[1][3] == "s"):
-                    found.add(path)
+        return _mapped(wanted) | _open(wanted)
     except OSError:
-        # No /proc: nothing tells whether a reader maps the file, so treat every one as mapped.
-        return wanted
+        # No /proc: nothing tells whether a reader uses the file, so treat every one as in use.
+        return set(wanted.values())
+
+
+def _mapped(wanted: dict[tuple[int, int], str]) -> set[str]:
+    found: set[str] = set()
+    with open(_MAPS, encoding="utf-8", errors="replace") as maps:
+        for line in maps:
+            # address perms offset dev(major:minor, hex) inode [path]
+            fields = line.split(maxsplit=5)
+            if len(fields) < 5 or fields[4] == "0":
+                continue
+            major, _, minor = fields[3].partition(":")
+            identity = (os.makedev(int(major, 16), int(minor, 16)), int(fields[4]))
+            if identity in wanted and not (fields[1][1] == "w" and fields[1][3] == "s"):
+                found.add(wanted[identity])
+    return found
+
+
+def _open(wanted: dict[tuple[int, int], str]) -> set[str]:
+    found: set[str] = set()
+    for name in os.listdir(_FDS):
+        try:
+            info = os.stat(f"{_FDS}/{name}")
+        except OSError:
+            continue  # closed meanwhile, or the listing's own descriptor
+        path = wanted.get((info.st_dev, info.st_ino))
+        if path is None or path in found:
+            continue
+        try:
+            with open(f"{_FDINFO}/{name}", encoding="ascii", errors="replace") as fdinfo:
+                text = fdinfo.read()
+        except OSError:
+            continue
+        flags = next((line.split()[1] for line in text.splitlines() if line.startswith("flags:")), "0")
+        if int(flags, 8) & os.O_ACCMODE == os.O_RDONLY and "FLOCK" not in text:
+            found.add(path)
     return found

@@ -6,7 +6,9 @@ the real :class:`PrefetchScheduler` fetches it. Tests assert bytes, states and c
 
 from __future__ import annotations
 
+import fcntl
 import mmap
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ossmodelconnector._fast import crc64
-from ossmodelconnector.directory.lazy.residency import LazyFile, Residency, mapped_by_readers
+from ossmodelconnector.directory.lazy.residency import LazyFile, Residency, in_use_by_readers
 from ossmodelconnector.errors import ClosedError
 from ossmodelconnector.fetch.prefetch import ObjectHandle, PrefetchScheduler
 from ossmodelconnector.objects import ObjectInfo
@@ -177,15 +179,48 @@ def test_any_switching_sequence_reads_correct_bytes_within_the_limit(
             lazy_file.close()
 
 
-def test_mapped_by_readers_tells_a_readers_mapping_from_the_caches_own(tmp_path: Path) -> None:
+def test_in_use_by_readers_tells_a_readers_mapping_from_the_caches_own(tmp_path: Path) -> None:
     path = tmp_path / "segment"
     path.write_bytes(b"x" * mmap.PAGESIZE)
-    with open(path, "r+b") as file:
+    with open(path, "r+b") as file:  # the cache writes through a writable descriptor: not a reader
         own = mmap.mmap(file.fileno(), 0, flags=mmap.MAP_SHARED)  # the cache's writable shared mapping
-        assert mapped_by_readers([str(path)]) == set()
+        assert in_use_by_readers([str(path)]) == set()
         reader = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-        assert mapped_by_readers([str(path), "/elsewhere"]) == {str(path)}
+        assert in_use_by_readers([str(path), "/elsewhere"]) == {str(path)}
         reader.close()
-        assert mapped_by_readers([str(path)]) == set()
+        assert in_use_by_readers([str(path)]) == set()
         own.close()
-    assert mapped_by_readers([]) == set()
+    assert in_use_by_readers([]) == set()
+
+
+def test_in_use_by_readers_sees_raw_descriptors_but_not_the_caches_holds(tmp_path: Path) -> None:
+    path = tmp_path / "segment"
+    path.write_bytes(b"x" * mmap.PAGESIZE)
+    hold = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # what segment_hold.py keeps: a shared flock
+    fcntl.flock(hold, fcntl.LOCK_SH)
+    try:
+        assert in_use_by_readers([str(path)]) == set()
+        reader = os.open(path, os.O_RDONLY)  # os.open + os.pread: no mapping, no hook, still a reader
+        try:
+            assert in_use_by_readers([str(path)]) == {str(path)}
+        finally:
+            os.close(reader)
+        assert in_use_by_readers([str(path)]) == set()
+    finally:
+        os.close(hold)
+
+
+def test_in_use_by_readers_knows_a_file_by_what_it_is_not_by_its_spelling(tmp_path: Path) -> None:
+    """The kernel lists a mapping under the resolved path; the cache may know it through a symlink."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    (real / "segment").write_bytes(b"x" * mmap.PAGESIZE)
+    spelled = str(tmp_path / "link" / "segment")
+    with open(real / "segment", "rb") as file:
+        reader = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        assert in_use_by_readers([spelled]) == {spelled}
+    finally:
+        reader.close()
+    assert in_use_by_readers([spelled]) == set()
