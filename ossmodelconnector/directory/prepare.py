@@ -363,7 +363,7 @@ class PreparedDirectory:
         return states
 
     def close(self) -> None:
-        """Unregister the files, uninstall the hooks, unlink the cache, remove the symlinks. Idempotent.
+        """Remove the symlinks, end the waits, unlink the cache, unregister the files. Idempotent.
 
         Readers still waiting for bytes get :class:`ClosedError`; the small files stay.
         """
@@ -377,22 +377,27 @@ class PreparedDirectory:
             lazy_first, lazy_last = self.lazy_files.close_steps() if self.lazy_files is not None else ([], [])
         self._stop_downloads.set()
         self.progress.freeze()
+        # The order keeps every open on the safe side: the entries go first (a new open by name fails),
+        # then the waits end (a reader waiting gets ClosedError), then the segments are unlinked, and
+        # only then are the files unregistered: no open can reach a segment its waits no longer guard.
+        owner = os.getpid() == self._pid  # a forked child never removes what its parent serves
         steps: list[tuple[str, Callable[[], None]]] = list(lazy_first)
-        steps += [(f"unregister {path}", partial(unregister_file, path)) for path in registered]
+        if owner:
+            steps += [(f"remove {path}", partial(_unlink_link, path, target)) for path, target in links]
         steps += [(f"stop waiting on {peer.lister.directory}", peer.close) for peer in peers]
-        if hooks_installed:
-            steps.append(("uninstall the hooks", _uninstall_hooks))
         if self._demand is not None:
             steps.append(("stop serving demands", self._demand.close))
         steps += [(f"close {name}", handle.close) for name, handle in handles]
         steps += lazy_last
         if cache is not None:
             steps.append(("close the cache", cache.close))
-        if os.getpid() == self._pid:  # a forked child never removes what its parent serves
-            steps += [(f"remove {path}", partial(_unlink_link, path, target)) for path, target in links]
+        steps += [(f"unregister {path}", partial(unregister_file, path)) for path in registered]
+        if hooks_installed:
+            steps.append(("uninstall the hooks", _uninstall_hooks))
+        if owner:
             steps.append(("unexport it", partial(unexport_directory, self.model_dir)))
         steps.append(("stop the progress", self.progress.close))
-        if os.getpid() == self._pid:
+        if owner:
             steps.append(("release the owner record", partial(release_owner, self.model_dir)))
         for what, step in steps:
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from reliability_harness import (
 )
 
 from ossmodelconnector import (
+    ConnectorError,
     IntegrityError,
     ObjectChangedError,
     RetriesExhaustedError,
@@ -236,3 +238,46 @@ def test_disk_full_while_writing_small_files_leaves_no_half_file(
         for name, path in left.items():
             assert not name.endswith(".part"), name
             assert path.read_bytes() == tiny_model.files[name]  # complete, or absent
+
+
+def test_opens_racing_close_get_the_bytes_or_an_error_never_zeros(
+    localoss_factory: Callable[..., LocalOss], tiny_model: SavedModel, tmp_path: Path
+) -> None:
+    """Readers keep opening a shard by its entry and by its segment while the directory closes."""
+    server = localoss_factory("--bandwidth-mibps", "1")  # the last shard is still arriving at close
+    uri = upload_model(server, BUCKET, tiny_model)
+    last = _shards(tiny_model)[-1]
+    expected = tiny_model.files[last]
+    outcomes: list[str] = []
+    stop = threading.Event()
+    started = [threading.Event(), threading.Event()]
+    with make_connector(server) as connector:
+        prepared = connector.prepare_directory(uri, tmp_path / "model")
+        entry = tmp_path / "model" / last
+        segment = os.path.realpath(entry)
+
+        def read_until_stopped(path: str | Path, started: threading.Event) -> None:
+            while not stop.is_set():
+                started.set()
+                try:
+                    with open(path, "rb") as file:
+                        data = file.read()
+                except (OSError, ConnectorError) as exc:  # gone, or closed while waiting: both fine
+                    outcomes.append(type(exc).__name__)
+                    continue
+                outcomes.append("bytes" if data == expected else "WRONG BYTES")
+
+        readers = [
+            threading.Thread(target=read_until_stopped, args=(path, event))
+            for path, event in zip((entry, segment), started, strict=True)
+        ]
+        for reader in readers:
+            reader.start()
+        for event in started:
+            assert event.wait(30)
+        time.sleep(0.2)  # let both open and start waiting: close then races the next opens too
+        prepared.close()
+        stop.set()
+        for reader in readers:
+            reader.join(timeout=60)
+    assert outcomes and "WRONG BYTES" not in outcomes, outcomes
