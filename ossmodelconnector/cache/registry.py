@@ -34,6 +34,7 @@ __all__ = [
     "lookup",
     "lookup_descriptor",
     "lookup_registered",
+    "opened_is_registered",
     "register_file",
     "registered_directories",
     "registered_files",
@@ -226,6 +227,18 @@ def lookup_descriptor(fd: int) -> WaitableFile | None:
     except OSError:
         return None
     return identities.get((info.st_dev, info.st_ino))
+
+
+def opened_is_registered(fd: int, waitable: WaitableFile) -> bool:
+    """Whether descriptor ``fd``, opened by the path ``waitable`` is registered under, is still that file.
+
+    False when the entry was replaced after it was registered (the descriptor is another file); True when
+    it is, or when the registry holds no identity for ``waitable`` (nothing to compare with).
+    """
+    identities = _snapshot.identities
+    if not any(known is waitable for known in identities.values()):
+        return True
+    return lookup_descriptor(fd) is waitable
 
 
 def set_fallback(directories: Sequence[str], resolver: Resolver | None) -> None:

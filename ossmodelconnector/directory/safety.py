@@ -200,6 +200,8 @@ def claim_model_dir(check: DirectoryCheck, record: Mapping[str, Any]) -> None:
                 f"it cannot be created ({exc.strerror})",
                 "create it yourself with write permission, or choose a writable location",
             ) from exc
+    else:
+        _make_private(path)
     owner_dir = os.path.join(path, OWN_DIR_NAME)
     try:
         _mkdir_nofollow(owner_dir)
@@ -208,6 +210,37 @@ def claim_model_dir(check: DirectoryCheck, record: Mapping[str, Any]) -> None:
         raise _unsafe(
             path, f"its owner record cannot be written ({exc.strerror})", "make the directory writable"
         ) from exc
+
+
+def _make_private(path: str) -> None:
+    """Only this user may change the entries of an existing model directory: it must be ours, and
+    nobody else may write to it (a writer could swap a weight's symlink for a file of their own, which
+    a framework would then load, ``torch.load`` included)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _unsafe(path, f"it cannot be opened ({exc.strerror})", "check its permissions") from exc
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid():
+            raise _unsafe(
+                path,
+                f"it belongs to user {info.st_uid}, who could replace its entries while they are read",
+                "prepare into a directory of your own (or have its owner prepare it)",
+            )
+        others_write = stat.S_IMODE(info.st_mode) & 0o022
+        if others_write:
+            mode = stat.S_IMODE(info.st_mode) & ~0o022
+            os.fchmod(fd, mode)
+            log.warning(
+                "%s: its group or other users could write to it (mode %o), so they could replace a "
+                "weight file while it is read: it is now mode %o",
+                path,
+                stat.S_IMODE(info.st_mode),
+                mode,
+            )
+    finally:
+        os.close(fd)
 
 
 def release_owner(path: str) -> None:

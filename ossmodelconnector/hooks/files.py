@@ -27,7 +27,8 @@ import os
 import warnings
 from typing import IO, Any
 
-from ossmodelconnector.cache.registry import WaitableFile, lookup, lookup_descriptor
+from ossmodelconnector.cache.registry import WaitableFile, lookup, lookup_descriptor, opened_is_registered
+from ossmodelconnector.errors import CacheError
 from ossmodelconnector.hooks.patching import PatchSet
 from ossmodelconnector.hooks.waits import (
     HOOK_WAIT_TIMEOUT_S,
@@ -57,6 +58,13 @@ class WaitingFileIO(io.FileIO):
 
     def __init__(self, file: Any, waitable: WaitableFile, closefd: bool = True, opener: Any = None) -> None:
         super().__init__(file, "r", closefd, opener)
+        if not opened_is_registered(super().fileno(), waitable):  # not self.fileno(): it waits
+            super().close()
+            raise CacheError(
+                f"{file!r}: this entry of a prepared directory no longer leads to the file the cache fills "
+                "(it was replaced after it was prepared); nothing was read from it. Prepare the directory "
+                "again, into a directory only you can write to"
+            )
         self.waitable = waitable
         self._run_end = -1  # where the last read ended, and how many bytes were read in order up to it
         self._run_bytes = 0

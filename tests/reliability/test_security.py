@@ -14,7 +14,7 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote
@@ -149,6 +149,47 @@ def test_files_and_segments_are_private_and_owned_by_the_user(
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file another owner needs root")
+def test_a_model_dir_others_can_write_is_made_private_and_a_foreign_one_refused(
+    localoss: LocalOss, tiny_model: SavedModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    uri = upload_model(localoss, "sec-dir-modes", tiny_model)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # as found on shared nodes: anyone could swap a weight's entry
+    with make_connector(localoss) as connector, caplog.at_level(logging.WARNING, "ossmodelconnector"):
+        connector.prepare_directory(uri, shared, wait=True)
+        assert _mode(shared) == 0o755  # readable by others still, writable by this user only
+        assert any("could write to it (mode 777)" in record.getMessage() for record in caplog.records)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    os.chown(foreign, 65534, 65534)  # nobody's, as root can make it
+    with make_connector(localoss) as connector, pytest.raises(UnsafePathError, match="belongs to user 65534"):
+        connector.prepare_directory(uri, foreign)
+    assert list(foreign.iterdir()) == []  # nothing written into it
+
+
+def test_an_entry_replaced_after_prepare_is_refused_not_read(
+    localoss_factory: Callable[..., LocalOss], tiny_model: SavedModel, tmp_path: Path
+) -> None:
+    server = localoss_factory("--bandwidth-mibps", "1")  # still arriving: the entry is a hook's to serve
+    uri = upload_model(server, "sec-swapped", tiny_model)
+    model_dir = tmp_path / "model"
+    planted = tmp_path / "planted.safetensors"
+    planted.write_bytes(b"someone else's weights")
+    with make_connector(server) as connector:
+        connector.prepare_directory(uri, model_dir)
+        last = sorted(name for name in tiny_model.files if name.endswith(".safetensors"))[-1]
+        entry = model_dir / last
+        scratch = model_dir / ".swap"
+        scratch.symlink_to(planted)
+        os.replace(scratch, entry)  # what a writer of the directory could do
+        with (
+            pytest.raises(CacheError, match="no longer leads to the file the cache fills"),
+            open(entry, "rb") as file,
+        ):
+            file.read()
+
+
 def test_attaching_refuses_a_state_table_another_user_owns(
     localoss: LocalOss, tiny_model: SavedModel, tmp_path: Path
 ) -> None:
