@@ -28,6 +28,7 @@ from typing import Any
 
 from ossmodelconnector.environment import ENV_PREFIX, NOT_SETTINGS
 from ossmodelconnector.errors import ConfigError
+from ossmodelconnector.regular_files import MAX_SETTINGS_FILE_BYTES, read_regular_file
 
 __all__ = ["MAX_CONNECTIONS", "MIB", "Config", "load_config"]
 
@@ -463,10 +464,19 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _refused_config_file(path: str) -> Callable[[str], ConfigError]:
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(
+            f"config file {path!r} {why}: it is not read; config_path must name a regular JSON file of at "
+            f"most {MAX_SETTINGS_FILE_BYTES // MIB} MiB (one with every key is about 1 KiB): fix the path"
+        )
+
+    return refuse
+
+
 def _read_json(path: str) -> _Pairs:
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        text = read_regular_file(path, _refused_config_file(path)).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(
             f"config file {path!r} does not exist: fix the path, or pass no config path to use the "

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from ossmodelconnector.errors import CredentialsError
+from ossmodelconnector.regular_files import MAX_SETTINGS_FILE_BYTES, read_regular_file
 
 __all__ = [
     "DEFAULT_MIN_REREAD_INTERVAL_S",
@@ -390,9 +391,10 @@ class FileCredentialProvider:
         """Return the file's credentials, re-reading it when it may have changed.
 
         Raises:
-            CredentialsError: the file is missing, unreadable, not JSON, lacks a field or has a field of
-                the wrong type (the path and the field are named, never a value), or its credentials have
-                expired and no newer ones were written.
+            CredentialsError: the file is missing, unreadable, not a regular file (a FIFO, a device...),
+                larger than 1 MiB, not JSON, lacks a field or has a field of the wrong type (the path and
+                the field are named, never a value), or its credentials have expired and no newer ones
+                were written.
         """
         with self._lock:
             stamp = self._stat()
@@ -446,14 +448,22 @@ class FileCredentialProvider:
     def _fail(self, why: str) -> CredentialsError:
         return CredentialsError(f"credentials file {self.path!r} {why}")
 
+    def _refuse_file(self, why: str) -> CredentialsError:
+        return self._fail(
+            f"{why}: it is not read; cred_path must name a regular JSON file of at most "
+            f"{MAX_SETTINGS_FILE_BYTES // (1024 * 1024)} MiB (one with an STS token is a few KiB): fix the "
+            "path"
+        )
+
     def _read(self) -> Credentials:
         try:
-            with open(self.path, encoding="utf-8") as fh:
-                text = fh.read()
+            text = read_regular_file(self.path, self._refuse_file).decode("utf-8")
         except FileNotFoundError:
             raise self._fail(f"does not exist: fix cred_path, or {_HOW_TO_GIVE}") from None
         except UnicodeDecodeError:
             raise self._fail("is not UTF-8 text") from None
+        except CredentialsError:  # refused by _refuse_file; a PermissionError, so an OSError too
+            raise
         except OSError as exc:
             raise self._fail(f"cannot be read: {exc.strerror}") from None
         try:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from ossmodelconnector import config as config_module
 from ossmodelconnector.config import MIB, Config, load_config
 from ossmodelconnector.errors import ConfigError
+from ossmodelconnector.regular_files import MAX_SETTINGS_FILE_BYTES
 
 SPECS = config_module._SPECS
 
@@ -256,8 +257,8 @@ def test_missing_and_unreadable_files_name_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "nope.json"
     with pytest.raises(ConfigError, match=r"config file '.*nope\.json' does not exist"):
         load_config(missing)
-    with pytest.raises(ConfigError, match=r"cannot be read"):
-        load_config(tmp_path)  # a directory
+    with pytest.raises(ConfigError, match=r"is a directory, not a regular file: it is not read"):
+        load_config(tmp_path)
     binary = tmp_path / "bin.json"
     binary.write_bytes(b'{"logLevel": "\xff"}')
     with pytest.raises(ConfigError, match=r"is not UTF-8"):
@@ -399,3 +400,41 @@ def test_as_json_round_trips_through_a_file(tmp_path_factory: pytest.TempPathFac
     path.write_text(json.dumps(config.as_json()), encoding="utf-8")
     assert load_config(path) == config
     assert pickle.loads(pickle.dumps(config)) == config
+
+
+# --- the config file itself: a regular file of at most 1 MiB -------------------------------------------
+
+
+@pytest.mark.timeout(60)  # only a hang guard: a FIFO must be refused at once, not waited on
+def test_a_fifo_as_config_path_is_refused_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as info:
+        load_config(fifo)
+    message = str(info.value)
+    assert f"config file {str(fifo)!r} is a FIFO (named pipe), not a regular file" in message
+    assert "config_path must name a regular JSON file of at most 1 MiB" in message
+
+
+def test_a_device_as_config_path_is_refused_unread() -> None:
+    with pytest.raises(ConfigError, match=r"config file '/dev/zero' is a character device, not a regular"):
+        load_config("/dev/zero")
+
+
+def test_a_config_file_over_the_bound_is_refused_unread(tmp_path: Path) -> None:
+    big = write_json(tmp_path, '{"chunkSizeMB": 4' + " " * (2 * MIB) + "}")
+    with pytest.raises(ConfigError) as info:
+        load_config(big)
+    assert f"holds more than 1 MiB ({big.stat().st_size} bytes)" in str(info.value)
+    padding = " " * (MAX_SETTINGS_FILE_BYTES - 18)
+    at_bound = write_json(tmp_path, '{"chunkSizeMB": 4' + padding + "}", "b.json")
+    assert at_bound.stat().st_size == MAX_SETTINGS_FILE_BYTES
+    assert load_config(at_bound).chunk_size_mb == 4
+
+
+def test_a_config_file_behind_a_symlink_still_loads(tmp_path: Path) -> None:
+    """Kubernetes mounts a config map as a chain of symlinks: they are followed, the target is checked."""
+    target = write_json(tmp_path, {"chunkSizeMB": 4}, "..data.json")
+    link = tmp_path / "config.json"
+    link.symlink_to(target)
+    assert load_config(link).chunk_size_mb == 4

@@ -465,3 +465,45 @@ def test_no_secret_in_logs_reprs_or_messages(tmp_path: Path, caplog: pytest.LogC
     assert caplog.records, "expected some DEBUG/INFO/WARNING lines to check"
     texts += [record.getMessage() for record in caplog.records]
     assert_no_secret(*texts)
+
+
+# --- the credentials file itself: a regular file of at most 1 MiB ----------------------------------------
+
+
+@pytest.mark.timeout(60)  # only a hang guard: a FIFO must be refused at once, not waited on
+def test_a_fifo_as_credentials_file_is_refused_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "creds.json"
+    os.mkfifo(fifo)
+    with pytest.raises(CredentialsError) as info:
+        resolve_credentials(None, str(fifo))
+    message = str(info.value)
+    assert message.startswith(f"credentials file {str(fifo)!r} is a FIFO (named pipe), not a regular file")
+    assert "cred_path must name a regular JSON file of at most 1 MiB" in message
+
+
+def test_a_device_or_a_huge_file_as_credentials_file_is_refused_unread(tmp_path: Path) -> None:
+    with pytest.raises(CredentialsError, match=r"'/dev/zero' is a character device, not a regular file"):
+        resolve_credentials(None, "/dev/zero")
+    big = tmp_path / "creds.json"
+    write_creds(big, json.dumps(creds_doc(exp=None)) + " " * (2 * 1024 * 1024))
+    with pytest.raises(CredentialsError) as info:
+        resolve_credentials(None, str(big))
+    assert f"holds more than 1 MiB ({big.stat().st_size} bytes)" in str(info.value)
+    assert_no_secret(str(info.value))
+
+
+def test_a_credentials_file_replaced_by_a_fifo_keeps_the_previous_ones_until_expiry(tmp_path: Path) -> None:
+    """Rotation still re-reads the file; a FIFO swapped in mid-rotation is refused, not waited on."""
+    path = tmp_path / "creds.json"
+    write_creds(path, creds_doc("AK1"), mtime_ns=1_000_000_000)
+    clock = FakeClock(EXPIRY_EPOCH - 3600)
+    provider = FileCredentialProvider(path, clock=clock)
+    assert provider.get().access_key_id == "AK1"
+    write_creds(path, creds_doc("AK2"), mtime_ns=2_000_000_000)
+    assert provider.get().access_key_id == "AK2"  # rotation: re-read on change
+    path.unlink()
+    os.mkfifo(path)
+    assert provider.get().access_key_id == "AK2"  # refused, the previous ones still valid
+    clock.now = EXPIRY_EPOCH + 1
+    with pytest.raises(CredentialsError, match="is a FIFO"):
+        provider.get()
