@@ -25,6 +25,7 @@ from reliability_harness import MODEL_PREFIX, SavedModel, make_connector, upload
 
 from ossmodelconnector import (
     CacheError,
+    ConfigError,
     ObjectNotFoundError,
     OssModelConnector,
     RequestError,
@@ -328,3 +329,79 @@ def test_no_code_mode_keeps_secrets_out_of_every_cmdline(
     finally:
         wrapper.send_signal(signal.SIGTERM)
         wrapper.communicate(timeout=60)
+
+
+# --- logPath and auditPath: never through a planted link, private, this user's ---------------------------
+
+
+@pytest.mark.parametrize("setting", ["log_path", "audit_path"])
+@pytest.mark.parametrize("dangling", [False, True], ids=["to-a-victim-file", "to-a-file-to-be-created"])
+def test_a_planted_symlink_as_log_or_audit_path_is_refused_and_the_victim_untouched(
+    localoss: LocalOss, tmp_path: Path, setting: str, dangling: bool
+) -> None:
+    victim = tmp_path / "victim" / ".bashrc"
+    victim.parent.mkdir()
+    if not dangling:
+        victim.write_bytes(b"precious\n")
+        victim.chmod(0o644)
+    shared = tmp_path / "shared"  # /tmp or a shared log folder, where another user planted the link
+    shared.mkdir()
+    link = shared / "ossmc.log"
+    link.symlink_to(victim)
+    handlers = list(logging.getLogger("ossmodelconnector").handlers)
+    with pytest.raises(ConfigError) as refused:
+        make_connector(localoss, **{setting: str(link)})
+    key = {"log_path": "logPath", "audit_path": "auditPath"}[setting]
+    message = str(refused.value)
+    assert type(refused.value) is ConfigError
+    assert message.startswith(f"{key} {str(link)!r} is a symbolic link: refused, nothing was written to it")
+    assert f"set {key} to a file of your own in a directory others cannot write to" in message
+    if dangling:
+        assert not victim.exists()
+    else:
+        assert victim.read_bytes() == b"precious\n" and _mode(victim) == 0o644
+    assert link.is_symlink() and os.readlink(link) == str(victim)
+    assert logging.getLogger("ossmodelconnector").handlers == handlers
+
+
+def test_log_and_audit_files_are_created_0600_whatever_the_umask_and_appended_to_after(
+    localoss: LocalOss, bucket: str, tmp_path: Path
+) -> None:
+    localoss.put_file(bucket, "m/config.json", b"{}")
+    log_file, audit_file = tmp_path / "connector.log", tmp_path / "audit.log"
+    files = {"log_path": str(log_file), "audit_path": str(audit_file), "log_level": 0}
+    old = os.umask(0)  # as permissive as it gets: a file made with the default 0666 would be world-writable
+    try:
+        with (
+            make_connector(localoss, **files) as connector,
+            connector.open(f"oss://{bucket}/m/config.json") as stream,
+        ):
+            assert stream.read() == b"{}"
+    finally:
+        os.umask(old)
+    assert _mode(log_file) == 0o600 and _mode(audit_file) == 0o600
+    assert log_file.stat().st_uid == os.geteuid() and audit_file.stat().st_uid == os.geteuid()
+    first_log, first_audit = log_file.read_bytes(), audit_file.read_bytes()
+    assert first_log and first_audit.count(b"\n") >= 1
+    with (  # a second run appends to its own files
+        make_connector(localoss, **files) as connector,
+        connector.open(f"oss://{bucket}/m/config.json") as stream,
+    ):
+        assert stream.read() == b"{}"
+    assert log_file.read_bytes().startswith(first_log) and len(log_file.read_bytes()) > len(first_log)
+    assert audit_file.read_bytes().startswith(first_audit)
+    assert audit_file.read_bytes().count(b"\n") > first_audit.count(b"\n")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file another owner needs root")
+@pytest.mark.parametrize("setting", ["log_path", "audit_path"])
+def test_a_log_or_audit_file_another_user_owns_is_refused_and_left_alone(
+    localoss: LocalOss, tmp_path: Path, setting: str
+) -> None:
+    theirs = tmp_path / "theirs.log"
+    theirs.write_bytes(b"their lines\n")
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(ConfigError) as refused:
+        make_connector(localoss, **{setting: str(theirs)})
+    assert "is owned by user id 65534, not by this process's user (id 0)" in str(refused.value)
+    assert theirs.read_bytes() == b"their lines\n"
