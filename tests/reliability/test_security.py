@@ -26,6 +26,7 @@ from reliability_harness import MODEL_PREFIX, SavedModel, make_connector, upload
 from ossmodelconnector import (
     CacheError,
     ConfigError,
+    CredentialsError,
     ObjectNotFoundError,
     OssModelConnector,
     RequestError,
@@ -329,6 +330,117 @@ def test_no_code_mode_keeps_secrets_out_of_every_cmdline(
     finally:
         wrapper.send_signal(signal.SIGTERM)
         wrapper.communicate(timeout=60)
+
+
+# --- credentials with characters no credential holds ---------------------------------------------------
+
+
+def test_credentials_with_surrounding_whitespace_work_and_say_so_never_showing_the_value(
+    localoss_factory: object, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``echo secret > file`` and Kubernetes secrets end values with a newline: removed, with a WARNING."""
+    secret = "sEcReT-" + os.urandom(12).hex()
+    token = "StS-tOkEn-" + os.urandom(16).hex()
+    server = localoss_factory("--access-key-secret", secret, "--sts-token", token)  # type: ignore[operator]
+    server.put_file("ws-creds", "m/config.json", b'{"ok": 1}')
+    caplog.set_level(logging.DEBUG, logger="ossmodelconnector")
+    creds = tmp_path / "creds.json"
+    creds.write_text(
+        json.dumps(
+            {
+                "AccessKeyId": server.access_key_id,
+                "AccessKeySecret": secret + "\n",
+                "SecurityToken": token + "\r\n",
+            }
+        )
+    )
+    os.environ.update(
+        OSS_ACCESS_KEY_ID=server.access_key_id + "\n",
+        OSS_ACCESS_KEY_SECRET=secret + "\n",
+        OSS_SESSION_TOKEN=token + "\n",
+    )
+    connectors = [
+        make_connector(server, cred_path=str(creds)),
+        OssModelConnector(server.endpoint, max_attempts=1),  # the environment
+    ]
+    for connector in connectors:
+        with connector, connector.open("oss://ws-creds/m/config.json") as stream:
+            assert stream.read() == b'{"ok": 1}'
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert any(
+        f"credentials file {str(creds)!r}: field AccessKeySecret had whitespace" in w for w in warnings
+    )
+    assert any(f"credentials file {str(creds)!r}: field SecurityToken had whitespace" in w for w in warnings)
+    assert any("environment: variable OSS_SESSION_TOKEN had whitespace around it" in w for w in warnings)
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert secret not in text and token not in text
+
+
+@pytest.mark.parametrize("inside", ["\n", "\x1b", "\x00"], ids=["LF", "ESC", "NUL"])
+@pytest.mark.parametrize("field", ["AccessKeySecret", "SecurityToken"])
+def test_a_control_character_in_a_credential_is_refused_at_once_never_shown_never_blaming_the_server(
+    localoss: LocalOss, tmp_path: Path, caplog: pytest.LogCaptureFixture, field: str, inside: str
+) -> None:
+    secret = "sEcReT-" + os.urandom(12).hex()
+    token = "StS-tOkEn-" + os.urandom(16).hex()
+    values = {"AccessKeyId": localoss.access_key_id, "AccessKeySecret": secret, "SecurityToken": token}
+    values[field] = values[field][:10] + inside + values[field][10:]
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(values))
+    caplog.set_level(logging.DEBUG, logger="ossmodelconnector")
+    with pytest.raises(CredentialsError) as refused:
+        OssModelConnector(localoss.endpoint, cred_path=str(creds))
+    error = refused.value
+    assert type(error) is CredentialsError
+    named = {"\n": "a line feed (U+000A)", "\x1b": "a control character (U+001B)", "\x00": "a NUL (U+0000)"}
+    message = str(error)
+    assert message.startswith(f"credentials file {str(creds)!r}: field {field} contains {named[inside]}, ")
+    assert "refused before any request was sent (this is not a server problem)" in message
+    texts = [message, repr(error), str(error.__cause__), str(error.__context__)]
+    texts += [record.getMessage() for record in caplog.records]
+    for text in texts:
+        for value in (secret, token, values[field]):
+            assert value[:10] not in text and value[11:] not in text
+
+
+def test_no_code_mode_prints_no_credential_to_stderr_when_one_is_refused(
+    localoss: LocalOss, tmp_path: Path
+) -> None:
+    """``ENABLE_CONNECTOR=1``: every Python process runs the start-up hook and reports its failure on
+    stderr, which goes to the container's log; the refusal names the variable, never its value."""
+    from ossmodelconnector.cli import child_environment
+
+    localoss.put_file("nocode-badcred", "m/config.json", b"{}")
+    token = "StS-tOkEn-" + os.urandom(16).hex()
+    broken = token[:12] + "\r" + token[12:]  # a CR inside: no strip can fix it
+    env = child_environment(
+        {
+            **os.environ,
+            "ENABLE_CONNECTOR": "1",
+            "OSS_ENDPOINT": localoss.endpoint,
+            "OSS_PATH": "oss://nocode-badcred/m/",
+            "MODEL_DIR": str(tmp_path / "model"),
+            "OSS_ACCESS_KEY_ID": localoss.access_key_id,
+            "OSS_ACCESS_KEY_SECRET": localoss.access_key_secret,
+            "OSS_SESSION_TOKEN": broken,
+        }
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", "print('the program ran')"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0 and completed.stdout == "the program ran\n", completed.stderr
+    assert (
+        "start-up hook failed, continuing without it: environment: variable OSS_SESSION_TOKEN contains a "
+        "carriage return (U+000D)" in completed.stderr
+    ), completed.stderr
+    assert token[:12] not in completed.stderr and token[12:] not in completed.stderr
+    assert "server's answer is malformed" not in completed.stderr
+    assert not (tmp_path / "model").exists()
 
 
 # --- logPath and auditPath: never through a planted link, private, this user's ---------------------------
