@@ -7,6 +7,7 @@ every file that existed before is still there, byte for byte.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -26,6 +27,7 @@ from ossmodelconnector import (
     RequestError,
     UnsafePathError,
 )
+from ossmodelconnector.config import Config
 from ossmodelconnector.oss.credentials import Credentials
 from ossmodelconnector.oss.responses import CODE_UNKNOWN_HOST
 
@@ -330,3 +332,44 @@ def test_a_fifo_a_device_or_a_huge_file_as_cred_or_config_path_is_refused_unread
         connector.open(f"oss://{model_bucket}/m/config.json") as stream,
     ):
         assert stream.read() == b"{}"
+
+
+_SECONDS_FIELDS = [f for f in dataclasses.fields(Config) if f.type in (float, "float")]
+
+
+@pytest.mark.parametrize("field", _SECONDS_FIELDS, ids=lambda f: f.metadata["key"].json)
+@pytest.mark.parametrize("source", ["keyword", "config file", "environment"])
+def test_seconds_settings_beyond_their_bound_are_config_errors_not_overflows(
+    localoss: LocalOss, tmp_path: Path, field: dataclasses.Field[float], source: str
+) -> None:
+    key = field.metadata["key"].json
+    env = f"OSSMC_{field.name.upper()}"
+    bound = "3600 (1 hour)" if field.metadata["key"].hi == 3600 else "2592000 (30 days)"
+    creds = Credentials("id", "secret")
+    values = ["1e300", "1e400"] if source == "config file" else ["1e300", "inf", "nan"]
+    for text in values:
+        arguments: dict[str, object] = {}
+        if source == "keyword":
+            arguments[field.name] = float(text)
+            where = f"keyword argument {field.name}"
+        elif source == "config file":
+            *parents, leaf = key.split(".")
+            document = "".join(f'{{"{p}": ' for p in parents) + f'{{"{leaf}": {text}}}' + "}" * len(parents)
+            path = tmp_path / "config.json"
+            path.write_text(document)
+            arguments["config_path"] = str(path)
+            where = f"config file {str(path)!r}"
+        else:
+            os.environ[env] = text
+            where = f"environment variable {env}"
+        try:
+            with pytest.raises(ConfigError) as caught:
+                OssModelConnector(localoss.endpoint, cred_provider=creds, **arguments)
+        finally:
+            os.environ.pop(env, None)
+        message = str(caught.value)
+        assert type(caught.value) is ConfigError
+        assert message.startswith(f"invalid {key} ({field.name}, env {env}, "), message
+        assert f": {float(text)!r} ({where}) is " in message, message
+        low = "> 0" if field.metadata["key"].lo_exclusive else ">= 0"
+        assert message.endswith(f"; accepted: a number of seconds {low} and <= {bound}"), message
