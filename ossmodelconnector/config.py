@@ -28,8 +28,9 @@ from typing import Any
 
 from ossmodelconnector.environment import ENV_PREFIX, NOT_SETTINGS
 from ossmodelconnector.errors import ConfigError
+from ossmodelconnector.regular_files import MAX_SETTINGS_FILE_BYTES, read_regular_file
 
-__all__ = ["MAX_CONNECTIONS", "MIB", "Config", "load_config"]
+__all__ = ["MAX_CONNECTIONS", "MAX_TIMEOUT_S", "MAX_WAIT_S", "MIB", "Config", "load_config"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,17 @@ DEFAULT_OWNER_CHECK_S = 1.0
 
 # vcpus x workers threads each hold a connection; past this a machine spends its time switching threads.
 MAX_CONNECTIONS = 1024
+
+MAX_TIMEOUT_S = 3600.0
+"""Upper bound of ``timeouts.*``, ``retry.*DelaySeconds`` and ``ownerCheckSeconds``: one hour.
+
+Each is how long one request, one back-off or one liveness check may take; an hour is already far past
+any useful value, and a value in milliseconds given by mistake (``"connectSeconds": 10000``) is refused
+instead of meaning hours. Every bound also keeps the value inside what ``threading`` waits, socket
+timeouts and ``time`` arithmetic accept (``1e300`` would raise ``OverflowError`` there).
+"""
+MAX_WAIT_S = 30 * 24 * 3600.0
+"""Upper bound of ``waitTimeoutSeconds`` and ``gc.idleSeconds``: 30 days (2592000 s), "practically never"."""
 
 _LOGGING_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
 _SIGNATURE_VERSIONS = ("", "v1", "v4")
@@ -134,33 +146,37 @@ class Config:
     ``OSSMC_SMALL_FILE_MB``                                              to disk, the others to the cache
     ``memory_limit_mb``          ``memoryLimitMB``           0           MiB, integer >= 0: cache budget;
     ``OSSMC_MEMORY_LIMIT_MB``                                            0 = free space of ``cacheDir``
-    ``gc_idle_seconds``          ``gc.idleSeconds``          0           seconds >= 0 before an idle cached
-    ``OSSMC_GC_IDLE_SECONDS``                                            file is dropped; 0 = never
+    ``gc_idle_seconds``          ``gc.idleSeconds``          0           seconds 0..2592000 (30 days) before
+    ``OSSMC_GC_IDLE_SECONDS``                                            an idle cached file is dropped;
+                                                                         0 = never
     ``cache_dir``                ``cacheDir``                /dev/shm    absolute path of the shared-memory
     ``OSSMC_CACHE_DIR``                                                  cache
     ``signature_version``        ``signatureVersion``        ""          "v1", "v4", or "" = v4 when a region
     ``OSSMC_SIGNATURE_VERSION``                                          is known, else v1
     ``region``                   ``region``                  ""          region id (``cn-hangzhou``); "" =
     ``OSSMC_REGION``                                                     derived from the endpoint
-    ``connect_timeout_s``        ``timeouts.connectSeconds`` 10          seconds > 0 to open a connection
-    ``OSSMC_CONNECT_TIMEOUT_S``
-    ``read_timeout_s``           ``timeouts.readSeconds``    30          seconds > 0 of silence on a socket
-    ``OSSMC_READ_TIMEOUT_S``
+    ``connect_timeout_s``        ``timeouts.connectSeconds`` 10          seconds > 0, <= 3600: to open a
+    ``OSSMC_CONNECT_TIMEOUT_S``                                          connection
+    ``read_timeout_s``           ``timeouts.readSeconds``    30          seconds > 0, <= 3600 of silence on a
+    ``OSSMC_READ_TIMEOUT_S``                                             socket
     ``max_attempts``             ``retry.maxAttempts``       8           integer 1..100: tries per request
     ``OSSMC_MAX_ATTEMPTS``
-    ``retry_base_delay_s``       ``retry.baseDelaySeconds``  0.1         seconds >= 0: first back-off
+    ``retry_base_delay_s``       ``retry.baseDelaySeconds``  0.1         seconds 0..3600: first back-off
     ``OSSMC_RETRY_BASE_DELAY_S``
-    ``retry_max_delay_s``        ``retry.maxDelaySeconds``   5           seconds >= ``retry_base_delay_s``:
+    ``retry_max_delay_s``        ``retry.maxDelaySeconds``   5           seconds ``retry_base_delay_s``..3600:
     ``OSSMC_RETRY_MAX_DELAY_S``                                          longest back-off
-    ``wait_timeout_s``           ``waitTimeoutSeconds``      600         seconds > 0 a reader waits for bytes
-    ``OSSMC_WAIT_TIMEOUT_S``                                             before a timeout error
-    ``owner_check_s``            ``ownerCheckSeconds``       1           seconds > 0 within which a reader in
-    ``OSSMC_OWNER_CHECK_S``                                              another process notices that the
-                                                                         owner died (``OwnerDiedError``)
+    ``wait_timeout_s``           ``waitTimeoutSeconds``      600         seconds > 0, <= 2592000 (30 days) a
+    ``OSSMC_WAIT_TIMEOUT_S``                                             reader waits for bytes before a
+                                                                         timeout error
+    ``owner_check_s``            ``ownerCheckSeconds``       1           seconds > 0, <= 3600 within which a
+    ``OSSMC_OWNER_CHECK_S``                                              reader in another process notices
+                                                                         that the owner died
+                                                                         (``OwnerDiedError``)
     ============================ =========================== =========== ====================================
 
     Types are strict: an integer field refuses ``True``, ``8.0`` and ``"8"`` (the environment is the only
-    source of text, and is parsed); a seconds field takes an integer or a finite float.
+    source of text, and is parsed); a seconds field takes an integer or a finite float within its bounds
+    (:data:`MAX_TIMEOUT_S`, :data:`MAX_WAIT_S`), never ``inf`` or ``nan``.
     ``signatureVersion`` is compared case-insensitively and stored lower-case.
 
     Raises:
@@ -193,7 +209,7 @@ class Config:
         default=DEFAULT_MEMORY_LIMIT_MB, metadata=_key("memoryLimitMB", int, lo=0, hi=2**30)
     )
     gc_idle_seconds: float = field(
-        default=DEFAULT_GC_IDLE_SECONDS, metadata=_key("gc.idleSeconds", float, lo=0)
+        default=DEFAULT_GC_IDLE_SECONDS, metadata=_key("gc.idleSeconds", float, lo=0, hi=MAX_WAIT_S)
     )
     cache_dir: str = field(
         default=DEFAULT_CACHE_DIR,
@@ -219,25 +235,30 @@ class Config:
     )
     connect_timeout_s: float = field(
         default=DEFAULT_CONNECT_TIMEOUT_S,
-        metadata=_key("timeouts.connectSeconds", float, lo=0, lo_exclusive=True),
+        metadata=_key("timeouts.connectSeconds", float, lo=0, hi=MAX_TIMEOUT_S, lo_exclusive=True),
     )
     read_timeout_s: float = field(
-        default=DEFAULT_READ_TIMEOUT_S, metadata=_key("timeouts.readSeconds", float, lo=0, lo_exclusive=True)
+        default=DEFAULT_READ_TIMEOUT_S,
+        metadata=_key("timeouts.readSeconds", float, lo=0, hi=MAX_TIMEOUT_S, lo_exclusive=True),
     )
     max_attempts: int = field(
         default=DEFAULT_MAX_ATTEMPTS, metadata=_key("retry.maxAttempts", int, lo=1, hi=100)
     )
     retry_base_delay_s: float = field(
-        default=DEFAULT_RETRY_BASE_DELAY_S, metadata=_key("retry.baseDelaySeconds", float, lo=0)
+        default=DEFAULT_RETRY_BASE_DELAY_S,
+        metadata=_key("retry.baseDelaySeconds", float, lo=0, hi=MAX_TIMEOUT_S),
     )
     retry_max_delay_s: float = field(
-        default=DEFAULT_RETRY_MAX_DELAY_S, metadata=_key("retry.maxDelaySeconds", float, lo=0)
+        default=DEFAULT_RETRY_MAX_DELAY_S,
+        metadata=_key("retry.maxDelaySeconds", float, lo=0, hi=MAX_TIMEOUT_S),
     )
     wait_timeout_s: float = field(
-        default=DEFAULT_WAIT_TIMEOUT_S, metadata=_key("waitTimeoutSeconds", float, lo=0, lo_exclusive=True)
+        default=DEFAULT_WAIT_TIMEOUT_S,
+        metadata=_key("waitTimeoutSeconds", float, lo=0, hi=MAX_WAIT_S, lo_exclusive=True),
     )
     owner_check_s: float = field(
-        default=DEFAULT_OWNER_CHECK_S, metadata=_key("ownerCheckSeconds", float, lo=0, lo_exclusive=True)
+        default=DEFAULT_OWNER_CHECK_S,
+        metadata=_key("ownerCheckSeconds", float, lo=0, hi=MAX_TIMEOUT_S, lo_exclusive=True),
     )
 
     def __post_init__(self) -> None:
@@ -348,15 +369,35 @@ class _Spec:
         if k.kind is str:
             return "a string"
         noun = "an integer" if k.kind is int else "a number of seconds"
-        if k.lo is not None and k.hi is not None:
-            return f"{noun} from {_num(k.lo)} to {_num(k.hi)}"
-        if k.lo is not None:
-            return f"{noun} {'>' if k.lo_exclusive else '>='} {_num(k.lo)}"
-        return noun
+        if k.lo is None:
+            return noun
+        low = f"{'>' if k.lo_exclusive else '>='} {_num(k.lo)}"
+        if k.hi is None:
+            return f"{noun} {low}"
+        if k.kind is float:
+            return f"{noun} {low} and <= {_num(k.hi)}{_duration(k.hi)}"
+        return f"{noun} from {_num(k.lo)} to {_num(k.hi)}"
 
 
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _duration(seconds: float) -> str:
+    """`` (1 hour)`` after a seconds bound, so a user need not work it out."""
+    for unit, size in (("day", 86400), ("hour", 3600)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f" ({count} {unit}{'s' if count > 1 else ''})"
+    return ""
+
+
+def _show(value: Any) -> str:
+    """``repr(value)``, except for an integer too long to print (Python refuses past 4300 digits)."""
+    try:
+        return repr(value)
+    except ValueError:
+        return f"an integer of {value.bit_length()} bits"
 
 
 def _build_specs() -> tuple[_Spec, ...]:
@@ -390,7 +431,7 @@ _JSON_KEYS = tuple(spec.json for spec in _SPECS)
 def _invalid(spec: _Spec, value: Any, source: str, why: str) -> ConfigError:
     where = f" ({source})" if source else ""
     return ConfigError(
-        f"invalid {spec.label()}: {value!r}{where} {why}; accepted: {spec.accepted()}",
+        f"invalid {spec.label()}: {_show(value)}{where} {why}; accepted: {spec.accepted()}",
     )
 
 
@@ -413,7 +454,10 @@ def _check_value(spec: _Spec, value: Any, source: str) -> Any:
     if key.kind is int and not isinstance(value, int):
         raise _invalid(spec, value, source, "is not an integer")
     if key.kind is float:
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int past 1.8e308: the range check's answer, before float() fails
+            raise _invalid(spec, value, source, "is out of range") from None
         if not math.isfinite(value):
             raise _invalid(spec, value, source, "is not finite")
     too_low = key.lo is not None and (value <= key.lo if key.lo_exclusive else value < key.lo)
@@ -463,10 +507,19 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _refused_config_file(path: str) -> Callable[[str], ConfigError]:
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(
+            f"config file {path!r} {why}: it is not read; config_path must name a regular JSON file of at "
+            f"most {MAX_SETTINGS_FILE_BYTES // MIB} MiB (one with every key is about 1 KiB): fix the path"
+        )
+
+    return refuse
+
+
 def _read_json(path: str) -> _Pairs:
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        text = read_regular_file(path, _refused_config_file(path)).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(
             f"config file {path!r} does not exist: fix the path, or pass no config path to use the "

@@ -9,6 +9,13 @@
 The client calls ``get()`` before signing each request and ``invalidate()`` when the server refuses the
 token, so every provider caches inside and re-reads only when something may have changed. A secret or
 token never appears in a ``repr``, a log line or an exception message.
+
+Every value is checked where it enters, because the key id and the token travel in HTTP headers, and a
+value ``http.client`` refuses would otherwise fail every request with a message quoting it. Whitespace
+around a value (the trailing newline of ``echo secret > file`` or of a Kubernetes secret) is removed with
+a WARNING naming the source and the field; any other character that is not printable ASCII (a control
+character, a space inside, non-ASCII) is refused with a :class:`CredentialsError` naming the source and
+the field, never the value.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from ossmodelconnector.errors import CredentialsError
+from ossmodelconnector.regular_files import MAX_SETTINGS_FILE_BYTES, read_regular_file
 
 __all__ = [
     "DEFAULT_MIN_REREAD_INTERVAL_S",
@@ -63,6 +72,71 @@ _HOW_TO_GIVE = (
     f"{ENV_ACCESS_KEY_ID} and {ENV_ACCESS_KEY_SECRET} (and {ENV_SESSION_TOKEN} for an STS token)"
 )
 
+# OSS access key ids, secrets and STS tokens are printable ASCII without spaces (base64 and "STS."); the
+# id and the token are sent as HTTP header values, where a control character is refused outright.
+_PRINTABLE_RE = re.compile(r"[\x21-\x7e]*\Z")
+# What a file or a secret mount leaves around a value: removed (with a WARNING), not refused.
+_SURROUNDING = " \t\r\n"
+_CHARACTER_NAMES = {
+    "\n": "a line feed (U+000A)",
+    "\r": "a carriage return (U+000D)",
+    "\t": "a tab (U+0009)",
+    "\0": "a NUL (U+0000)",
+    " ": "a space",
+}
+
+
+def _bad_character(value: str) -> str | None:
+    """What the first character that cannot be in a credential is, in words (never the character itself
+    unless it is a control character), or None."""
+    if _PRINTABLE_RE.match(value):
+        return None
+    char = next(c for c in value if not "\x21" <= c <= "\x7e")
+    if char in _CHARACTER_NAMES:
+        return _CHARACTER_NAMES[char]
+    if char < " " or char == "\x7f":
+        return f"a control character (U+{ord(char):04X})"
+    return "a non-ASCII character"
+
+
+def _refused_value(source: str, field: str, problem: str, fix: str) -> CredentialsError:
+    return CredentialsError(
+        f"{source}: {field} contains {problem}, and OSS credentials are printable ASCII without spaces; "
+        f"the value was refused before any request was sent (this is not a server problem). Fix: {fix}"
+    )
+
+
+def _clean_value(value: str, source: str, field: str, warned: set[str]) -> str:
+    """``value`` without surrounding whitespace (a WARNING the first time), or a refusal.
+
+    Args:
+        value: the value as read.
+        source: where it was read (``environment``, ``credentials file '/path'``), for messages.
+        field: the field's name at that source, for messages.
+        warned: the fields of this source already warned about; the field is added to it.
+
+    Raises:
+        CredentialsError: a character other than surrounding whitespace is not printable ASCII.
+    """
+    stripped = value.strip(_SURROUNDING)
+    if stripped != value and stripped:
+        if field in warned:
+            log.debug("%s: removed the whitespace around %s again", source, field)
+        else:
+            warned.add(field)
+            log.warning(
+                "%s: %s had whitespace around it (such as the trailing newline of a file or a Kubernetes "
+                "secret); it was removed. Store the value without it to silence this warning",
+                source,
+                field,
+            )
+    problem = _bad_character(stripped)
+    if problem:
+        raise _refused_value(
+            source, field, problem, "store the value exactly as Alibaba Cloud issued it (printable ASCII)"
+        )
+    return stripped
+
 
 @dataclass(frozen=True)
 class Credentials:
@@ -77,7 +151,8 @@ class Credentials:
         expires_at: when an STS token expires, in epoch seconds, or None if unknown/never.
 
     Raises:
-        CredentialsError: a field is empty or has the wrong type (the field is named, never its value).
+        CredentialsError: a field is empty, has the wrong type, or holds a character that is not printable
+            ASCII, such as a trailing newline (the field is named, never its value).
     """
 
     access_key_id: str
@@ -97,12 +172,27 @@ class Credentials:
             object.__setattr__(self, "security_token", None)  # oss2 uses "" for "no token"
         elif self.security_token is not None and not isinstance(self.security_token, str):
             raise CredentialsError("credentials field security_token is not a string or None")
+        for name in ("access_key_id", "access_key_secret", "security_token"):
+            value = getattr(self, name)
+            problem = None if value is None else _bad_character(value)
+            if problem:
+                # The providers of this module clean what they read first; this is a caller's own value.
+                raise _refused_value(
+                    "Credentials(...)",
+                    name,
+                    problem,
+                    "strip it where the value is read (e.g. value.strip() for a trailing newline)",
+                )
         if self.expires_at is not None:
             if isinstance(self.expires_at, bool) or not isinstance(self.expires_at, (int, float)):
                 raise CredentialsError("credentials field expires_at is not a number of epoch seconds")
-            if not math.isfinite(self.expires_at):
+            try:
+                expires_at = float(self.expires_at)
+            except OverflowError:  # an int past 1.8e308
+                expires_at = math.inf
+            if not math.isfinite(expires_at):
                 raise CredentialsError("credentials field expires_at is not finite")
-            object.__setattr__(self, "expires_at", float(self.expires_at))
+            object.__setattr__(self, "expires_at", expires_at)
 
     def __repr__(self) -> str:
         token = None if self.security_token is None else _REDACTED
@@ -193,6 +283,7 @@ class Oss2ProviderAdapter:
         self._lock = threading.Lock()
         self._last_raw: tuple[Any, ...] | None = None
         self._last: Credentials | None = None
+        self._warned: set[str] = set()
 
     def get(self) -> Credentials:
         """Ask the wrapped provider (once, if static) and convert its answer.
@@ -201,7 +292,8 @@ class Oss2ProviderAdapter:
             The credentials; the same object as last time when nothing changed.
 
         Raises:
-            CredentialsError: the provider failed or returned no usable credentials.
+            CredentialsError: the provider failed or returned no usable credentials (also: a value holds a
+                character other than printable ASCII; whitespace around a value is removed with a WARNING).
         """
         last = self._last
         if self._static and last is not None:
@@ -230,16 +322,25 @@ class Oss2ProviderAdapter:
         with self._lock:
             if self._last is not None and fields == self._last_raw:
                 return self._last
-            for value, what in ((fields[0], "access key id"), (fields[1], "access key secret")):
-                if not value or not isinstance(value, str):
+            source = f"cred_provider {name}.get_credentials()"
+            values: list[str] = []
+            for value, what in (
+                (fields[0], "access key id"),
+                (fields[1], "access key secret"),
+                (fields[2] or "", "security token"),
+            ):
+                if isinstance(value, str):
+                    value = _clean_value(value, source, what, self._warned)
+                if (not value and what != "security token") or not isinstance(value, str):
                     raise CredentialsError(
-                        f"cred_provider {name}.get_credentials() returned credentials with an empty or "
-                        f"non-string {what}: check the provider's configuration"
+                        f"{source} returned credentials with an empty or non-string {what}: check the "
+                        "provider's configuration"
                     )
+                values.append(value)
             expiration = (
                 fields[3] if isinstance(fields[3], (int, float)) and not isinstance(fields[3], bool) else None
             )
-            creds = Credentials(fields[0], fields[1], fields[2] or None, expiration)
+            creds = Credentials(values[0], values[1], values[2] or None, expiration)
             if self._last is not None:
                 log.debug(
                     "cred_provider %s returned new credentials (access key id %s)", name, creds.access_key_id
@@ -287,12 +388,15 @@ class EnvironmentCredentialProvider:
         self._environ = os.environ if environ is None else environ
         self._lock = threading.Lock()
         self._cached: Credentials | None = None
+        self._warned: set[str] = set()
 
     def get(self) -> Credentials:
         """Return the credentials from the environment.
 
         Raises:
-            CredentialsError: a required variable is missing or empty (the variable is named).
+            CredentialsError: a required variable is missing or empty, or a variable holds a character
+                other than printable ASCII (the variable is named, never its value); whitespace around a
+                value is removed with a WARNING.
         """
         cached = self._cached
         if cached is not None:
@@ -302,9 +406,12 @@ class EnvironmentCredentialProvider:
                 self._cached = self._read()
             return self._cached
 
+    def _variable(self, name: str) -> str:
+        return _clean_value(self._environ.get(name, ""), "environment", f"variable {name}", self._warned)
+
     def _read(self) -> Credentials:
-        key_id = self._environ.get(ENV_ACCESS_KEY_ID, "")
-        secret = self._environ.get(ENV_ACCESS_KEY_SECRET, "")
+        key_id = self._variable(ENV_ACCESS_KEY_ID)
+        secret = self._variable(ENV_ACCESS_KEY_SECRET)
         missing = [
             name
             for name, value in ((ENV_ACCESS_KEY_ID, key_id), (ENV_ACCESS_KEY_SECRET, secret))
@@ -315,7 +422,7 @@ class EnvironmentCredentialProvider:
                 f"environment variable{'s' if len(missing) > 1 else ''} {' and '.join(missing)} "
                 f"{'are' if len(missing) > 1 else 'is'} not set or empty; {_HOW_TO_GIVE}"
             )
-        token = self._environ.get(ENV_SESSION_TOKEN) or None
+        token = self._variable(ENV_SESSION_TOKEN) or None
         log.debug("credentials from the environment (access key id %s, token %s)", key_id, token is not None)
         return Credentials(key_id, secret, token)
 
@@ -385,14 +492,17 @@ class FileCredentialProvider:
         self._cached: Credentials | None = None
         self._stamp: _Stamp | None = None
         self._read_at = -math.inf
+        self._warned: set[str] = set()
 
     def get(self) -> Credentials:
         """Return the file's credentials, re-reading it when it may have changed.
 
         Raises:
-            CredentialsError: the file is missing, unreadable, not JSON, lacks a field or has a field of
-                the wrong type (the path and the field are named, never a value), or its credentials have
-                expired and no newer ones were written.
+            CredentialsError: the file is missing, unreadable, not a regular file (a FIFO, a device...),
+                larger than 1 MiB, not JSON, lacks a field, has a field of the wrong type or one with a
+                character other than printable ASCII (the path and the field are named, never a value;
+                whitespace around a value is removed with a WARNING), or its credentials have expired and
+                no newer ones were written.
         """
         with self._lock:
             stamp = self._stat()
@@ -443,17 +553,29 @@ class FileCredentialProvider:
             return None  # _read() reports why
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
+    @property
+    def _source(self) -> str:
+        return f"credentials file {self.path!r}"
+
     def _fail(self, why: str) -> CredentialsError:
-        return CredentialsError(f"credentials file {self.path!r} {why}")
+        return CredentialsError(f"{self._source} {why}")
+
+    def _refuse_file(self, why: str) -> CredentialsError:
+        return self._fail(
+            f"{why}: it is not read; cred_path must name a regular JSON file of at most "
+            f"{MAX_SETTINGS_FILE_BYTES // (1024 * 1024)} MiB (one with an STS token is a few KiB): fix the "
+            "path"
+        )
 
     def _read(self) -> Credentials:
         try:
-            with open(self.path, encoding="utf-8") as fh:
-                text = fh.read()
+            text = read_regular_file(self.path, self._refuse_file).decode("utf-8")
         except FileNotFoundError:
             raise self._fail(f"does not exist: fix cred_path, or {_HOW_TO_GIVE}") from None
         except UnicodeDecodeError:
             raise self._fail("is not UTF-8 text") from None
+        except CredentialsError:  # refused by _refuse_file; a PermissionError, so an OSError too
+            raise
         except OSError as exc:
             raise self._fail(f"cannot be read: {exc.strerror}") from None
         try:
@@ -482,7 +604,11 @@ class FileCredentialProvider:
             elif not isinstance(value, str):
                 raise self._fail(f"field {name} is a JSON {type(value).__name__}, not a string")
             else:
-                values[name] = value
+                if name != "Expiration":  # a date, checked below
+                    value = _clean_value(value, self._source, f"field {name}", self._warned)
+                if not value and required:
+                    raise self._fail(f"has no {name} field (or it is empty): it must be a non-empty string")
+                values[name] = value or None
         expires_at = None
         if values["Expiration"] is not None:
             try:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import IO, Protocol
 
 from ossmodelconnector.errors import ClosedError, ConfigError
+from ossmodelconnector.regular_files import open_private_append
 
 __all__ = ["Audit", "AuditLog", "AuditRecord", "NullAudit", "open_audit", "parse_audit_line"]
 
@@ -183,12 +184,16 @@ class AuditLog:
     """Append one line per OSS request to a file; thread-safe, each line flushed as it is written.
 
     The file is opened in append mode, so processes that share an ``auditPath`` interleave whole lines.
+    A new file is created with mode 0600 whatever the umask; an existing one must be this user's own
+    regular file, and is never opened through a symlink (another user may plant one in a shared folder).
 
     Args:
         path: the audit file (created if missing, appended to otherwise).
 
     Raises:
-        ConfigError: the file cannot be opened for appending (the path and the OS reason are named).
+        ConfigError: the file cannot be opened for appending (the path and the OS reason are named); or it
+            is refused: a symbolic link, not a regular file, another user's, or a file with more than one
+            link (the path, the reason and the fix are named).
     """
 
     enabled = True
@@ -197,14 +202,26 @@ class AuditLog:
         self.path = os.fspath(path)
         self._lock = threading.Lock()
         try:
-            # Line-buffered: a crash loses no finished line, and processes interleave whole lines.
-            self._file: IO[str] | None = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            fd = open_private_append(self.path, self._refuse)
         except OSError as exc:
             raise ConfigError(
                 f"auditPath {self.path!r} cannot be opened for appending: {exc.strerror}; create its "
                 'directory, fix the path or permissions, or set auditPath to "" to turn auditing off'
             ) from None
+        try:
+            # Line-buffered: a crash loses no finished line, and processes interleave whole lines.
+            self._file: IO[str] | None = open(fd, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        except BaseException:
+            os.close(fd)
+            raise
         log.debug("auditing OSS requests to %s", self.path)
+
+    def _refuse(self, why: str) -> ConfigError:
+        return ConfigError(
+            f"auditPath {self.path!r} {why}: refused, nothing was written to it. Remove it if it is not "
+            "yours, or set auditPath to a file of your own in a directory others cannot write to "
+            '(or "" to turn auditing off)'
+        )
 
     def record(
         self,

@@ -7,6 +7,7 @@ every file that existed before is still there, byte for byte.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -26,6 +27,7 @@ from ossmodelconnector import (
     RequestError,
     UnsafePathError,
 )
+from ossmodelconnector.config import Config
 from ossmodelconnector.oss.credentials import Credentials
 from ossmodelconnector.oss.responses import CODE_UNKNOWN_HOST
 
@@ -282,3 +284,92 @@ def test_no_credentials_at_all_lists_the_three_ways(localoss: LocalOss) -> None:
         OssModelConnector(localoss.endpoint)
     for way in ("cred_provider=", "cred_path=", "OSS_ACCESS_KEY_ID"):
         assert way in str(caught.value)
+
+
+def _special_file(what: str, folder: Path, name: str) -> str:
+    """A FIFO, a device, or a valid-looking JSON file of 2 MiB, where a small JSON file is expected."""
+    if what == "/dev/zero":
+        return "/dev/zero"
+    path = folder / name
+    if what == "FIFO":
+        os.mkfifo(path)
+    else:
+        path.write_text('{"AccessKeyId": "id", "AccessKeySecret": "s"}' + " " * (2 << 20))
+    return str(path)
+
+
+@pytest.mark.timeout(60)  # only a hang guard: before the fix a FIFO waited forever for a writer
+@pytest.mark.parametrize("what", ["FIFO", "/dev/zero", "2 MiB file"])
+@pytest.mark.parametrize(
+    ("setting", "error", "noun"),
+    [("cred_path", CredentialsError, "credentials file"), ("config_path", ConfigError, "config file")],
+)
+def test_a_fifo_a_device_or_a_huge_file_as_cred_or_config_path_is_refused_unread(
+    localoss: LocalOss, model_bucket: str, tmp_path: Path, what: str, setting: str, error: type, noun: str
+) -> None:
+    path = _special_file(what, tmp_path, "settings.json")
+    creds = tmp_path / "creds.json"
+    creds.write_text(
+        json.dumps({"AccessKeyId": localoss.access_key_id, "AccessKeySecret": localoss.access_key_secret})
+    )
+    arguments = {"cred_path": str(creds), "config_path": "", setting: path}
+    with pytest.raises(error) as caught:
+        OssModelConnector(localoss.endpoint, **arguments)
+    assert type(caught.value) is error
+    message = str(caught.value)
+    why = {
+        "FIFO": "is a FIFO (named pipe), not a regular file",
+        "/dev/zero": "is a character device, not a regular file",
+        "2 MiB file": f"holds more than 1 MiB ({os.stat(path).st_size} bytes)",
+    }[what]
+    assert message.startswith(f"{noun} {path!r} {why}: it is not read; {setting} must name a regular JSON")
+    assert message.endswith("fix the path")
+    # The same setting naming an ordinary file still loads, and the connector reads the exact bytes.
+    good = tmp_path / "good.json"
+    good.write_text(creds.read_text() if setting == "cred_path" else '{"chunkSizeMB": 2}')
+    with (
+        OssModelConnector(localoss.endpoint, **{**arguments, setting: str(good)}) as connector,
+        connector.open(f"oss://{model_bucket}/m/config.json") as stream,
+    ):
+        assert stream.read() == b"{}"
+
+
+_SECONDS_FIELDS = [f for f in dataclasses.fields(Config) if f.type in (float, "float")]
+
+
+@pytest.mark.parametrize("field", _SECONDS_FIELDS, ids=lambda f: f.metadata["key"].json)
+@pytest.mark.parametrize("source", ["keyword", "config file", "environment"])
+def test_seconds_settings_beyond_their_bound_are_config_errors_not_overflows(
+    localoss: LocalOss, tmp_path: Path, field: dataclasses.Field[float], source: str
+) -> None:
+    key = field.metadata["key"].json
+    env = f"OSSMC_{field.name.upper()}"
+    bound = "3600 (1 hour)" if field.metadata["key"].hi == 3600 else "2592000 (30 days)"
+    creds = Credentials("id", "secret")
+    values = ["1e300", "1e400"] if source == "config file" else ["1e300", "inf", "nan"]
+    for text in values:
+        arguments: dict[str, object] = {}
+        if source == "keyword":
+            arguments[field.name] = float(text)
+            where = f"keyword argument {field.name}"
+        elif source == "config file":
+            *parents, leaf = key.split(".")
+            document = "".join(f'{{"{p}": ' for p in parents) + f'{{"{leaf}": {text}}}' + "}" * len(parents)
+            path = tmp_path / "config.json"
+            path.write_text(document)
+            arguments["config_path"] = str(path)
+            where = f"config file {str(path)!r}"
+        else:
+            os.environ[env] = text
+            where = f"environment variable {env}"
+        try:
+            with pytest.raises(ConfigError) as caught:
+                OssModelConnector(localoss.endpoint, cred_provider=creds, **arguments)
+        finally:
+            os.environ.pop(env, None)
+        message = str(caught.value)
+        assert type(caught.value) is ConfigError
+        assert message.startswith(f"invalid {key} ({field.name}, env {env}, "), message
+        assert f": {float(text)!r} ({where}) is " in message, message
+        low = "> 0" if field.metadata["key"].lo_exclusive else ">= 0"
+        assert message.endswith(f"; accepted: a number of seconds {low} and <= {bound}"), message

@@ -25,6 +25,8 @@ from reliability_harness import MODEL_PREFIX, SavedModel, make_connector, upload
 
 from ossmodelconnector import (
     CacheError,
+    ConfigError,
+    CredentialsError,
     ObjectNotFoundError,
     OssModelConnector,
     RequestError,
@@ -371,3 +373,190 @@ def test_no_code_mode_keeps_secrets_out_of_every_cmdline(
     finally:
         wrapper.send_signal(signal.SIGTERM)
         wrapper.communicate(timeout=60)
+
+
+# --- credentials with characters no credential holds ---------------------------------------------------
+
+
+def test_credentials_with_surrounding_whitespace_work_and_say_so_never_showing_the_value(
+    localoss_factory: object, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``echo secret > file`` and Kubernetes secrets end values with a newline: removed, with a WARNING."""
+    secret = "sEcReT-" + os.urandom(12).hex()
+    token = "StS-tOkEn-" + os.urandom(16).hex()
+    server = localoss_factory("--access-key-secret", secret, "--sts-token", token)  # type: ignore[operator]
+    server.put_file("ws-creds", "m/config.json", b'{"ok": 1}')
+    caplog.set_level(logging.DEBUG, logger="ossmodelconnector")
+    creds = tmp_path / "creds.json"
+    creds.write_text(
+        json.dumps(
+            {
+                "AccessKeyId": server.access_key_id,
+                "AccessKeySecret": secret + "\n",
+                "SecurityToken": token + "\r\n",
+            }
+        )
+    )
+    os.environ.update(
+        OSS_ACCESS_KEY_ID=server.access_key_id + "\n",
+        OSS_ACCESS_KEY_SECRET=secret + "\n",
+        OSS_SESSION_TOKEN=token + "\n",
+    )
+    connectors = [
+        make_connector(server, cred_path=str(creds)),
+        OssModelConnector(server.endpoint, max_attempts=1),  # the environment
+    ]
+    for connector in connectors:
+        with connector, connector.open("oss://ws-creds/m/config.json") as stream:
+            assert stream.read() == b'{"ok": 1}'
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert any(
+        f"credentials file {str(creds)!r}: field AccessKeySecret had whitespace" in w for w in warnings
+    )
+    assert any(f"credentials file {str(creds)!r}: field SecurityToken had whitespace" in w for w in warnings)
+    assert any("environment: variable OSS_SESSION_TOKEN had whitespace around it" in w for w in warnings)
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert secret not in text and token not in text
+
+
+@pytest.mark.parametrize("inside", ["\n", "\x1b", "\x00"], ids=["LF", "ESC", "NUL"])
+@pytest.mark.parametrize("field", ["AccessKeySecret", "SecurityToken"])
+def test_a_control_character_in_a_credential_is_refused_at_once_never_shown_never_blaming_the_server(
+    localoss: LocalOss, tmp_path: Path, caplog: pytest.LogCaptureFixture, field: str, inside: str
+) -> None:
+    secret = "sEcReT-" + os.urandom(12).hex()
+    token = "StS-tOkEn-" + os.urandom(16).hex()
+    values = {"AccessKeyId": localoss.access_key_id, "AccessKeySecret": secret, "SecurityToken": token}
+    values[field] = values[field][:10] + inside + values[field][10:]
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(values))
+    caplog.set_level(logging.DEBUG, logger="ossmodelconnector")
+    with pytest.raises(CredentialsError) as refused:
+        OssModelConnector(localoss.endpoint, cred_path=str(creds))
+    error = refused.value
+    assert type(error) is CredentialsError
+    named = {"\n": "a line feed (U+000A)", "\x1b": "a control character (U+001B)", "\x00": "a NUL (U+0000)"}
+    message = str(error)
+    assert message.startswith(f"credentials file {str(creds)!r}: field {field} contains {named[inside]}, ")
+    assert "refused before any request was sent (this is not a server problem)" in message
+    texts = [message, repr(error), str(error.__cause__), str(error.__context__)]
+    texts += [record.getMessage() for record in caplog.records]
+    for text in texts:
+        for value in (secret, token, values[field]):
+            assert value[:10] not in text and value[11:] not in text
+
+
+def test_no_code_mode_prints_no_credential_to_stderr_when_one_is_refused(
+    localoss: LocalOss, tmp_path: Path
+) -> None:
+    """``ENABLE_CONNECTOR=1``: every Python process runs the start-up hook and reports its failure on
+    stderr, which goes to the container's log; the refusal names the variable, never its value."""
+    from ossmodelconnector.cli import child_environment
+
+    localoss.put_file("nocode-badcred", "m/config.json", b"{}")
+    token = "StS-tOkEn-" + os.urandom(16).hex()
+    broken = token[:12] + "\r" + token[12:]  # a CR inside: no strip can fix it
+    env = child_environment(
+        {
+            **os.environ,
+            "ENABLE_CONNECTOR": "1",
+            "OSS_ENDPOINT": localoss.endpoint,
+            "OSS_PATH": "oss://nocode-badcred/m/",
+            "MODEL_DIR": str(tmp_path / "model"),
+            "OSS_ACCESS_KEY_ID": localoss.access_key_id,
+            "OSS_ACCESS_KEY_SECRET": localoss.access_key_secret,
+            "OSS_SESSION_TOKEN": broken,
+        }
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", "print('the program ran')"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0 and completed.stdout == "the program ran\n", completed.stderr
+    assert (
+        "start-up hook failed, continuing without it: environment: variable OSS_SESSION_TOKEN contains a "
+        "carriage return (U+000D)" in completed.stderr
+    ), completed.stderr
+    assert token[:12] not in completed.stderr and token[12:] not in completed.stderr
+    assert "server's answer is malformed" not in completed.stderr
+    assert not (tmp_path / "model").exists()
+
+
+# --- logPath and auditPath: never through a planted link, private, this user's ---------------------------
+
+
+@pytest.mark.parametrize("setting", ["log_path", "audit_path"])
+@pytest.mark.parametrize("dangling", [False, True], ids=["to-a-victim-file", "to-a-file-to-be-created"])
+def test_a_planted_symlink_as_log_or_audit_path_is_refused_and_the_victim_untouched(
+    localoss: LocalOss, tmp_path: Path, setting: str, dangling: bool
+) -> None:
+    victim = tmp_path / "victim" / ".bashrc"
+    victim.parent.mkdir()
+    if not dangling:
+        victim.write_bytes(b"precious\n")
+        victim.chmod(0o644)
+    shared = tmp_path / "shared"  # /tmp or a shared log folder, where another user planted the link
+    shared.mkdir()
+    link = shared / "ossmc.log"
+    link.symlink_to(victim)
+    handlers = list(logging.getLogger("ossmodelconnector").handlers)
+    with pytest.raises(ConfigError) as refused:
+        make_connector(localoss, **{setting: str(link)})
+    key = {"log_path": "logPath", "audit_path": "auditPath"}[setting]
+    message = str(refused.value)
+    assert type(refused.value) is ConfigError
+    assert message.startswith(f"{key} {str(link)!r} is a symbolic link: refused, nothing was written to it")
+    assert f"set {key} to a file of your own in a directory others cannot write to" in message
+    if dangling:
+        assert not victim.exists()
+    else:
+        assert victim.read_bytes() == b"precious\n" and _mode(victim) == 0o644
+    assert link.is_symlink() and os.readlink(link) == str(victim)
+    assert logging.getLogger("ossmodelconnector").handlers == handlers
+
+
+def test_log_and_audit_files_are_created_0600_whatever_the_umask_and_appended_to_after(
+    localoss: LocalOss, bucket: str, tmp_path: Path
+) -> None:
+    localoss.put_file(bucket, "m/config.json", b"{}")
+    log_file, audit_file = tmp_path / "connector.log", tmp_path / "audit.log"
+    files = {"log_path": str(log_file), "audit_path": str(audit_file), "log_level": 0}
+    old = os.umask(0)  # as permissive as it gets: a file made with the default 0666 would be world-writable
+    try:
+        with (
+            make_connector(localoss, **files) as connector,
+            connector.open(f"oss://{bucket}/m/config.json") as stream,
+        ):
+            assert stream.read() == b"{}"
+    finally:
+        os.umask(old)
+    assert _mode(log_file) == 0o600 and _mode(audit_file) == 0o600
+    assert log_file.stat().st_uid == os.geteuid() and audit_file.stat().st_uid == os.geteuid()
+    first_log, first_audit = log_file.read_bytes(), audit_file.read_bytes()
+    assert first_log and first_audit.count(b"\n") >= 1
+    with (  # a second run appends to its own files
+        make_connector(localoss, **files) as connector,
+        connector.open(f"oss://{bucket}/m/config.json") as stream,
+    ):
+        assert stream.read() == b"{}"
+    assert log_file.read_bytes().startswith(first_log) and len(log_file.read_bytes()) > len(first_log)
+    assert audit_file.read_bytes().startswith(first_audit)
+    assert audit_file.read_bytes().count(b"\n") > first_audit.count(b"\n")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file another owner needs root")
+@pytest.mark.parametrize("setting", ["log_path", "audit_path"])
+def test_a_log_or_audit_file_another_user_owns_is_refused_and_left_alone(
+    localoss: LocalOss, tmp_path: Path, setting: str
+) -> None:
+    theirs = tmp_path / "theirs.log"
+    theirs.write_bytes(b"their lines\n")
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(ConfigError) as refused:
+        make_connector(localoss, **{setting: str(theirs)})
+    assert "is owned by user id 65534, not by this process's user (id 0)" in str(refused.value)
+    assert theirs.read_bytes() == b"their lines\n"

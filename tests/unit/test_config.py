@@ -5,8 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import pickle
+import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +19,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ossmodelconnector import config as config_module
-from ossmodelconnector.config import MIB, Config, load_config
+from ossmodelconnector.config import MAX_TIMEOUT_S, MAX_WAIT_S, MIB, Config, load_config
 from ossmodelconnector.errors import ConfigError
+from ossmodelconnector.regular_files import MAX_SETTINGS_FILE_BYTES
 
 SPECS = config_module._SPECS
+SECONDS = [spec for spec in SPECS if spec.kind is float]
 
 
 @pytest.fixture(autouse=True)
@@ -256,8 +262,8 @@ def test_missing_and_unreadable_files_name_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "nope.json"
     with pytest.raises(ConfigError, match=r"config file '.*nope\.json' does not exist"):
         load_config(missing)
-    with pytest.raises(ConfigError, match=r"cannot be read"):
-        load_config(tmp_path)  # a directory
+    with pytest.raises(ConfigError, match=r"is a directory, not a regular file: it is not read"):
+        load_config(tmp_path)
     binary = tmp_path / "bin.json"
     binary.write_bytes(b'{"logLevel": "\xff"}')
     with pytest.raises(ConfigError, match=r"is not UTF-8"):
@@ -383,11 +389,11 @@ configs = st.builds(
     prefetch_workers=st.integers(1, 32),
     chunk_size_mb=st.integers(1, 1024),
     memory_limit_mb=st.integers(0, 2**20),
-    gc_idle_seconds=st.floats(0, 1e6, allow_nan=False),
+    gc_idle_seconds=st.floats(0, MAX_WAIT_S),
     cache_dir=st.sampled_from(["/dev/shm", "/tmp/x y", "/ü"]),
     signature_version=st.sampled_from(["", "v1", "v4"]),
     region=st.sampled_from(["", "cn-hangzhou", "us-east-1"]),
-    connect_timeout_s=st.floats(0.001, 1e4, allow_nan=False),
+    connect_timeout_s=st.floats(0.001, MAX_TIMEOUT_S),
     max_attempts=st.integers(1, 100),
 )
 
@@ -399,3 +405,136 @@ def test_as_json_round_trips_through_a_file(tmp_path_factory: pytest.TempPathFac
     path.write_text(json.dumps(config.as_json()), encoding="utf-8")
     assert load_config(path) == config
     assert pickle.loads(pickle.dumps(config)) == config
+
+
+# --- seconds: bounded above, so no accepted value overflows a wait, a socket timeout or a clock sum -------
+
+
+def test_every_seconds_field_has_an_upper_bound_a_wait_accepts() -> None:
+    assert {spec.name for spec in SECONDS} == {
+        "gc_idle_seconds",
+        "connect_timeout_s",
+        "read_timeout_s",
+        "retry_base_delay_s",
+        "retry_max_delay_s",
+        "wait_timeout_s",
+        "owner_check_s",
+    }
+    for spec in SECONDS:
+        assert spec.key.hi in (MAX_TIMEOUT_S, MAX_WAIT_S), spec.name
+        assert spec.key.hi <= threading.TIMEOUT_MAX, spec.name
+
+
+def _assert_names_key_value_and_range(message: str, spec: Any, shown: str, source: str) -> None:
+    assert f"invalid {spec.json} ({spec.name}, env {spec.env}," in message, message
+    assert shown in message and source in message, message
+    bound = "<= 3600 (1 hour)" if spec.key.hi == MAX_TIMEOUT_S else "<= 2592000 (30 days)"
+    assert f"accepted: a number of seconds {'>' if spec.key.lo_exclusive else '>='} 0 and {bound}" in message
+
+
+@pytest.mark.parametrize("spec", SECONDS, ids=lambda spec: spec.json)
+@pytest.mark.parametrize(
+    "value",
+    [1e300, math.inf, -math.inf, math.nan, 10**400, 10**5000],
+    ids=["1e300", "inf", "-inf", "nan", "10**400", "10**5000"],
+)
+def test_a_huge_or_non_finite_keyword_is_a_config_error(spec: Any, value: float) -> None:
+    shown = "an integer of 16610 bits" if value == 10**5000 else repr(value)
+    for build in (load_config, Config):
+        with pytest.raises(ConfigError) as info:
+            build(**{spec.name: value})
+        _assert_names_key_value_and_range(str(info.value), spec, shown, spec.name)
+    with pytest.raises(ConfigError) as info:
+        dataclasses.replace(Config(), **{spec.name: value})
+    _assert_names_key_value_and_range(str(info.value), spec, shown, spec.name)
+
+
+@pytest.mark.parametrize("spec", SECONDS, ids=lambda spec: spec.json)
+@pytest.mark.parametrize(
+    ("literal", "shown"), [("1e300", "1e+300"), ("1e400", "inf"), ("1" + "0" * 400, "1" + "0" * 400)]
+)
+def test_a_huge_number_in_a_config_file_is_a_config_error(
+    tmp_path: Path, spec: Any, literal: str, shown: str
+) -> None:
+    *parents, leaf = spec.json.split(".")
+    text = "".join(f'{{"{parent}": ' for parent in parents) + f'{{"{leaf}": {literal}}}' + "}" * len(parents)
+    path = write_json(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    _assert_names_key_value_and_range(str(info.value), spec, shown, f"config file {str(path)!r}")
+
+
+@pytest.mark.parametrize("spec", SECONDS, ids=lambda spec: spec.json)
+@pytest.mark.parametrize("text", ["1e300", "inf", "-Infinity", "nan", "1e400"])
+def test_a_huge_or_non_finite_environment_value_is_a_config_error(spec: Any, text: str) -> None:
+    os.environ[spec.env] = text
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    shown = repr(float(text))
+    _assert_names_key_value_and_range(str(info.value), spec, shown, f"environment variable {spec.env}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_accepted_seconds_value_works_where_it_is_used_and_any_other_is_refused(
+    data: st.DataObject,
+) -> None:
+    spec = data.draw(st.sampled_from(SECONDS))
+    value = data.draw(st.floats() | st.integers(min_value=-(10**400), max_value=10**400))
+    low, high = spec.key.lo, spec.key.hi
+    fits = not isinstance(value, float) or math.isfinite(value)
+    fits = fits and (value > low if spec.key.lo_exclusive else value >= low) and value <= high
+    overrides = {spec.name: value}
+    # Only the bound under test may refuse, not "the longest back-off must be at least the first one".
+    if spec.name == "retry_base_delay_s":
+        overrides["retry_max_delay_s"] = MAX_TIMEOUT_S
+    if spec.name == "retry_max_delay_s":
+        overrides["retry_base_delay_s"] = 0.0
+    if not fits:
+        with pytest.raises(ConfigError, match=spec.json):
+            load_config(**overrides)
+        return
+    seconds = getattr(load_config(**overrides), spec.name)
+    # Where the settings go: threading waits, socket timeouts, deadline arithmetic. None overflows.
+    assert threading.Lock().acquire(timeout=seconds)
+    with socket.socket() as sock:
+        sock.settimeout(seconds)
+    assert math.isfinite(time.monotonic() + seconds)
+
+
+# --- the config file itself: a regular file of at most 1 MiB -------------------------------------------
+
+
+@pytest.mark.timeout(60)  # only a hang guard: a FIFO must be refused at once, not waited on
+def test_a_fifo_as_config_path_is_refused_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as info:
+        load_config(fifo)
+    message = str(info.value)
+    assert f"config file {str(fifo)!r} is a FIFO (named pipe), not a regular file" in message
+    assert "config_path must name a regular JSON file of at most 1 MiB" in message
+
+
+def test_a_device_as_config_path_is_refused_unread() -> None:
+    with pytest.raises(ConfigError, match=r"config file '/dev/zero' is a character device, not a regular"):
+        load_config("/dev/zero")
+
+
+def test_a_config_file_over_the_bound_is_refused_unread(tmp_path: Path) -> None:
+    big = write_json(tmp_path, '{"chunkSizeMB": 4' + " " * (2 * MIB) + "}")
+    with pytest.raises(ConfigError) as info:
+        load_config(big)
+    assert f"holds more than 1 MiB ({big.stat().st_size} bytes)" in str(info.value)
+    padding = " " * (MAX_SETTINGS_FILE_BYTES - 18)
+    at_bound = write_json(tmp_path, '{"chunkSizeMB": 4' + padding + "}", "b.json")
+    assert at_bound.stat().st_size == MAX_SETTINGS_FILE_BYTES
+    assert load_config(at_bound).chunk_size_mb == 4
+
+
+def test_a_config_file_behind_a_symlink_still_loads(tmp_path: Path) -> None:
+    """Kubernetes mounts a config map as a chain of symlinks: they are followed, the target is checked."""
+    target = write_json(tmp_path, {"chunkSizeMB": 4}, "..data.json")
+    link = tmp_path / "config.json"
+    link.symlink_to(target)
+    assert load_config(link).chunk_size_mb == 4

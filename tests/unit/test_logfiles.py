@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,45 @@ def test_unopenable_log_path_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"logPath '.*nodir/x\.log' cannot be opened"):
         configure_logging(Config(log_path=str(tmp_path / "nodir" / "x.log")))
     assert not any(isinstance(h, logging.FileHandler) for h in logging.getLogger(PACKAGE_LOGGER).handlers)
+
+
+def _our_file_handlers() -> list[logging.Handler]:
+    return [h for h in logging.getLogger(PACKAGE_LOGGER).handlers if isinstance(h, logging.FileHandler)]
+
+
+def test_log_file_is_created_0600_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "ossmc.log"
+    old = os.umask(0)
+    try:
+        undo = configure_logging(Config(log_path=str(path), log_level=1))
+    finally:
+        os.umask(old)
+    logging.getLogger("ossmodelconnector.x").warning("private line")
+    undo()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "private line" in path.read_text(encoding="utf-8")
+
+
+def test_log_file_of_ones_own_is_appended_to(tmp_path: Path) -> None:
+    path = tmp_path / "ossmc.log"
+    path.write_text("an earlier run\n", encoding="utf-8")
+    undo = configure_logging(Config(log_path=str(path), log_level=1))
+    logging.getLogger("ossmodelconnector.x").warning("this run")
+    undo()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "an earlier run" and lines[1].endswith("ossmodelconnector.x: this run")
+
+
+def test_log_path_never_writes_through_a_planted_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n", encoding="utf-8")
+    link = tmp_path / "ossmc.log"
+    link.symlink_to(victim)
+    before = _our_file_handlers()
+    with pytest.raises(ConfigError) as info:
+        configure_logging(Config(log_path=str(link)))
+    message = str(info.value)
+    assert f"logPath {str(link)!r} is a symbolic link: refused, nothing was written to it" in message
+    assert "set logPath to a file of your own" in message
+    assert victim.read_text(encoding="utf-8") == "precious\n"
+    assert _our_file_handlers() == before

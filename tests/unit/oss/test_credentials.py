@@ -465,3 +465,184 @@ def test_no_secret_in_logs_reprs_or_messages(tmp_path: Path, caplog: pytest.LogC
     assert caplog.records, "expected some DEBUG/INFO/WARNING lines to check"
     texts += [record.getMessage() for record in caplog.records]
     assert_no_secret(*texts)
+
+
+# --- values that cannot be sent: refused where they enter; whitespace around them removed ---------------
+
+# (what is inside the value, how the message names it)
+BAD_CHARACTERS = [
+    ("\n", "a line feed (U+000A)"),
+    ("\r\n", "a carriage return (U+000D)"),
+    ("\x00", "a NUL (U+0000)"),
+    ("\x1b", "a control character (U+001B)"),
+    ("\x7f", "a control character (U+007F)"),
+    (" ", "a space"),
+    ("\u00e9", "a non-ASCII character"),
+    ("\u2028", "a non-ASCII character"),
+]
+FIELDS = ["access key id", "secret", "token"]
+
+
+def _source(kind: str, tmp_path: Path, key_id: str, secret: str, token: str) -> tuple[Any, str, str]:
+    """A provider over the three values, how its messages name the source, and the field names it uses."""
+    if kind == "file":
+        path = tmp_path / "creds.json"
+        write_creds(path, {"AccessKeyId": key_id, "AccessKeySecret": secret, "SecurityToken": token})
+        return FileCredentialProvider(path), f"credentials file {str(path)!r}", "field {}"
+    if kind == "environment":  # a mapping: os.environ cannot hold the NUL case
+        environ = {"OSS_ACCESS_KEY_ID": key_id, "OSS_ACCESS_KEY_SECRET": secret, "OSS_SESSION_TOKEN": token}
+        return EnvironmentCredentialProvider(environ), "environment", "variable {}"
+    inner = oss2.credentials.StaticCredentialsProvider(key_id, secret, token)
+    return Oss2ProviderAdapter(inner), "cred_provider StaticCredentialsProvider.get_credentials()", "{}"
+
+
+_FIELD_NAMES = {
+    "file": ("AccessKeyId", "AccessKeySecret", "SecurityToken"),
+    "environment": ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_SESSION_TOKEN"),
+    "oss2": ("access key id", "access key secret", "security token"),
+}
+
+
+def _values(field: str, inside: str) -> tuple[str, str, str]:
+    key_id, secret, token = "AK1", SECRET, TOKEN
+    if field == "access key id":
+        key_id = "AK" + inside + "1"
+    elif field == "secret":
+        secret = SECRET[:6] + inside + SECRET[6:]
+    else:
+        token = TOKEN[:6] + inside + TOKEN[6:]
+    return key_id, secret, token
+
+
+@pytest.mark.parametrize("kind", ["file", "environment", "oss2"])
+@pytest.mark.parametrize("field", FIELDS)
+@pytest.mark.parametrize(("inside", "named"), BAD_CHARACTERS, ids=[repr(c) for c, _ in BAD_CHARACTERS])
+def test_a_character_no_credential_holds_is_refused_naming_source_and_field_never_the_value(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str, field: str, inside: str, named: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    key_id, secret, token = _values(field, inside)
+    provider, source, field_format = _source(kind, tmp_path, key_id, secret, token)
+    name = _FIELD_NAMES[kind][FIELDS.index(field)]
+    source = source.format(name)
+    with pytest.raises(CredentialsError) as info:
+        provider.get()
+    error = info.value
+    assert type(error) is CredentialsError
+    message = str(error)
+    assert message.startswith(f"{source}: {field_format.format(name)} contains {named}, "), message
+    assert "OSS credentials are printable ASCII without spaces" in message
+    assert "refused before any request was sent (this is not a server problem)" in message
+    assert "Fix: store the value exactly as Alibaba Cloud issued it" in message
+    assert "server's answer" not in message and "malformed" not in message
+    assert error.__cause__ is None and error.__context__ is None
+    texts = [message, repr(error), repr(provider)] + [record.getMessage() for record in caplog.records]
+    assert_no_secret(*texts)
+    assert not any(value in text for value in (secret, token) for text in texts)
+
+
+@pytest.mark.parametrize("kind", ["file", "environment", "oss2"])
+@pytest.mark.parametrize(
+    "around", ["\n", "\r\n", " \t", "  \n\n"], ids=["LF", "CRLF", "space-tab", "blank-lines"]
+)
+def test_whitespace_around_a_value_is_removed_with_a_warning_naming_source_and_field(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str, around: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    provider, source, field_format = _source(kind, tmp_path, "AK1" + around, SECRET + around, around + TOKEN)
+    creds = provider.get()
+    assert (creds.access_key_id, creds.access_key_secret, creds.security_token) == ("AK1", SECRET, TOKEN)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3, warnings
+    for name, warning in zip(_FIELD_NAMES[kind], warnings, strict=True):
+        where = f"{source.format(name)}: {field_format.format(name)}"
+        assert warning.startswith(f"{where} had whitespace around it"), warning
+        assert "it was removed" in warning
+    assert_no_secret(*[record.getMessage() for record in caplog.records])
+    # Read again (a rotated file, an invalidated provider): no second WARNING for the same field.
+    provider.invalidate()
+    assert provider.get() == creds
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 3
+
+
+def test_a_value_of_only_whitespace_is_empty(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    write_creds(path, {"AccessKeyId": "AK", "AccessKeySecret": "\n"})
+    with pytest.raises(CredentialsError, match="has no AccessKeySecret field \\(or it is empty\\)"):
+        FileCredentialProvider(path).get()
+    os.environ.update(OSS_ACCESS_KEY_ID="AK", OSS_ACCESS_KEY_SECRET=" \n")
+    with pytest.raises(CredentialsError, match="OSS_ACCESS_KEY_SECRET is not set or empty"):
+        EnvironmentCredentialProvider().get()
+
+
+@pytest.mark.parametrize("field", ["access_key_id", "access_key_secret", "security_token"])
+def test_credentials_built_in_python_refuse_a_trailing_newline_and_say_strip(field: str) -> None:
+    values = {"access_key_id": "AK", "access_key_secret": SECRET, "security_token": TOKEN}
+    values[field] += "\n"
+    with pytest.raises(CredentialsError) as info:
+        Credentials(**values)
+    message = str(info.value)
+    assert message.startswith(f"Credentials(...): {field} contains a line feed (U+000A)"), message
+    assert "value.strip()" in message
+    assert_no_secret(message, repr(info.value))
+
+
+def test_a_provider_of_our_protocol_returning_a_bad_value_fails_at_construction() -> None:
+    class Ours:
+        def get(self) -> Credentials:
+            return Credentials("AK", SECRET + "\r\n")
+
+        def invalidate(self) -> None:
+            pass
+
+    provider = resolve_credentials(Ours())
+    with pytest.raises(CredentialsError, match="access_key_secret contains a carriage return") as info:
+        provider.get()
+    assert_no_secret(str(info.value))
+
+
+def test_an_expiry_too_large_for_a_float_is_not_finite() -> None:
+    with pytest.raises(CredentialsError, match="expires_at is not finite"):
+        Credentials("AK", SECRET, None, 10**400)
+
+
+# --- the credentials file itself: a regular file of at most 1 MiB ----------------------------------------
+
+
+@pytest.mark.timeout(60)  # only a hang guard: a FIFO must be refused at once, not waited on
+def test_a_fifo_as_credentials_file_is_refused_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "creds.json"
+    os.mkfifo(fifo)
+    with pytest.raises(CredentialsError) as info:
+        resolve_credentials(None, str(fifo))
+    message = str(info.value)
+    assert message.startswith(f"credentials file {str(fifo)!r} is a FIFO (named pipe), not a regular file")
+    assert "cred_path must name a regular JSON file of at most 1 MiB" in message
+
+
+def test_a_device_or_a_huge_file_as_credentials_file_is_refused_unread(tmp_path: Path) -> None:
+    with pytest.raises(CredentialsError, match=r"'/dev/zero' is a character device, not a regular file"):
+        resolve_credentials(None, "/dev/zero")
+    big = tmp_path / "creds.json"
+    write_creds(big, json.dumps(creds_doc(exp=None)) + " " * (2 * 1024 * 1024))
+    with pytest.raises(CredentialsError) as info:
+        resolve_credentials(None, str(big))
+    assert f"holds more than 1 MiB ({big.stat().st_size} bytes)" in str(info.value)
+    assert_no_secret(str(info.value))
+
+
+def test_a_credentials_file_replaced_by_a_fifo_keeps_the_previous_ones_until_expiry(tmp_path: Path) -> None:
+    """Rotation still re-reads the file; a FIFO swapped in mid-rotation is refused, not waited on."""
+    path = tmp_path / "creds.json"
+    write_creds(path, creds_doc("AK1"), mtime_ns=1_000_000_000)
+    clock = FakeClock(EXPIRY_EPOCH - 3600)
+    provider = FileCredentialProvider(path, clock=clock)
+    assert provider.get().access_key_id == "AK1"
+    write_creds(path, creds_doc("AK2"), mtime_ns=2_000_000_000)
+    assert provider.get().access_key_id == "AK2"  # rotation: re-read on change
+    path.unlink()
+    os.mkfifo(path)
+    assert provider.get().access_key_id == "AK2"  # refused, the previous ones still valid
+    clock.now = EXPIRY_EPOCH + 1
+    with pytest.raises(CredentialsError, match="is a FIFO"):
+        provider.get()

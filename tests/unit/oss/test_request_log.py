@@ -6,6 +6,8 @@ The package's log file (``logPath``) is tested in ``unit/test_logfiles.py``.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import stat
 import threading
 from pathlib import Path
 
@@ -163,3 +165,26 @@ def test_null_audit_and_open_audit(tmp_path: Path) -> None:
 def test_audit_unopenable_path_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"auditPath '.*missing-dir/a\.log' cannot be opened"):
         AuditLog(tmp_path / "missing-dir" / "a.log")
+
+
+def test_audit_file_is_created_0600_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        audit = AuditLog(tmp_path / "audit.log")
+    finally:
+        os.umask(old)
+    audit.record("GET", "bucket", "k", None, 200, 0, 1.0, None)
+    audit.close()
+    assert stat.S_IMODE((tmp_path / "audit.log").stat().st_mode) == 0o600
+
+
+def test_audit_never_writes_through_a_planted_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    (tmp_path / "audit.log").symlink_to(victim)
+    with pytest.raises(ConfigError) as info:
+        AuditLog(tmp_path / "audit.log")
+    message = str(info.value)
+    assert f"auditPath {str(tmp_path / 'audit.log')!r} is a symbolic link: refused" in message
+    assert "set auditPath to a file of your own" in message and '(or "" to turn auditing off)' in message
+    assert victim.read_bytes() == b"precious\n"
