@@ -85,8 +85,17 @@ class OssModelConnector:
         self.endpoint = parse_endpoint(endpoint, self.config.region)
         credentials = resolve_credentials(cred_provider, cred_path)
         self._undo_logging = configure_logging(self.config)
-        self._audit = open_audit(self.config.audit_path)
-        self._client = OssClient(self.endpoint, credentials, self.config, self._audit)
+        try:
+            self._audit = open_audit(self.config.audit_path)
+        except BaseException:
+            self._undo_logging()  # a refused auditPath must not leave the logPath handler attached
+            raise
+        try:
+            self._client = OssClient(self.endpoint, credentials, self.config, self._audit)
+        except BaseException:
+            self._audit.close()
+            self._undo_logging()
+            raise
         self._scheduler = PrefetchScheduler(self.config.prefetch_connections, self.config.memory_limit_bytes)
         # Lazy directories' files, kept within memoryLimitMB together by evicting whole files.
         self._residency = Residency(self._scheduler, self.config.memory_limit_bytes)

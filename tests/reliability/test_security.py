@@ -519,6 +519,16 @@ def test_a_planted_symlink_as_log_or_audit_path_is_refused_and_the_victim_untouc
     assert logging.getLogger("ossmodelconnector").handlers == handlers
 
 
+def test_a_refused_audit_path_leaves_no_log_handler_behind(localoss: LocalOss, tmp_path: Path) -> None:
+    """logPath is set up before auditPath: when the second is refused, the first is undone."""
+    planted = tmp_path / "audit.log"
+    planted.symlink_to(tmp_path / "elsewhere")
+    handlers = list(logging.getLogger("ossmodelconnector").handlers)
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        make_connector(localoss, log_path=str(tmp_path / "connector.log"), audit_path=str(planted))
+    assert logging.getLogger("ossmodelconnector").handlers == handlers
+
+
 def test_log_and_audit_files_are_created_0600_whatever_the_umask_and_appended_to_after(
     localoss: LocalOss, bucket: str, tmp_path: Path
 ) -> None:

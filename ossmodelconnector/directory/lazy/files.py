@@ -15,11 +15,11 @@ files together so that the directory can report them, collect them and close the
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ossmodelconnector.config import MAX_WAIT_S
 from ossmodelconnector.directory.lazy.idle_gc import IdleCollector
 from ossmodelconnector.directory.lazy.residency import LazyFile, Release, Residency
 from ossmodelconnector.errors import ConfigError
@@ -54,10 +54,10 @@ def lazy_idle_seconds(uri: str, config: Config, *, lazy: bool, wait: bool, gc_id
             "opened, so there is nothing to wait for; pass one of them"
         )
     idle_s = config.gc_idle_seconds if gc_idle_seconds is None else gc_idle_seconds
-    if isinstance(idle_s, bool) or not isinstance(idle_s, (int, float)) or not 0 <= idle_s < math.inf:
+    if isinstance(idle_s, bool) or not isinstance(idle_s, (int, float)) or not 0 <= idle_s <= MAX_WAIT_S:
         raise ConfigError(
             f"prepare_directory({uri!r}, gc_idle_seconds={gc_idle_seconds!r}): give a number of seconds "
-            ">= 0 (0 = never release idle files), or None for gc.idleSeconds"
+            f">= 0 and <= {MAX_WAIT_S:.0f} (0 = never release idle files), or None for gc.idleSeconds"
         )
     return float(idle_s)
 
