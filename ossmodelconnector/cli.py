@@ -8,7 +8,9 @@
         connector.prepare_directory(OSS_URI, MODEL_DIR)        this process owns the download
         CMD runs with OSSMC_PREPARED_DIRS=MODEL_DIR and PYTHONPATH=<_startup>:$PYTHONPATH,
             so every Python process under it (children, grandchildren, spawn, fork, python -m, entry
-            points) attaches to the cache at start-up
+            points) attaches to the cache at start-up; without the credential variables
+            (OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET, OSS_SESSION_TOKEN, OSSMC_CRED_PATH): the
+            wrapper fetches, CMD only reads the cache
         SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 are passed on to CMD (not SIGINT/SIGQUIT from a
             terminal's Ctrl-C / Ctrl-\\: those reach CMD directly, in the same foreground process group)
         exit: CMD's exit code (128 + N when a signal N ended it); the cache is released first
@@ -30,11 +32,19 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from ossmodelconnector.environment import CONFIG_PATH_ENV, CRED_PATH_ENV
+from ossmodelconnector.environment import CONFIG_PATH_ENV, CRED_PATH_ENV, ENV_PREFIX, LEGACY_ENV_PREFIX
 from ossmodelconnector.errors import ConnectorError
+from ossmodelconnector.oss.credentials import ENV_ACCESS_KEY_ID, ENV_ACCESS_KEY_SECRET, ENV_SESSION_TOKEN
 from ossmodelconnector.startup import OSS_ENDPOINT_ENV, connector_from_environment
 
-__all__ = ["FORWARDED_SIGNALS", "main", "startup_dir"]
+__all__ = [
+    "CREDENTIAL_VARIABLES",
+    "FORWARDED_SIGNALS",
+    "child_environment",
+    "main",
+    "program_environment",
+    "startup_dir",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,17 @@ FORWARDED_SIGNALS = (
     signal.SIGUSR2,
 )
 """Signals ``run`` passes on to the program instead of acting on them itself."""
+
+CREDENTIAL_VARIABLES = (
+    ENV_ACCESS_KEY_ID,
+    ENV_ACCESS_KEY_SECRET,
+    ENV_SESSION_TOKEN,
+    CRED_PATH_ENV,
+    LEGACY_ENV_PREFIX + CRED_PATH_ENV.removeprefix(ENV_PREFIX),
+)
+"""The variables credentials are read from (``oss/credentials.py``, ``environment.py``): ``run`` keeps
+them from the program it starts. The wrapper built its connector before; the program and every process
+under it only read the cache, so an access key there would only be a secret more places could leak."""
 
 _USAGE_ERROR = 2
 
@@ -63,6 +84,13 @@ def child_environment(environ: dict[str, str]) -> dict[str, str]:
     parts = [part for part in env.get("PYTHONPATH", "").split(os.pathsep) if part and part != folder]
     env["PYTHONPATH"] = os.pathsep.join([folder, *parts])
     return env
+
+
+def program_environment(environ: dict[str, str]) -> dict[str, str]:
+    """What ``run`` gives the program: :func:`child_environment` without the :data:`CREDENTIAL_VARIABLES`."""
+    return {
+        name: value for name, value in child_environment(environ).items() if name not in CREDENTIAL_VARIABLES
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_program(program: list[str]) -> int:
     try:
-        child = subprocess.Popen(program, env=child_environment(dict(os.environ)))
+        child = subprocess.Popen(program, env=program_environment(dict(os.environ)))
     except OSError as exc:
         print(f"ossmodelconnector: cannot start {program[0]!r}: {exc}", file=sys.stderr)
         return 127 if isinstance(exc, FileNotFoundError) else 126

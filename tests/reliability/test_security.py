@@ -328,3 +328,62 @@ def test_no_code_mode_keeps_secrets_out_of_every_cmdline(
     finally:
         wrapper.send_signal(signal.SIGTERM)
         wrapper.communicate(timeout=60)
+
+
+# Prints the program's own environment block, and that of a Python process it starts, as hex lines.
+_ENVIRON_PROGRAM = (
+    "import subprocess, sys\n"
+    "print(open('/proc/self/environ', 'rb').read().hex(), flush=True)\n"
+    "child = [sys.executable, '-c', \"print(open('/proc/self/environ', 'rb').read().hex())\"]\n"
+    "print(subprocess.run(child, capture_output=True, text=True, check=True).stdout.strip(), flush=True)\n"
+)
+
+
+@pytest.mark.parametrize("source", ["environment", "credentials file"])
+def test_run_keeps_credentials_out_of_the_programs_environment(
+    localoss_factory: object, tiny_model: SavedModel, tmp_path: Path, source: str
+) -> None:
+    token = "sts-token-for-the-wrapper-only"
+    server = localoss_factory("--sts-token", token)  # type: ignore[operator]
+    uri = upload_model(server, "nocode-environ", tiny_model)
+    env = {**os.environ, "OSSMC_SMALL_FILE_MB": "1"}
+    if source == "environment":
+        env.update(
+            OSS_ACCESS_KEY_ID=server.access_key_id,
+            OSS_ACCESS_KEY_SECRET=server.access_key_secret,
+            OSS_SESSION_TOKEN=token,
+        )
+    else:
+        cred_file = tmp_path / "credentials.json"
+        cred_file.write_text(
+            json.dumps(
+                {
+                    "AccessKeyId": server.access_key_id,
+                    "AccessKeySecret": server.access_key_secret,
+                    "SecurityToken": token,
+                }
+            )
+        )
+        env["OSSMC_CRED_PATH"] = str(cred_file)
+    model_dir = tmp_path / "model"
+    command = [sys.executable, "-m", "ossmodelconnector.cli", "run", "--endpoint", server.endpoint]
+    command += [uri, str(model_dir), "--", sys.executable, "-c", _ENVIRON_PROGRAM]
+    completed = subprocess.run(
+        command,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    blocks = [bytes.fromhex(line) for line in completed.stdout.split()]
+    assert len(blocks) == 2  # the program's and its child's
+    for block in blocks:
+        variables = dict(entry.split(b"=", 1) for entry in block.split(b"\0") if b"=" in entry)
+        # The program still reads the cache: the directory is exported to it.
+        assert variables[b"OSSMC_PREPARED_DIRS"] == str(model_dir).encode()
+        for name in ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_SESSION_TOKEN", "OSSMC_CRED_PATH"):
+            assert name.encode() not in variables, name
+        for secret in (server.access_key_secret, token):
+            assert secret.encode() not in block
