@@ -3,7 +3,7 @@
 ::
 
     connector.prepare_directory(uri, dir)                  (in every process that calls it)
-      prepare_lock(dir): flock on /dev/shm/ossmc-l-<hash of realpath(dir)>   held until ready
+      prepare_lock(dir): flock on /dev/shm/ossmc-l-<uid>-<hash of realpath(dir)>   held until ready
         live_owner(dir, uri, endpoint)?  another live process prepared dir from the same uri
             yes -> AttachedDirectory: register the owner's files as RemoteFiles (no download here)
             no  -> directory.prepare_directory: this process is the owner (a dead owner's files are
@@ -14,14 +14,18 @@ process finds either nothing (and prepares) or a complete directory with a live 
 never a half-cleaned one. A process that dies holding the lock releases it (the kernel drops a
 ``flock`` with its last descriptor): stale-owner recovery needs nothing more. The lock file is unlinked
 on release; a waiter that locked an unlinked file notices (another inode at the path) and tries again.
+A lock name that another user's file (or a symlink, or a file of another mode) holds is left alone: every
+process of the user skips it the same way and locks the next name (``segments.candidate_names``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -32,10 +36,13 @@ from ossmodelconnector.cache.attached import AttachedCache
 from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.cache.manifest import manifest_path, read_manifest
 from ossmodelconnector.cache.segments import (
-    SEGMENT_PREFIX,
+    SEGMENT_MODE,
     STATE_DIR,
+    candidate_names,
+    describe_user,
+    lock_name,
     process_alive,
-    state_table_name,
+    warn_squatted,
 )
 from ossmodelconnector.cache.state_table import FileStatus
 from ossmodelconnector.directory.safety import read_owner
@@ -47,13 +54,55 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_POLL_S = 0.05
 """How often a process waiting for another one's prepare tries the lock again (seconds)."""
-LOCK_PREFIX = SEGMENT_PREFIX + "l-"
 
 
 def lock_path(model_dir: str) -> str:
-    """``/dev/shm/ossmc-l-<hash of realpath(model_dir)>``: the file :func:`prepare_lock` locks."""
-    name = LOCK_PREFIX + state_table_name(model_dir)[len(SEGMENT_PREFIX) + 2 :]
-    return os.path.join(STATE_DIR, name)
+    """``/dev/shm/ossmc-l-<uid>-<hash of realpath(model_dir)>``: the first file :func:`prepare_lock` tries."""
+    return os.path.join(STATE_DIR, lock_name(model_dir))
+
+
+def _open_lock(path: str) -> tuple[int, os.stat_result] | str:
+    """The lock file at ``path``, opened (created if missing), or why it is not ours to lock."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EACCES, errno.EPERM, errno.ENXIO, errno.EISDIR):
+            try:
+                info = os.lstat(path)
+            except OSError:
+                return f"cannot be opened ({exc.strerror})"
+            kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else f"cannot be opened ({exc.strerror})"
+            return f"{kind}, owned by {describe_user(info.st_uid)}"
+        raise
+    info = os.fstat(fd)
+    problems = []
+    if not stat.S_ISREG(info.st_mode):
+        problems.append("not a regular file")
+    if info.st_uid != os.geteuid():
+        problems.append(f"owned by {describe_user(info.st_uid)}")
+    if stat.S_IMODE(info.st_mode) & ~SEGMENT_MODE:
+        problems.append(f"mode {stat.S_IMODE(info.st_mode):04o}")
+    if problems:
+        os.close(fd)
+        return ", ".join(problems)
+    return fd, info
+
+
+def _open_first_lock(model_dir: str, squatters: dict[str, str]) -> tuple[str, int, os.stat_result]:
+    """The first lock name of ``model_dir`` that no foreign file holds, opened; ``squatters`` collects
+    (and warns once about) the names skipped."""
+    for name in candidate_names(lock_name(model_dir), fresh=False):
+        path = os.path.join(STATE_DIR, name)
+        opened = _open_lock(path)
+        if not isinstance(opened, str):
+            return path, *opened
+        if path not in squatters:  # warned once per file, however long this waits
+            squatters[path] = opened
+            warn_squatted(path, opened, f"the prepare lock of {model_dir}")
+    raise CacheError(
+        f"{model_dir}: every name its prepare lock may take in {STATE_DIR} is held by a file that is not "
+        f"ours ({'; '.join(f'{p}: {why}' for p, why in squatters.items())}): remove them"
+    )
 
 
 @contextlib.contextmanager
@@ -66,19 +115,13 @@ def prepare_lock(model_dir: str, timeout_s: float) -> Iterator[None]:
 
     Raises:
         RequestTimeoutError: another process held it for longer.
-        CacheError: the lock file is not ours (another user made it).
+        CacheError: every name the lock may take is held by a file that is not ours.
     """
-    path = lock_path(model_dir)
     deadline = time.monotonic() + timeout_s
+    squatters: dict[str, str] = {}
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        path, fd, info = _open_first_lock(model_dir, squatters)
         try:
-            info = os.fstat(fd)
-            if info.st_uid != os.geteuid():
-                raise CacheError(
-                    f"{path}: the prepare lock of {model_dir} belongs to uid {info.st_uid}; remove it, or "
-                    "prepare as that user"
-                )
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -92,7 +135,7 @@ def prepare_lock(model_dir: str, timeout_s: float) -> Iterator[None]:
                 time.sleep(DEFAULT_LOCK_POLL_S)
                 continue
             try:
-                current = os.stat(path).st_ino
+                current = os.stat(path, follow_symlinks=False).st_ino
             except FileNotFoundError:
                 current = -1
             if current == info.st_ino:

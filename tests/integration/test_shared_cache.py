@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multiprocess_workers import mapping_rss
+from reliability_harness import as_other_user
 
 from ossmodelconnector._fast import crc64
 from ossmodelconnector.cache.attached import AttachedCache
@@ -401,6 +402,11 @@ if mode == "fork":
     os.waitpid(pid, 0)
     print("present" if os.path.exists(cache.data_path(0)) else "removed", flush=True)
     sys.exit(0)
+if mode == "fill":  # its bytes in the segment, as if fetched: memory a SIGKILL would leave behind
+    fd = os.open(cache.data_path(0), os.O_WRONLY)
+    os.pwrite(fd, data, 0)
+    os.close(fd)
+    print("filled", flush=True)
 sys.stdin.read()  # "wait": stay alive until the test closes stdin
 cache.close()
 """
@@ -408,9 +414,9 @@ cache.close()
 OWNED_INFO = ObjectInfo("bucket", "m/w.bin", 3 * 4096, '"etag"', 0.0)
 
 
-def start_owner(model_dir: Path, namespace: str) -> tuple[subprocess.Popen[str], Path]:
+def start_owner(model_dir: Path, namespace: str, mode: str = "wait") -> tuple[subprocess.Popen[str], Path]:
     owner = subprocess.Popen(
-        [sys.executable, "-c", OWNER, str(model_dir), namespace, "wait"],
+        [sys.executable, "-c", OWNER, str(model_dir), namespace, mode],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -419,6 +425,8 @@ def start_owner(model_dir: Path, namespace: str) -> tuple[subprocess.Popen[str],
     assert owner.stdout is not None
     line = owner.stdout.readline().strip()
     assert line, owner.stderr.read() if owner.stderr else ""
+    if mode == "fill":
+        assert owner.stdout.readline().strip() == "filled"
     return owner, Path(line)
 
 
@@ -436,10 +444,10 @@ def test_a_dead_owner_is_reported_to_readers_and_its_files_are_recovered(
     attached.close()
     names = names_of(model_dir, namespace, [OWNED_INFO])
     assert names <= set(ours_in_dev_shm())  # left behind by the SIGKILL
-    with caplog.at_level(logging.WARNING, logger="ossmodelconnector.cache.shared_cache"):
+    with caplog.at_level(logging.INFO, logger="ossmodelconnector.cache"):
         cache = SharedCache.create(model_dir, [OWNED_INFO], namespace=namespace, chunk_size=4096)
     caches.append(cache)
-    assert f"left by process {owner.pid}" in caplog.text
+    assert f"left by process {owner.pid}" in caplog.text  # the sweep of every create removed them
     assert cache.state_table_name == stale_table and cache.table.owner_pid == os.getpid()
     assert os.stat(cache.data_path(0)).st_blocks == 0  # a fresh segment
     cache.close()
@@ -473,6 +481,21 @@ def test_a_live_owner_keeps_its_directory_and_its_objects(
     assert_gone(names_of(model_dir, namespace, [OWNED_INFO]))
 
 
+def test_every_create_removes_what_dead_owners_of_other_directories_left(
+    tmp_path: Path, namespace: str, caches: list[SharedCache]
+) -> None:
+    owner, manifest = start_owner(tmp_path / "dead", namespace, "fill")
+    left = {read_manifest(manifest).state_table} | {
+        Path(entry.data_path).name for entry in read_manifest(manifest).files.values()
+    }
+    owner.kill()
+    owner.communicate()
+    assert left <= set(ours_in_dev_shm())
+    (info,) = infos_of({"m/other.bin": payload(100, 5)})
+    caches.append(SharedCache.create(tmp_path / "other", [info], namespace=namespace, chunk_size=CHUNK))
+    assert_gone(left)
+
+
 @pytest.mark.parametrize("mode", ["raise", "forget"])
 def test_an_owner_that_exits_without_closing_leaves_nothing(
     tmp_path: Path, namespace: str, mode: str
@@ -503,34 +526,46 @@ def test_a_dropped_cache_is_removed_by_the_garbage_collector(tmp_path: Path, nam
 
 @pytest.mark.parametrize("squat", ["foreign-mode", "foreign-owner", "symlink"])
 @pytest.mark.parametrize("which", ["data", "table"])
-def test_a_squatted_name_is_refused_and_left_alone(
-    tmp_path: Path, namespace: str, squat: str, which: str
+def test_a_squatted_name_is_left_alone_and_the_next_name_used(
+    tmp_path: Path, namespace: str, squat: str, which: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    (info,) = infos_of({"m/w.bin": payload(100, 1)})
+    data = payload(3 * CHUNK + 1, 1)
+    (info,) = infos_of({"m/w.bin": data})
     model_dir = tmp_path / "model"
     name = data_segment_name(namespace, info) if which == "data" else state_table_name(model_dir)
     path = Path("/dev/shm") / name
     target = tmp_path / "target"
     target.write_bytes(b"not yours")
+    owner = f"uid {os.geteuid()}"
     if squat == "symlink":
         path.symlink_to(target)
-    else:
+    elif squat == "foreign-mode":
         path.write_bytes(b"squatter")
-        if squat == "foreign-mode":
-            path.chmod(0o644)
-        else:
-            if os.geteuid() != 0:
-                pytest.skip("needs root to give the file another owner")
-            path.chmod(0o600)
-            os.chown(path, 65534, 65534)
+        path.chmod(0o644)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("needs root to create a file as another user")
+        as_other_user(["sh", "-c", f"printf squatter > {path}"])  # nobody's file, nobody's mode
+        owner = f"uid {path.stat().st_uid} (nobody)"
     try:
-        with pytest.raises(CacheError, match="not created by ossmodelconnector"):
-            SharedCache.create(model_dir, [info], namespace=namespace, chunk_size=CHUNK)
+        with caplog.at_level(logging.WARNING, logger="ossmodelconnector"):
+            cache = SharedCache.create(model_dir, [info], namespace=namespace, chunk_size=CHUNK)
+        try:
+            warnings = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+            assert len(warnings) == 1 and owner in warnings[0] and "left alone" in warnings[0]
+            used = cache.data_path(0) if which == "data" else f"/dev/shm/{cache.state_table_name}"
+            assert used == f"{path}-1"  # the next name of the same sequence in every process of the user
+            fill_through_files(cache, {info.key: data}, [info], connections=2)
+            assert Path(cache.data_path(0)).read_bytes() == data
+            with AttachedCache.from_manifest(cache.manifest_path) as attached:
+                attached.file(0).wait_all(LIVENESS_S)
+                assert bytes(attached.data(0)) == data
+        finally:
+            cache.close()
         assert target.read_bytes() == b"not yours"
         if squat != "symlink":
-            assert path.read_bytes() == b"squatter"
-        names = names_of(model_dir, namespace, [info]) - {name}
-        assert_gone(names)  # what the refused attempt created is gone again
+            assert path.read_bytes() == b"squatter"  # never used, truncated nor removed
+        assert_gone(names_of(model_dir, namespace, [info]) - {name} | {f"{name}-1"})
     finally:
         path.unlink()
 
@@ -582,10 +617,13 @@ def test_the_disk_fallback_never_follows_a_planted_symlink(tmp_path: Path, names
     data_dir.mkdir(parents=True)
     target = tmp_path / "precious"
     target.write_bytes(b"keep me")
-    (data_dir / data_segment_name(namespace, info)).symlink_to(target)
-    with pytest.raises(CacheError, match="symbolic link"):
-        SharedCache.create(model_dir, [info], namespace=namespace, chunk_size=CHUNK, memory_limit_bytes=0)
-    assert target.read_bytes() == b"keep me"
+    planted = data_dir / data_segment_name(namespace, info)
+    planted.symlink_to(target)
+    with SharedCache.create(
+        model_dir, [info], namespace=namespace, chunk_size=CHUNK, memory_limit_bytes=0
+    ) as cache:
+        assert cache.data_path(0) == f"{planted}-1"  # the link is left alone, never followed
+    assert target.read_bytes() == b"keep me" and planted.is_symlink()
     assert_gone(names_of(model_dir, namespace, [info]))
 
 

@@ -6,6 +6,7 @@ it is told (a hostile or broken OSS-compatible peer); the rest runs against ``lo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +23,17 @@ from urllib.parse import quote
 
 import pytest
 from localoss_harness import LocalOss
-from reliability_harness import MODEL_PREFIX, SavedModel, make_connector, upload_model
+from reliability_harness import (
+    MIB,
+    MODEL_PREFIX,
+    SavedModel,
+    as_other_user,
+    as_other_user_command,
+    assert_same_state,
+    load_model,
+    make_connector,
+    upload_model,
+)
 
 from ossmodelconnector import (
     CacheError,
@@ -31,6 +43,8 @@ from ossmodelconnector import (
     UnsafePathError,
 )
 from ossmodelconnector.cache.attached import AttachedCache
+from ossmodelconnector.cache.manifest import read_manifest
+from ossmodelconnector.cache.segments import data_segment_name, lock_name, state_table_name
 from ossmodelconnector.directory.safety import OWNER_DIR_NAME
 from ossmodelconnector.oss.credentials import Credentials, FileCredentialProvider
 from ossmodelconnector.oss.responses import CODE_INVALID_RESPONSE
@@ -165,6 +179,102 @@ def test_attaching_refuses_a_state_table_another_user_owns(
                 AttachedCache.from_manifest(manifest)
         finally:
             os.chown(table, os.geteuid(), os.getegid())
+
+
+_NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+
+
+@_NEEDS_ROOT
+def test_names_another_user_squats_are_left_alone_and_the_load_succeeds(
+    localoss: LocalOss, tiny_model: SavedModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    uri = upload_model(localoss, "sec-squat", tiny_model)
+    model_dir = tmp_path / "model"
+    with make_connector(localoss) as connector:
+        infos = [info for info in connector.list("sec-squat", MODEL_PREFIX) if info.size >= MIB]
+        namespace = str(connector.endpoint)
+        # nobody creates empty files (its mode, 0644) under every name this user's prepare computes first.
+        names = [data_segment_name(namespace, info) for info in infos]
+        names += [state_table_name(model_dir), lock_name(model_dir)]
+        squatters = [Path("/dev/shm") / name for name in names]
+        as_other_user(["touch", *map(str, squatters)])
+        try:
+            with caplog.at_level(logging.WARNING, logger="ossmodelconnector"):
+                connector.prepare_directory(uri, model_dir, wait=True)
+            assert_same_state(load_model(model_dir), tiny_model.state)
+            for squatter in squatters:
+                assert squatter.stat().st_uid != os.geteuid() and squatter.stat().st_size == 0  # untouched
+                warnings = [r.getMessage() for r in caplog.records if f"{squatter} exists" in r.getMessage()]
+                assert len(warnings) == 1 and "(nobody)" in warnings[0], squatter
+            manifest = read_manifest(model_dir / OWNER_DIR_NAME / "manifest.json")
+            used = [Path(entry.data_path).name for entry in manifest.files.values()]
+            assert sorted(used) == sorted(f"{name}-1" for name in names[: len(infos)])
+            assert manifest.state_table == f"{state_table_name(model_dir)}-1"
+        finally:
+            for squatter in squatters:
+                squatter.unlink()
+
+
+# Prepares argv[4] into argv[5] once told to ("go" on stdin), then prints its uid, the sha256 of every
+# file it reads through the directory and the data segments behind them.
+_PREPARE_AND_READ = """
+import hashlib, json, os, sys
+from ossmodelconnector import OssModelConnector
+from ossmodelconnector.cache.manifest import manifest_path, read_manifest
+from ossmodelconnector.oss.credentials import Credentials
+endpoint, key_id, secret, uri, model_dir = sys.argv[1:6]
+with OssModelConnector(endpoint, cred_provider=Credentials(key_id, secret), chunk_size_mb=1,
+                       small_file_mb=1, prefetch_vcpus=1, prefetch_workers=2) as connector:
+    print("ready", flush=True)
+    assert sys.stdin.readline().strip() == "go"
+    connector.prepare_directory(uri, model_dir)
+    digests = {name: hashlib.sha256(open(os.path.join(model_dir, name), "rb").read()).hexdigest()
+               for name in sorted(os.listdir(model_dir)) if not name.startswith(".")}
+    segments = [entry.data_path for entry in read_manifest(manifest_path(model_dir)).files.values()]
+    print(json.dumps({"uid": os.geteuid(), "digests": digests, "segments": segments}), flush=True)
+"""
+
+
+@_NEEDS_ROOT
+def test_two_users_preparing_the_same_model_at_once_both_load_it(
+    localoss: LocalOss, tiny_model: SavedModel, tmp_path: Path
+) -> None:
+    uri = upload_model(localoss, "sec-two-users", tiny_model)
+    args = [localoss.endpoint, localoss.access_key_id, localoss.access_key_secret, uri]
+    command = [sys.executable, "-c", _PREPARE_AND_READ, *args]
+    # nobody's directory: under /tmp itself, whose path nobody may search (pytest's tmp_path is root's).
+    with tempfile.TemporaryDirectory(prefix="ossmc-nobody-") as theirs:
+        os.chown(theirs, 65534, 65534)
+        env = {**os.environ, "HOME": theirs}
+        processes = [
+            subprocess.Popen(
+                [*command, str(tmp_path / "model")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            ),
+            subprocess.Popen(
+                as_other_user_command([*command, os.path.join(theirs, "model")]),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            ),
+        ]
+        try:
+            for process in processes:
+                assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+            outputs = [process.communicate("go\n", timeout=100)[0] for process in processes]  # at once
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.communicate()
+    assert [process.returncode for process in processes] == [0, 0]
+    reports = [json.loads(output.strip().splitlines()[-1]) for output in outputs]
+    expected = {name: hashlib.sha256(data).hexdigest() for name, data in tiny_model.files.items()}
+    assert [report["uid"] for report in reports] == [os.geteuid(), 65534]
+    for report in reports:
+        assert report["digests"] == expected  # every byte, large files included
+        assert all(f"/ossmc-d-{report['uid']}-" in path for path in report["segments"])
+    assert not set(reports[0]["segments"]) & set(reports[1]["segments"])  # each user its own copy
 
 
 def test_planted_symlinks_in_model_dir_are_never_followed(
