@@ -1,4 +1,5 @@
-"""The ``ossmodelconnector`` command: ``run`` prepares a directory and runs a program over it (no-code mode).
+"""The ``ossmodelconnector`` command: ``run`` prepares a directory and runs a program over it (no-code
+mode); ``gc`` removes what processes that died left in shared memory.
 
 ::
 
@@ -14,6 +15,11 @@
         SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 are passed on to CMD (not SIGINT/SIGQUIT from a
             terminal's Ctrl-C / Ctrl-\\: those reach CMD directly, in the same foreground process group)
         exit: CMD's exit code (128 + N when a signal N ended it); the cache is released first
+
+    ossmodelconnector gc [--cache-dir DIR]...
+        removes this user's state tables whose owner died, data segments no live process holds, and
+        unlocked prepare locks from /dev/shm (and cacheDir, and each DIR); prints each file and the bytes
+        freed. Files a live process holds are never removed (cache/sweep.py; every prepare does the same)
 
 Example::
 
@@ -32,7 +38,15 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from ossmodelconnector.environment import CONFIG_PATH_ENV, CRED_PATH_ENV, ENV_PREFIX, LEGACY_ENV_PREFIX
+from ossmodelconnector.cache.sweep import sweep
+from ossmodelconnector.config import load_config
+from ossmodelconnector.environment import (
+    CONFIG_PATH_ENV,
+    CRED_PATH_ENV,
+    ENV_PREFIX,
+    LEGACY_ENV_PREFIX,
+    environment_value,
+)
 from ossmodelconnector.errors import ConnectorError
 from ossmodelconnector.oss.credentials import ENV_ACCESS_KEY_ID, ENV_ACCESS_KEY_SECRET, ENV_SESSION_TOKEN
 from ossmodelconnector.startup import OSS_ENDPOINT_ENV, connector_from_environment
@@ -119,6 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("oss_uri", metavar="OSS_URI", help="oss://bucket/prefix/")
     run.add_argument("model_dir", metavar="MODEL_DIR", help="the local directory to prepare")
     run.add_argument("program", metavar="COMMAND", nargs=argparse.REMAINDER, help="after --: what to run")
+    gc = commands.add_parser(
+        "gc",
+        help="remove what processes that died (SIGKILL, the OOM killer) left in shared memory",
+        description="Remove this user's state tables whose owner died, data segments that no live process "
+        "holds, and prepare locks nobody holds, from /dev/shm and the cache directories; print each file "
+        "and the bytes freed. Nothing a live process holds is removed.",
+    )
+    gc.add_argument(
+        "--cache-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help=f"also look in DIR (repeatable); cacheDir of the config (${CONFIG_PATH_ENV}) always",
+    )
+    gc.add_argument("--config", default="", help=f"config JSON (default ${CONFIG_PATH_ENV})")
     return parser
 
 
@@ -130,10 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit code: COMMAND's for ``run`` (128 + N when signal N ended it), 2 for a usage error, 1
-        when preparing failed.
+        when preparing failed; 0 for ``gc`` (1 when the config cannot be read).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "gc":
+        return _gc(args.cache_dir, args.config)
     program = list(args.program)
     if program and program[0] == "--":
         program = program[1:]
@@ -151,6 +182,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"ossmodelconnector: preparing {args.model_dir} failed: {exc}", file=sys.stderr)
             return 1
         return _run_program(program)
+
+
+def _gc(cache_dirs: list[str], config_path: str) -> int:
+    try:
+        config = load_config(config_path or environment_value(CONFIG_PATH_ENV) or None)
+    except ConnectorError as exc:
+        print(f"ossmodelconnector: {exc}", file=sys.stderr)
+        return 1
+    removed = sweep([config.cache_dir, *cache_dirs])
+    for item in removed:
+        print(f"removed {item.path} ({item.kind}, {item.nbytes} bytes): {item.why}")
+    total = sum(item.nbytes for item in removed)
+    print(f"removed {len(removed)} file(s), {total} bytes" if removed else "nothing to remove")
+    return 0
 
 
 def _run_program(program: list[str]) -> int:

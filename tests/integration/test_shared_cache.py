@@ -31,7 +31,7 @@ from ossmodelconnector._fast import crc64
 from ossmodelconnector.cache.attached import AttachedCache
 from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.cache.manifest import find_manifest, read_manifest
-from ossmodelconnector.cache.segments import data_segment_name, ours_in_dev_shm, state_table_name
+from ossmodelconnector.cache.segments import data_segment_name, lock_name, ours_in_dev_shm, state_table_name
 from ossmodelconnector.cache.shared_backing import SharedBacking
 from ossmodelconnector.cache.shared_cache import SharedCache
 from ossmodelconnector.cache.state_table import FileStatus, TableStatus
@@ -481,6 +481,68 @@ def test_a_live_owner_keeps_its_directory_and_its_objects(
     assert_gone(names_of(model_dir, namespace, [OWNED_INFO]))
 
 
+def _files_of(manifest: Path) -> tuple[str, str]:
+    """(state table, data segment) names of a one-file directory's manifest."""
+    read = read_manifest(manifest)
+    return read.state_table, Path(next(iter(read.files.values())).data_path).name
+
+
+GC = "import sys; from ossmodelconnector.cli import main; sys.exit(main(['gc']))"
+
+
+def test_gc_removes_what_a_sigkilled_owner_left_and_nothing_a_live_process_holds(
+    tmp_path: Path, namespace: str
+) -> None:
+    shared, shared_manifest = start_owner(tmp_path / "shared", namespace, "fill")
+    dead, dead_manifest = start_owner(tmp_path / "dead", f"{namespace}-2", "fill")
+    live, live_manifest = start_owner(tmp_path / "live", f"{namespace}-3", "fill")
+    holder = subprocess.Popen(  # a prepare lock whose holder is SIGKILLed too: the file stays
+        [sys.executable, "-c", LOCK_HOLDER, str(tmp_path / "dead")], stdout=subprocess.PIPE, text=True
+    )
+    (shared_table, shared_data), (dead_table, dead_data) = (
+        _files_of(shared_manifest),
+        _files_of(dead_manifest),
+    )
+    live_files = set(_files_of(live_manifest))
+    lock = lock_name(tmp_path / "dead")
+    try:
+        # Another directory of the same object version holds the first owner's segment.
+        with SharedCache.create(
+            tmp_path / "sharer", [OWNED_INFO], namespace=namespace, chunk_size=4096
+        ) as sharer:
+            assert sharer.peer(0) is not None and sharer.data_path(0) == f"/dev/shm/{shared_data}"
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+            for process in (shared, dead, holder):
+                process.kill()  # SIGKILL, as the OOM killer does: nothing of theirs runs
+                process.communicate()
+            left = {shared_table, shared_data, dead_table, dead_data, lock}
+            assert left <= set(ours_in_dev_shm())
+            done = run_child(GC)
+            assert done.returncode == 0, done.stderr
+            lines = done.stdout.splitlines()
+            for name, kind in (
+                (shared_table, "state table"),
+                (dead_table, "state table"),
+                (lock, "prepare lock"),
+            ):
+                line = next((line for line in lines if name in line), "")
+                assert f"({kind}, " in line, (name, done.stdout)
+            assert any(f"left by process {dead.pid}" in line for line in lines)
+            assert any(dead_data in line and f"(data segment, {3 * 4096} bytes)" in line for line in lines)
+            total = sum(int(line.rsplit("(", 1)[1].split(", ")[1].split()[0]) for line in lines[:-1])
+            assert lines[-1] == f"removed {len(lines) - 1} file(s), {total} bytes"
+            assert not {shared_table, dead_table, dead_data, lock} & set(ours_in_dev_shm())
+            assert shared_data in ours_in_dev_shm()  # held by the live sharer: never removed
+            assert live_files <= set(ours_in_dev_shm())  # the live owner's: untouched
+            assert Path(sharer.data_path(0)).read_bytes() == random.Random(1).randbytes(3 * 4096)
+        assert_gone({shared_data})  # its last holder removed it
+        again = run_child(GC)
+        assert not any(name in again.stdout for name in live_files) and live_files <= set(ours_in_dev_shm())
+    finally:
+        live.communicate("", timeout=LIVENESS_S)
+    assert_gone(live_files)
+
+
 def test_every_create_removes_what_dead_owners_of_other_directories_left(
     tmp_path: Path, namespace: str, caches: list[SharedCache]
 ) -> None:
@@ -494,6 +556,15 @@ def test_every_create_removes_what_dead_owners_of_other_directories_left(
     (info,) = infos_of({"m/other.bin": payload(100, 5)})
     caches.append(SharedCache.create(tmp_path / "other", [info], namespace=namespace, chunk_size=CHUNK))
     assert_gone(left)
+
+
+LOCK_HOLDER = """
+import sys, time
+from ossmodelconnector.directory.attached import prepare_lock
+with prepare_lock(sys.argv[1], 60):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
 
 
 @pytest.mark.parametrize("mode", ["raise", "forget"])
