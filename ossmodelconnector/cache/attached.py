@@ -189,7 +189,7 @@ class AttachedFile:
         self._wait_until(
             timeout_s,
             (start, end),
-            lambda: self._chunks_ready(first, last),
+            lambda retry: self._chunks_ready(first, last, retry=retry),
             lambda: self._demand(first, last),
         )
 
@@ -206,13 +206,15 @@ class AttachedFile:
     # --- internals -----------------------------------------------------------------------------------
 
     def _demand(self, first: int, last: int) -> None:
-        """Post the runs of EMPTY chunks in ``[first, last)`` to the owner (a hint; needs writable access)."""
+        """Post the runs of EMPTY chunks in ``[first, last)`` to the owner (a hint; needs writable access),
+        and of FAILED ones when they failed for lack of room (the owner fetches those again)."""
         if not self.table.writable:
             return
         states = self.table.states(self.index)[first:last]
+        wanted = (_EMPTY, ChunkState.FAILED) if self._failed_for_room() else (_EMPTY,)
         runs: list[tuple[int, int]] = []
         for offset, state in enumerate(states):
-            if state != _EMPTY:
+            if state not in wanted:
                 continue
             if runs and runs[-1][0] + runs[-1][1] == first + offset:
                 runs[-1] = (runs[-1][0], runs[-1][1] + 1)
@@ -223,21 +225,28 @@ class AttachedFile:
         for run_first, run_count in runs:
             self.table.post_demand(self.index, run_first, run_count)
 
-    def _chunks_ready(self, first: int, last: int) -> bool:
+    def _chunks_ready(self, first: int, last: int, *, retry: bool = False) -> bool:
+        """Whether the chunks are READY; raises for a FAILED one, unless ``retry`` (a read's first look)
+        and it failed for lack of room: then the demand asks the owner to fetch it again."""
         states = bytes(self.table.states(self.index)[first:last])
         if states.count(_READY) == len(states):
             return True
-        if _FAILED in states:
+        if _FAILED in states and not (retry and self.table.writable and self._failed_for_room()):
             self._raise_error()
         return False
 
-    def _verified(self) -> bool:
+    def _failed_for_room(self) -> bool:
+        stored = self.table.read_error(self.index)
+        return stored is not None and stored[0] == errors.OutOfMemoryError.__name__
+
+    def _verified(self, retry: bool = False) -> bool:
         status = self.table.file_status(self.index)
         if status == FileStatus.VERIFIED:
             return True
         if status == FileStatus.FAILED:
             self._raise_error(IntegrityError)
-        self._chunks_ready(0, self.table.file(self.index).chunk_count)  # raises for a FAILED chunk
+        # raises for a FAILED chunk
+        self._chunks_ready(0, self.table.file(self.index).chunk_count, retry=retry)
         return False
 
     def _check_open(self) -> None:
@@ -248,17 +257,19 @@ class AttachedFile:
         self,
         timeout_s: float | None,
         span: tuple[int, int],
-        done: Callable[[], bool],
+        done: Callable[[bool], bool],
         demand: Callable[[], None],
     ) -> None:
         limit = self._wait_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + limit
         next_owner_check = 0.0
+        first_look = True
         while True:
             generation = self.table.generation()  # before looking: a change after this wakes the wait
             self._check_open()
-            if done():
+            if done(first_look):  # only the first look retries a chunk that found no room
                 return
+            first_look = False
             now = time.monotonic()
             if now >= next_owner_check:
                 demand()  # at the first look, then again now and then: a request is only a hint

@@ -264,7 +264,8 @@ class PrefetchScheduler:
         return self._lock
 
     def boost(self, handle: ObjectHandle, span: Iterable[int]) -> None:
-        """Queue the EMPTY chunks of ``span`` ahead of read-ahead (still within the budget).
+        """Queue the EMPTY chunks of ``span`` ahead of read-ahead (still within the budget), and those that
+        failed for lack of room (fetched again).
 
         Args:
             handle: the object.
@@ -275,7 +276,10 @@ class PrefetchScheduler:
                 return
             order = self._next_order()
             for index in span:
-                if handle.buffer.state(index) == ChunkState.EMPTY:
+                # A chunk that found no room to be stored is asked for again: retried (chunk_errors.py).
+                if handle.buffer.state(index) == ChunkState.EMPTY or handle.buffer.retry_if_out_of_room(
+                    index
+                ):
                     self._queue(handle, index, _BOOST, order)
 
     def cancel_queued(self, handle: ObjectHandle) -> None:

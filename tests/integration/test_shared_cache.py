@@ -8,6 +8,7 @@ even when other suites run at the same time; tests assert bytes and states, neve
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import logging
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,11 +27,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multiprocess_workers import mapping_rss
-from reliability_harness import as_other_user
+from reliability_harness import as_other_user, can_mount, tmpfs
 
 from ossmodelconnector._fast import crc64
 from ossmodelconnector.cache.attached import AttachedCache
 from ossmodelconnector.cache.chunk_state import ChunkState
+from ossmodelconnector.cache.demand import DemandServer
 from ossmodelconnector.cache.manifest import find_manifest, read_manifest
 from ossmodelconnector.cache.segments import data_segment_name, lock_name, ours_in_dev_shm, state_table_name
 from ossmodelconnector.cache.shared_backing import SharedBacking
@@ -39,6 +42,7 @@ from ossmodelconnector.errors import (
     CacheError,
     ClosedError,
     IntegrityError,
+    OutOfMemoryError,
     OwnerDiedError,
     RequestTimeoutError,
     RetriesExhaustedError,
@@ -780,6 +784,90 @@ def test_each_segment_is_fetched_by_whichever_directory_created_it(tmp_path: Pat
         for cache in (only_second, both, third):
             cache.close()
     assert_gone(segments | {state_table_name(tmp_path / name) for name in "xyz"})
+
+
+# --- no room to store a chunk ---------------------------------------------------------------------------
+
+MIB = 1 << 20
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until its file system is full."""
+    block = b"\xff" * (1 << 20)
+    with open(path, "wb", buffering=0) as filler:
+        try:
+            while True:
+                filler.write(block)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+
+
+@pytest.mark.skipif(not can_mount(), reason="mounting a tmpfs as cacheDir needs root")
+def test_a_chunk_that_found_no_room_is_fetched_again_once_there_is_room(
+    tmp_path: Path, namespace: str
+) -> None:
+    objects = make_objects([4 * MIB, 2 * MIB])
+    infos = infos_of(objects)
+    (good, bad), (data, _) = infos, objects.values()
+    opened = threading.Event()
+    calls: Counter[tuple[str, int]] = Counter()
+
+    def fetch_into(start: int, end: int, dest: memoryview) -> int:
+        assert opened.wait(LIVENESS_S)
+        calls[(good.key, start)] += 1
+        dest[:] = data[start:end]
+        return crc64(dest)
+
+    def failing(start: int, end: int, dest: memoryview) -> int:
+        calls[(bad.key, start)] += 1
+        raise RetriesExhaustedError(f"{bad.uri}: bytes [{start}, {end}) failed 5 times: SlowDown")
+
+    with tmpfs(tmp_path / "shm", "24m") as cache_dir:  # 6 MiB + the 16 MiB margin fit: placement shm
+        cache = SharedCache.create(
+            tmp_path / "m", infos, namespace=namespace, chunk_size=MIB, cache_dir=str(cache_dir)
+        )
+        try:
+            assert cache.placement == "shm" and cache.data_path(0).startswith(str(cache_dir))
+            with PrefetchScheduler(connections=2) as scheduler:
+                handles = [
+                    scheduler.register(
+                        info,
+                        cache.backing(i).file_fetcher(fetch),
+                        chunk_size=MIB,
+                        backing=cache.backing(i),
+                        evictable=False,
+                        first_chunk_first=True,
+                    )
+                    for i, (info, fetch) in enumerate(zip(infos, [fetch_into, failing], strict=True))
+                ]
+                demands = DemandServer(cache.table, lambda i, chunks: scheduler.boost(handles[i], chunks))
+                try:
+                    fill(cache_dir / "filler")  # /dev/shm full before the first chunk (the header) lands
+                    opened.set()
+                    for _ in range(2):  # still full: each read fetches the header again, and fails again
+                        with pytest.raises(OutOfMemoryError, match="could not be stored") as caught:
+                            handles[0].wait(0, 10, LIVENESS_S)
+                        assert "No space left on device" in str(caught.value.__cause__)
+                    assert calls[(good.key, 0)] >= 2
+                    with pytest.raises(RetriesExhaustedError):  # a genuine failure: not fetched again
+                        handles[1].wait(0, 10, LIVENESS_S)
+                    with pytest.raises(RetriesExhaustedError):
+                        handles[1].wait(0, 10, LIVENESS_S)
+                    assert calls[(bad.key, 0)] == 1
+                    (cache_dir / "filler").unlink()  # room again
+                    assert handles[0].read_bytes(0, 2 * MIB, LIVENESS_S) == data[: 2 * MIB]
+                    # A reader in another process (the same code path: the table, its demand ring) too.
+                    with AttachedCache.from_manifest(cache.manifest_path, writable=True) as attached:
+                        attached.file(0).wait_all(LIVENESS_S)
+                        assert bytes(attached.data(0)) == data
+                        with pytest.raises(RetriesExhaustedError):
+                            attached.file(1).wait(0, 10, LIVENESS_S)
+                    assert Path(cache.data_path(0)).read_bytes() == data
+                    assert cache.table.file_status(0) == FileStatus.VERIFIED
+                finally:
+                    demands.close()
+        finally:
+            cache.close()
 
 
 # --- chunks stored with pwrite (SharedBacking.file_fetcher), not through the mapping ----------------------
