@@ -7,8 +7,10 @@
         .data(i) -> read-only view of file i's data segment
 
 A wait reads the generation, looks at the state bytes it needs, and futex-waits on the generation when
-they are not READY yet (``docs/cache-layout.md``, section 3); every half second it also checks that the
-owner still lives, so a dead owner is an :class:`OwnerDiedError`, not a hang. When the table is mapped
+they are not READY yet (``docs/cache-layout.md``, section 3); every ``ownerCheckSeconds`` it also checks
+that the owner still lives, so a dead owner is an :class:`OwnerDiedError`, not a hang (a closed one is a
+:class:`ClosedError` at once: its close wakes every waiter), and a stopped one (SIGSTOP, a debugger) is
+named in a WARNING and in the timeout's message. When the table is mapped
 writable, a wait on chunks not yet in flight also posts them to the table's demand ring, so the owner
 fetches them next (what a wait in the owner's own process does through the scheduler). The reader hooks
 of other processes (vLLM tensor-parallel workers) wait through :class:`AttachedFile` (``cache/attaching.py``).
@@ -24,7 +26,7 @@ from collections.abc import Callable, Sequence
 from ossmodelconnector import errors
 from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.cache.manifest import read_manifest
-from ossmodelconnector.cache.segments import STATE_DIR, Segment, attach_segment, process_alive
+from ossmodelconnector.cache.segments import STATE_DIR, Segment, attach_segment, process_alive, process_state
 from ossmodelconnector.cache.state_table import FileStatus, StateTable, TableStatus
 from ossmodelconnector.config import DEFAULT_OWNER_CHECK_S, DEFAULT_WAIT_TIMEOUT_S
 from ossmodelconnector.errors import (
@@ -182,7 +184,7 @@ class AttachedFile:
         """
         end = min(end, self.size)
         if start >= end:
-            self._check_open()
+            self._check_open((start, end))
             return
         chunk_size = self.table.chunk_size
         first, last = start // chunk_size, (end - 1) // chunk_size + 1
@@ -249,9 +251,19 @@ class AttachedFile:
         self._chunks_ready(0, self.table.file(self.index).chunk_count, retry=retry)
         return False
 
-    def _check_open(self) -> None:
-        if self.table.released or self.table.status() == TableStatus.CLOSED:
-            raise ClosedError(f"{self.name}: the owner closed the prepared directory; prepare it again")
+    def _check_open(self, span: tuple[int, int] | None = None) -> None:
+        if self.table.released:
+            raise ClosedError(
+                f"{self.name}: this process stopped reading the prepared directory (its attached directory "
+                "or connector was closed); prepare the directory again to read it"
+            )
+        if self.table.status() == TableStatus.CLOSED:
+            wanted = f" before bytes [{span[0]}, {span[1]}) arrived" if span is not None else ""
+            raise ClosedError(
+                f"{self.name}: its owner, process {self.table.owner_pid}, closed the prepared directory"
+                f"{wanted} (its connector or directory was closed, or it exited); prepare the directory "
+                "again (this process then owns the download), or keep the owner open while others read"
+            )
 
     def _wait_until(
         self,
@@ -264,30 +276,56 @@ class AttachedFile:
         deadline = time.monotonic() + limit
         next_owner_check = 0.0
         first_look = True
+        stopped = ""
         while True:
             generation = self.table.generation()  # before looking: a change after this wakes the wait
-            self._check_open()
+            self._check_open(span)
             if done(first_look):  # only the first look retries a chunk that found no room
                 return
             first_look = False
             now = time.monotonic()
             if now >= next_owner_check:
                 demand()  # at the first look, then again now and then: a request is only a hint
-                if not process_alive(self.table.owner_pid, self.table.owner_start_time):
-                    raise OwnerDiedError(
-                        f"{self.name}: the process {self.table.owner_pid} fetching bytes "
-                        f"[{span[0]}, {span[1]}) died before they arrived; prepare the directory again",
-                        range=span,
-                    )
+                stopped = self._check_owner(span, stopped)
                 next_owner_check = now + self._owner_check_s
             remaining = deadline - now
             if remaining <= 0:
+                pid = self.table.owner_pid
+                why = (
+                    f"its owner, process {pid}, is {stopped}: resume it (kill -CONT {pid}), or end it and "
+                    "prepare the directory again"
+                    if stopped
+                    else "the download is stalled or too slow; check the owner's log and the network"
+                )
                 raise RequestTimeoutError(
-                    f"{self.name}: timed out after {limit:g} s waiting for bytes [{span[0]}, {span[1]}): the "
-                    "download is stalled or too slow; check the owner's log and the network",
+                    f"{self.name}: timed out after {limit:g} s waiting for bytes [{span[0]}, {span[1]}): "
+                    + why,
                     range=span,
                 )
             self.table.wait_for_change(generation, min(remaining, self._owner_check_s))
+
+    def _check_owner(self, span: tuple[int, int], stopped: str) -> str:
+        """Raise if the owner died; return how it is stopped ("" when it runs), warning once when it stops."""
+        pid = self.table.owner_pid
+        if not process_alive(pid, self.table.owner_start_time):
+            raise OwnerDiedError(
+                f"{self.name}: its owner, process {pid}, which was fetching bytes [{span[0]}, {span[1]}), "
+                "died before they arrived (killed? the kernel log names the OOM killer's victims); prepare "
+                "the directory again: this process then downloads them, and frees what the dead owner left",
+                range=span,
+            )
+        state = process_state(pid)
+        now_stopped = {"T": "stopped by a signal", "t": "stopped by a debugger"}.get(state, "")
+        if now_stopped and not stopped:
+            log.warning(
+                "%s: its owner, process %d, is %s: readers wait for it until their timeout; resume it "
+                "(kill -CONT %d), or end it and prepare the directory again",
+                self.name,
+                pid,
+                now_stopped,
+                pid,
+            )
+        return now_stopped
 
     def _raise_error(self, default: type[ConnectorError] = ConnectorError) -> None:
         stored = self.table.read_error(self.index)

@@ -51,6 +51,7 @@ __all__ = [
     "check_ownership",
     "create_segment",
     "data_segment_name",
+    "describe_process",
     "describe_user",
     "foreign_problems",
     "free_space",
@@ -266,6 +267,12 @@ def process_start_time(pid: int) -> int | None:
 def process_alive(pid: int, start_time: int) -> bool:
     """Whether the process ``pid`` that started at ``start_time`` still runs."""
     return pid > 0 and process_start_time(pid) == start_time
+
+
+def describe_process(pid: int) -> str:
+    """``the live process N``, or ``this process (N)`` when ``pid`` is the caller's own: a message that
+    names the caller as "another process" sends its reader looking for a process that does not exist."""
+    return f"this process ({pid})" if pid == os.getpid() else f"the live process {pid}"
 
 
 def process_state(pid: int) -> str:

@@ -49,6 +49,7 @@ from ossmodelconnector.cache.segments import (
     check_ownership,
     create_segment,
     data_segment_name,
+    describe_process,
     free_space,
     lstat_or_none,
     real_directory,
@@ -501,10 +502,10 @@ class SharedCache:
     def _share(self, index: int, info: ObjectInfo, name: str, lister: Lister) -> Segment | None:
         if self._lazy or lister.lazy:
             raise CacheError(
-                f"{info.uri}: the live process {lister.pid} is preparing this object version for "
+                f"{info.uri}: {describe_process(lister.pid)} is preparing this object version for "
                 f"{lister.directory} (data segment {lister.data_path}), and lazy directories do not share "
                 "their segments (they evict them): prepare both eagerly, prepare that directory itself, or "
-                "close that connector"
+                "close that directory (or its connector) first"
             )
         path = segment_path(self._data_dir, name)
         try:
@@ -567,7 +568,7 @@ def _confirmed_lister(segment_name: str, path: str, *, exclude: str) -> Lister |
             return lister
         if time.monotonic() >= deadline:
             raise CacheError(
-                f"{path}: the live process {lister.pid} lists this object version for {lister.directory} "
+                f"{path}: {describe_process(lister.pid)} lists this object version for {lister.directory} "
                 f"but wrote no manifest within {_MANIFEST_WAIT_S:g} s: close that connector, or prepare "
                 "again once it is ready"
             )

@@ -39,6 +39,7 @@ from ossmodelconnector.cache.segments import (
     SEGMENT_MODE,
     STATE_DIR,
     candidate_names,
+    describe_process,
     describe_user,
     lock_name,
     process_alive,
@@ -105,6 +106,23 @@ def _open_first_lock(model_dir: str, squatters: dict[str, str]) -> tuple[str, in
     )
 
 
+def _lock_holder(info: os.stat_result) -> str:
+    """Who holds the ``flock`` on the file ``info`` describes, from ``/proc/locks``, for messages."""
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            for line in locks:
+                fields = line.split()
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device and fields[4].isdigit():
+                    pid = int(fields[4])
+                    if pid == os.getpid():
+                        return f"this process ({pid}) itself, in another prepare of it"
+                    return describe_process(pid)
+    except OSError:
+        pass
+    return "another process"
+
+
 @contextlib.contextmanager
 def prepare_lock(model_dir: str, timeout_s: float) -> Iterator[None]:
     """Hold the node-wide lock on preparing ``model_dir`` (``flock``; released if the process dies).
@@ -127,7 +145,7 @@ def prepare_lock(model_dir: str, timeout_s: float) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise RequestTimeoutError(
-                        f"{model_dir}: another process has been preparing it for over {timeout_s:g} s "
+                        f"{model_dir}: {_lock_holder(info)} has been preparing it for over {timeout_s:g} s "
                         f"(lock {path}); wait for it, stop it, or raise waitTimeoutSeconds"
                     ) from None
                 os.close(fd)

@@ -216,7 +216,7 @@ class PrefetchScheduler:
             handle: what :meth:`register` returned.
         """
         with self._lock:
-            self._unregister_locked(handle, "the stream was closed; open the object again to read it")
+            self._unregister_locked(handle, _closed_reason(handle))
 
     def close(self) -> None:
         """Stop the workers and free every object's memory; waiting readers get ``ClosedError``. Idempotent.
@@ -604,6 +604,13 @@ class PrefetchScheduler:
                     handle.buffer.cancel(index)
                     # Queued without starting threads: the child starts its own on its first read.
                     self._queue(handle, index, _AHEAD, start=False)
+
+
+def _closed_reason(handle: ObjectHandle) -> str:
+    """What its readers are told: a stream's object, or a prepared directory's file (in a shared cache)."""
+    if handle.buffer.shared:
+        return "its prepared directory was closed (by this process); prepare the directory again to read it"
+    return "the stream was closed; open the object again to read it"
 
 
 def _release_view(view: memoryview) -> None:

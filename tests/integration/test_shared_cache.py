@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import signal
 import stat
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from ossmodelconnector.cache.segments import data_segment_name, lock_name, ours_
 from ossmodelconnector.cache.shared_backing import SharedBacking
 from ossmodelconnector.cache.shared_cache import SharedCache
 from ossmodelconnector.cache.state_table import FileStatus, TableStatus
+from ossmodelconnector.directory.attached import prepare_lock
 from ossmodelconnector.errors import (
     CacheError,
     ClosedError,
@@ -382,6 +384,105 @@ def test_readers_are_woken_with_a_closed_error_when_the_owner_closes(tmp_path: P
     assert len(errors) == 1 and isinstance(errors[0], ClosedError)
     attached.close()
     assert_gone(names_of(tmp_path / "model", namespace, [info]))
+
+
+WAIT_ONE = """
+import sys
+from ossmodelconnector.cache.attached import AttachedCache
+with AttachedCache.from_manifest(sys.argv[1]) as cache:
+    print("attached", flush=True)
+    try:
+        cache.file(0, owner_check_s=0.2).wait(0, 10, float(sys.argv[2]))
+        print("ready", flush=True)
+    except Exception as exc:
+        print(type(exc).__name__, str(exc).replace("\\n", " "), flush=True)
+"""
+
+
+def wait_in_another_process(manifest: Path, timeout_s: float) -> subprocess.Popen[str]:
+    """A process that attaches ``manifest``'s directory and waits for its first bytes (prints the outcome)."""
+    reader = subprocess.Popen(
+        [sys.executable, "-c", WAIT_ONE, str(manifest), str(timeout_s)], stdout=subprocess.PIPE, text=True
+    )
+    assert reader.stdout is not None and reader.stdout.readline().strip() == "attached"
+    return reader
+
+
+def test_a_reader_in_another_process_is_told_that_the_owner_closed_and_what_to_do(
+    tmp_path: Path, namespace: str
+) -> None:
+    (info,) = infos_of({"m/w.bin": payload(CHUNK, 1)})
+    cache = SharedCache.create(tmp_path / "model", [info], namespace=namespace, chunk_size=CHUNK)
+    reader = wait_in_another_process(cache.manifest_path, LIVENESS_S)  # its wait timeout: a minute
+    cache.close()  # nothing will come: the reader must be told now, not when its wait times out
+    output, _ = reader.communicate(timeout=LIVENESS_S)
+    kind, message = output.strip().split(" ", 1)
+    assert kind == "ClosedError"
+    assert f"its owner, process {os.getpid()}, closed the prepared directory before bytes [0, 10)" in message
+    assert "prepare the directory again" in message
+
+
+def test_a_stopped_owner_is_named_when_a_reader_gives_up(tmp_path: Path, namespace: str) -> None:
+    owner, manifest = start_owner(tmp_path / "model", namespace)
+    try:
+        os.kill(owner.pid, signal.SIGSTOP)
+        reader = wait_in_another_process(manifest, 1.0)
+        output, _ = reader.communicate(timeout=LIVENESS_S)
+        kind, message = output.strip().split(" ", 1)
+        assert kind == "RequestTimeoutError"
+        assert (
+            f"its owner, process {owner.pid}, is stopped by a signal: resume it (kill -CONT {owner.pid})"
+            in message
+        )
+    finally:
+        os.kill(owner.pid, signal.SIGCONT)
+        owner.communicate("", timeout=LIVENESS_S)
+
+
+def test_readers_of_a_closed_directory_in_its_own_process_are_told_so(
+    tmp_path: Path, namespace: str, caches: list[SharedCache]
+) -> None:
+    (info,) = infos_of({"m/w.bin": payload(2 * CHUNK, 1)})
+    cache = SharedCache.create(tmp_path / "model", [info], namespace=namespace, chunk_size=CHUNK)
+    caches.append(cache)
+    opened = threading.Event()
+
+    def never(start: int, end: int, dest: memoryview) -> int:
+        opened.wait(LIVENESS_S)
+        raise RetriesExhaustedError("never arrives")
+
+    with PrefetchScheduler(connections=1) as scheduler:
+        handle = scheduler.register(info, never, chunk_size=CHUNK, backing=cache.backing(0), evictable=False)
+        handle.close()  # what closing its prepared directory does to each file
+        with pytest.raises(ClosedError, match="its prepared directory was closed") as caught:
+            handle.read_bytes(0, 10, LIVENESS_S)
+        assert "stream" not in str(caught.value)
+        opened.set()
+
+
+def test_messages_name_this_process_as_this_process(
+    tmp_path: Path, namespace: str, caches: list[SharedCache]
+) -> None:
+    caches.append(SharedCache.create(tmp_path / "eager", [OWNED_INFO], namespace=namespace, chunk_size=4096))
+    with pytest.raises(CacheError, match=rf"this process \({os.getpid()}\) is preparing this object version"):
+        SharedCache.create(tmp_path / "lazy", [OWNED_INFO], namespace=namespace, chunk_size=4096, lazy=True)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with prepare_lock(str(tmp_path / "eager"), LIVENESS_S):
+            held.set()
+            release.wait(LIVENESS_S)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(LIVENESS_S)
+        who = rf"this process \({os.getpid()}\) itself, in another prepare of it"
+        with pytest.raises(RequestTimeoutError, match=who), prepare_lock(str(tmp_path / "eager"), 0.1):
+            pass
+    finally:
+        release.set()
+        holder.join(LIVENESS_S)
 
 
 # --- owners that die, live owners, squatters -----------------------------------------------------------
