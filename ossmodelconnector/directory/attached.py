@@ -27,7 +27,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ossmodelconnector import hooks
@@ -49,7 +49,14 @@ from ossmodelconnector.cache.state_table import FileStatus
 from ossmodelconnector.directory.safety import read_owner
 from ossmodelconnector.errors import CacheError, ClosedError, RequestTimeoutError
 
-__all__ = ["DEFAULT_LOCK_POLL_S", "AttachedDirectory", "AttachedProgress", "live_owner", "prepare_lock"]
+__all__ = [
+    "DEFAULT_LOCK_POLL_S",
+    "AttachedDirectory",
+    "AttachedProgress",
+    "live_owner",
+    "open_lock_file",
+    "prepare_lock",
+]
 
 log = logging.getLogger(__name__)
 
@@ -89,19 +96,38 @@ def _open_lock(path: str) -> tuple[int, os.stat_result] | str:
     return fd, info
 
 
-def _open_first_lock(model_dir: str, squatters: dict[str, str]) -> tuple[str, int, os.stat_result]:
-    """The first lock name of ``model_dir`` that no foreign file holds, opened; ``squatters`` collects
-    (and warns once about) the names skipped."""
-    for name in candidate_names(lock_name(model_dir), fresh=False):
-        path = os.path.join(STATE_DIR, name)
+def open_lock_file(
+    model_dir: str,
+    squatters: dict[str, str],
+    *,
+    name: Callable[[str], str] = lock_name,
+    what: str = "prepare lock",
+) -> tuple[str, int, os.stat_result]:
+    """The first of ``model_dir``'s lock file names (``name``: ``lock_name``, ``users_name``) that no
+    foreign file holds, opened (created if missing; not locked yet).
+
+    Args:
+        model_dir: the directory.
+        squatters: collects the names skipped (warned about once each, however often this is called).
+        name: computes the first name.
+        what: the file's role, for messages.
+
+    Returns:
+        ``(path, fd, its status)``.
+
+    Raises:
+        CacheError: every name is held by a file that is not ours.
+    """
+    for candidate in candidate_names(name(model_dir), fresh=False):
+        path = os.path.join(STATE_DIR, candidate)
         opened = _open_lock(path)
         if not isinstance(opened, str):
             return path, *opened
-        if path not in squatters:  # warned once per file, however long this waits
+        if path not in squatters:
             squatters[path] = opened
-            warn_squatted(path, opened, f"the prepare lock of {model_dir}")
+            warn_squatted(path, opened, f"the {what} of {model_dir}")
     raise CacheError(
-        f"{model_dir}: every name its prepare lock may take in {STATE_DIR} is held by a file that is not "
+        f"{model_dir}: every name its {what} may take in {STATE_DIR} is held by a file that is not "
         f"ours ({'; '.join(f'{p}: {why}' for p, why in squatters.items())}): remove them"
     )
 
@@ -138,7 +164,7 @@ def prepare_lock(model_dir: str, timeout_s: float) -> Iterator[None]:
     deadline = time.monotonic() + timeout_s
     squatters: dict[str, str] = {}
     while True:
-        path, fd, info = _open_first_lock(model_dir, squatters)
+        path, fd, info = open_lock_file(model_dir, squatters)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
