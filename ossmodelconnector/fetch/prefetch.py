@@ -276,9 +276,10 @@ class PrefetchScheduler:
                 return
             order = self._next_order()
             for index in span:
+                state = handle.buffer.state(index)
                 # A chunk that found no room to be stored is asked for again: retried (chunk_errors.py).
-                if handle.buffer.state(index) == ChunkState.EMPTY or handle.buffer.retry_if_out_of_room(
-                    index
+                if state == ChunkState.EMPTY or (
+                    state == ChunkState.FAILED and handle.buffer.retry_if_out_of_room(index)
                 ):
                     self._queue(handle, index, _BOOST, order)
 
