@@ -3,8 +3,8 @@
 Two processes that prepare the same objects into two *different* directories share each object's data
 segment (its name depends only on the object version, ``segments.data_segment_name``)::
 
-    process A: prepare_directory(uri, /a)    creates ossmc-d-<h> (O_EXCL) and fetches into it
-    process B: prepare_directory(uri, /b)    finds ossmc-d-<h> listed by A's live table (find_lister),
+    process A: prepare_directory(uri, /a)    creates ossmc-d-<uid>-<h> (O_EXCL), fetches into it
+    process B: prepare_directory(uri, /b)    finds ossmc-d-<uid>-<h> listed by A's live table,
                                              maps the same segment, and its workers' fetch_into is
                                              PeerSource.fetch_into: wait for A's chunk states, then
                                              only compute the CRC-64 of bytes that are already there
