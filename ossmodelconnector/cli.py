@@ -1,4 +1,5 @@
-"""The ``ossmodelconnector`` command: ``run`` prepares a directory and runs a program over it (no-code mode).
+"""The ``ossmodelconnector`` command: ``run`` prepares a directory and runs a program over it (no-code
+mode); ``gc`` removes what processes that died left in shared memory.
 
 ::
 
@@ -8,10 +9,17 @@
         connector.prepare_directory(OSS_URI, MODEL_DIR)        this process owns the download
         CMD runs with OSSMC_PREPARED_DIRS=MODEL_DIR and PYTHONPATH=<_startup>:$PYTHONPATH,
             so every Python process under it (children, grandchildren, spawn, fork, python -m, entry
-            points) attaches to the cache at start-up
+            points) attaches to the cache at start-up; without the credential variables
+            (OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET, OSS_SESSION_TOKEN, OSSMC_CRED_PATH): the
+            wrapper fetches, CMD only reads the cache
         SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 are passed on to CMD (not SIGINT/SIGQUIT from a
             terminal's Ctrl-C / Ctrl-\\: those reach CMD directly, in the same foreground process group)
         exit: CMD's exit code (128 + N when a signal N ended it); the cache is released first
+
+    ossmodelconnector gc [--cache-dir DIR]...
+        removes this user's state tables whose owner died, data segments no live process holds, and
+        unlocked prepare locks from /dev/shm (and cacheDir, and each DIR); prints each file and the bytes
+        freed. Files a live process holds are never removed (cache/sweep.py; every prepare does the same)
 
 Example::
 
@@ -30,11 +38,27 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from ossmodelconnector.environment import CONFIG_PATH_ENV, CRED_PATH_ENV
+from ossmodelconnector.cache.sweep import sweep
+from ossmodelconnector.config import load_config
+from ossmodelconnector.environment import (
+    CONFIG_PATH_ENV,
+    CRED_PATH_ENV,
+    ENV_PREFIX,
+    LEGACY_ENV_PREFIX,
+    environment_value,
+)
 from ossmodelconnector.errors import ConnectorError
+from ossmodelconnector.oss.credentials import ENV_ACCESS_KEY_ID, ENV_ACCESS_KEY_SECRET, ENV_SESSION_TOKEN
 from ossmodelconnector.startup import OSS_ENDPOINT_ENV, connector_from_environment
 
-__all__ = ["FORWARDED_SIGNALS", "main", "startup_dir"]
+__all__ = [
+    "CREDENTIAL_VARIABLES",
+    "FORWARDED_SIGNALS",
+    "child_environment",
+    "main",
+    "program_environment",
+    "startup_dir",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +71,17 @@ FORWARDED_SIGNALS = (
     signal.SIGUSR2,
 )
 """Signals ``run`` passes on to the program instead of acting on them itself."""
+
+CREDENTIAL_VARIABLES = (
+    ENV_ACCESS_KEY_ID,
+    ENV_ACCESS_KEY_SECRET,
+    ENV_SESSION_TOKEN,
+    CRED_PATH_ENV,
+    LEGACY_ENV_PREFIX + CRED_PATH_ENV.removeprefix(ENV_PREFIX),
+)
+"""The variables credentials are read from (``oss/credentials.py``, ``environment.py``): ``run`` keeps
+them from the program it starts. The wrapper built its connector before; the program and every process
+under it only read the cache, so an access key there would only be a secret more places could leak."""
 
 _USAGE_ERROR = 2
 
@@ -63,6 +98,13 @@ def child_environment(environ: dict[str, str]) -> dict[str, str]:
     parts = [part for part in env.get("PYTHONPATH", "").split(os.pathsep) if part and part != folder]
     env["PYTHONPATH"] = os.pathsep.join([folder, *parts])
     return env
+
+
+def program_environment(environ: dict[str, str]) -> dict[str, str]:
+    """What ``run`` gives the program: :func:`child_environment` without the :data:`CREDENTIAL_VARIABLES`."""
+    return {
+        name: value for name, value in child_environment(environ).items() if name not in CREDENTIAL_VARIABLES
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("oss_uri", metavar="OSS_URI", help="oss://bucket/prefix/")
     run.add_argument("model_dir", metavar="MODEL_DIR", help="the local directory to prepare")
     run.add_argument("program", metavar="COMMAND", nargs=argparse.REMAINDER, help="after --: what to run")
+    gc = commands.add_parser(
+        "gc",
+        help="remove what processes that died (SIGKILL, the OOM killer) left in shared memory",
+        description="Remove this user's state tables whose owner died, data segments that no live process "
+        "holds, and prepare locks nobody holds, from /dev/shm and the cache directories; print each file "
+        "and the bytes freed. Nothing a live process holds is removed.",
+    )
+    gc.add_argument(
+        "--cache-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help=f"also look in DIR (repeatable); cacheDir of the config (${CONFIG_PATH_ENV}) always",
+    )
+    gc.add_argument("--config", default="", help=f"config JSON (default ${CONFIG_PATH_ENV})")
     return parser
 
 
@@ -102,10 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit code: COMMAND's for ``run`` (128 + N when signal N ended it), 2 for a usage error, 1
-        when preparing failed.
+        when preparing failed; 0 for ``gc`` (1 when the config cannot be read).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "gc":
+        return _gc(args.cache_dir, args.config)
     program = list(args.program)
     if program and program[0] == "--":
         program = program[1:]
@@ -125,9 +184,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_program(program)
 
 
+def _gc(cache_dirs: list[str], config_path: str) -> int:
+    try:
+        config = load_config(config_path or environment_value(CONFIG_PATH_ENV) or None)
+    except ConnectorError as exc:
+        print(f"ossmodelconnector: {exc}", file=sys.stderr)
+        return 1
+    removed = sweep([config.cache_dir, *cache_dirs])
+    for item in removed:
+        print(f"removed {item.path} ({item.kind}, {item.nbytes} bytes): {item.why}")
+    total = sum(item.nbytes for item in removed)
+    print(f"removed {len(removed)} file(s), {total} bytes" if removed else "nothing to remove")
+    return 0
+
+
 def _run_program(program: list[str]) -> int:
     try:
-        child = subprocess.Popen(program, env=child_environment(dict(os.environ)))
+        child = subprocess.Popen(program, env=program_environment(dict(os.environ)))
     except OSError as exc:
         print(f"ossmodelconnector: cannot start {program[0]!r}: {exc}", file=sys.stderr)
         return 127 if isinstance(exc, FileNotFoundError) else 126

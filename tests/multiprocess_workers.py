@@ -155,3 +155,12 @@ def header_allowance(source: Any) -> int:
             length = int.from_bytes(file.read(8), "little")
         allowance += max(min(probe, path.stat().st_size), 8 + length)
     return allowance
+
+
+def read_first_bytes(path: str, results: Any) -> None:
+    """Open ``path``, read its first 4 KiB and report them (hex), or the error's class and message."""
+    try:
+        with open(path, "rb") as file:
+            results.put(("bytes", file.read(4096).hex()))
+    except Exception as exc:
+        results.put((type(exc).__name__, str(exc)))

@@ -133,3 +133,22 @@ def can_mount() -> bool:
             return False
         subprocess.run(["umount", scratch], check=False)
     return True
+
+
+def as_other_user_command(command: list[str]) -> list[str]:
+    """``command`` run as ``nobody`` (root only). It keeps CAP_DAC_READ_SEARCH, and only it, so that it
+    can reach this interpreter and the worktree under 0700 folders; the files it creates are nobody's."""
+    return [
+        "setpriv",
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        "--inh-caps=+dac_read_search",
+        "--ambient-caps=+dac_read_search",
+        *command,
+    ]
+
+
+def as_other_user(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` as ``nobody`` (see :func:`as_other_user_command`) and check that it succeeded."""
+    return subprocess.run(as_other_user_command(command), check=True, text=True, **kwargs)

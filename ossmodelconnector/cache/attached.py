@@ -7,8 +7,10 @@
         .data(i) -> read-only view of file i's data segment
 
 A wait reads the generation, looks at the state bytes it needs, and futex-waits on the generation when
-they are not READY yet (``docs/cache-layout.md``, section 3); every half second it also checks that the
-owner still lives, so a dead owner is an :class:`OwnerDiedError`, not a hang. When the table is mapped
+they are not READY yet (``docs/cache-layout.md``, section 3); every ``ownerCheckSeconds`` it also checks
+that the owner still lives, so a dead owner is an :class:`OwnerDiedError`, not a hang (a closed one is a
+:class:`ClosedError` at once: its close wakes every waiter), and a stopped one (SIGSTOP, a debugger) is
+named in a WARNING and in the timeout's message. When the table is mapped
 writable, a wait on chunks not yet in flight also posts them to the table's demand ring, so the owner
 fetches them next (what a wait in the owner's own process does through the scheduler). The reader hooks
 of other processes (vLLM tensor-parallel workers) wait through :class:`AttachedFile` (``cache/attaching.py``).
@@ -24,7 +26,7 @@ from collections.abc import Callable, Sequence
 from ossmodelconnector import errors
 from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.cache.manifest import read_manifest
-from ossmodelconnector.cache.segments import STATE_DIR, Segment, attach_segment, process_alive
+from ossmodelconnector.cache.segments import STATE_DIR, Segment, attach_segment, process_alive, process_state
 from ossmodelconnector.cache.state_table import FileStatus, StateTable, TableStatus
 from ossmodelconnector.config import DEFAULT_OWNER_CHECK_S, DEFAULT_WAIT_TIMEOUT_S
 from ossmodelconnector.errors import (
@@ -182,14 +184,14 @@ class AttachedFile:
         """
         end = min(end, self.size)
         if start >= end:
-            self._check_open()
+            self._check_open((start, end))
             return
         chunk_size = self.table.chunk_size
         first, last = start // chunk_size, (end - 1) // chunk_size + 1
         self._wait_until(
             timeout_s,
             (start, end),
-            lambda: self._chunks_ready(first, last),
+            lambda retry: self._chunks_ready(first, last, retry=retry),
             lambda: self._demand(first, last),
         )
 
@@ -206,13 +208,15 @@ class AttachedFile:
     # --- internals -----------------------------------------------------------------------------------
 
     def _demand(self, first: int, last: int) -> None:
-        """Post the runs of EMPTY chunks in ``[first, last)`` to the owner (a hint; needs writable access)."""
+        """Post the runs of EMPTY chunks in ``[first, last)`` to the owner (a hint; needs writable access),
+        and of FAILED ones when they failed for lack of room (the owner fetches those again)."""
         if not self.table.writable:
             return
         states = self.table.states(self.index)[first:last]
+        wanted = (_EMPTY, ChunkState.FAILED) if self._failed_for_room() else (_EMPTY,)
         runs: list[tuple[int, int]] = []
         for offset, state in enumerate(states):
-            if state != _EMPTY:
+            if state not in wanted:
                 continue
             if runs and runs[-1][0] + runs[-1][1] == first + offset:
                 runs[-1] = (runs[-1][0], runs[-1][1] + 1)
@@ -223,60 +227,105 @@ class AttachedFile:
         for run_first, run_count in runs:
             self.table.post_demand(self.index, run_first, run_count)
 
-    def _chunks_ready(self, first: int, last: int) -> bool:
+    def _chunks_ready(self, first: int, last: int, *, retry: bool = False) -> bool:
+        """Whether the chunks are READY; raises for a FAILED one, unless ``retry`` (a read's first look)
+        and it failed for lack of room: then the demand asks the owner to fetch it again."""
         states = bytes(self.table.states(self.index)[first:last])
         if states.count(_READY) == len(states):
             return True
-        if _FAILED in states:
+        if _FAILED in states and not (retry and self.table.writable and self._failed_for_room()):
             self._raise_error()
         return False
 
-    def _verified(self) -> bool:
+    def _failed_for_room(self) -> bool:
+        stored = self.table.read_error(self.index)
+        return stored is not None and stored[0] == errors.OutOfMemoryError.__name__
+
+    def _verified(self, retry: bool = False) -> bool:
         status = self.table.file_status(self.index)
         if status == FileStatus.VERIFIED:
             return True
         if status == FileStatus.FAILED:
             self._raise_error(IntegrityError)
-        self._chunks_ready(0, self.table.file(self.index).chunk_count)  # raises for a FAILED chunk
+        # raises for a FAILED chunk
+        self._chunks_ready(0, self.table.file(self.index).chunk_count, retry=retry)
         return False
 
-    def _check_open(self) -> None:
-        if self.table.released or self.table.status() == TableStatus.CLOSED:
-            raise ClosedError(f"{self.name}: the owner closed the prepared directory; prepare it again")
+    def _check_open(self, span: tuple[int, int] | None = None) -> None:
+        if self.table.released:
+            raise ClosedError(
+                f"{self.name}: this process stopped reading the prepared directory (its attached directory "
+                "or connector was closed); prepare the directory again to read it"
+            )
+        if self.table.status() == TableStatus.CLOSED:
+            wanted = f" before bytes [{span[0]}, {span[1]}) arrived" if span is not None else ""
+            raise ClosedError(
+                f"{self.name}: its owner, process {self.table.owner_pid}, closed the prepared directory"
+                f"{wanted} (its connector or directory was closed, or it exited); prepare the directory "
+                "again (this process then owns the download), or keep the owner open while others read"
+            )
 
     def _wait_until(
         self,
         timeout_s: float | None,
         span: tuple[int, int],
-        done: Callable[[], bool],
+        done: Callable[[bool], bool],
         demand: Callable[[], None],
     ) -> None:
         limit = self._wait_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + limit
         next_owner_check = 0.0
+        first_look = True
+        stopped = ""
         while True:
             generation = self.table.generation()  # before looking: a change after this wakes the wait
-            self._check_open()
-            if done():
+            self._check_open(span)
+            if done(first_look):  # only the first look retries a chunk that found no room
                 return
+            first_look = False
             now = time.monotonic()
             if now >= next_owner_check:
                 demand()  # at the first look, then again now and then: a request is only a hint
-                if not process_alive(self.table.owner_pid, self.table.owner_start_time):
-                    raise OwnerDiedError(
-                        f"{self.name}: the process {self.table.owner_pid} fetching bytes "
-                        f"[{span[0]}, {span[1]}) died before they arrived; prepare the directory again",
-                        range=span,
-                    )
+                stopped = self._check_owner(span, stopped)
                 next_owner_check = now + self._owner_check_s
             remaining = deadline - now
             if remaining <= 0:
+                pid = self.table.owner_pid
+                why = (
+                    f"its owner, process {pid}, is {stopped}: resume it (kill -CONT {pid}), or end it and "
+                    "prepare the directory again"
+                    if stopped
+                    else "the download is stalled or too slow; check the owner's log and the network"
+                )
                 raise RequestTimeoutError(
-                    f"{self.name}: timed out after {limit:g} s waiting for bytes [{span[0]}, {span[1]}): the "
-                    "download is stalled or too slow; check the owner's log and the network",
+                    f"{self.name}: timed out after {limit:g} s waiting for bytes [{span[0]}, {span[1]}): "
+                    + why,
                     range=span,
                 )
             self.table.wait_for_change(generation, min(remaining, self._owner_check_s))
+
+    def _check_owner(self, span: tuple[int, int], stopped: str) -> str:
+        """Raise if the owner died; return how it is stopped ("" when it runs), warning once when it stops."""
+        pid = self.table.owner_pid
+        if not process_alive(pid, self.table.owner_start_time):
+            raise OwnerDiedError(
+                f"{self.name}: its owner, process {pid}, which was fetching bytes [{span[0]}, {span[1]}), "
+                "died before they arrived (killed? the kernel log names the OOM killer's victims); prepare "
+                "the directory again: this process then downloads them, and frees what the dead owner left",
+                range=span,
+            )
+        state = process_state(pid)
+        now_stopped = {"T": "stopped by a signal", "t": "stopped by a debugger"}.get(state, "")
+        if now_stopped and not stopped:
+            log.warning(
+                "%s: its owner, process %d, is %s: readers wait for it until their timeout; resume it "
+                "(kill -CONT %d), or end it and prepare the directory again",
+                self.name,
+                pid,
+                now_stopped,
+                pid,
+            )
+        return now_stopped
 
     def _raise_error(self, default: type[ConnectorError] = ConnectorError) -> None:
         stored = self.table.read_error(self.index)

@@ -14,6 +14,12 @@
         after_in_child: every registered ObjectHandle (its fetch threads did not survive) is replaced
         by a AttachedFile of the parent's table, attached on first use
 
+    a lazy directory (its table's LAZY flag): its owner fetches a file when the owner opens it and
+        evicts it again, so another process would read zeros. It is refused: attach_directory (an
+        explicit prepare of it elsewhere) raises CacheError; a lookup under OSSMC_PREPARED_DIRS, and a
+        forked child's lazy files, register a stand-in whose every wait raises CacheError (small files
+        still read as the plain files they are)
+
 Only the first lookup under a directory reads its manifest; other paths never reach this module.
 """
 
@@ -25,10 +31,11 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ossmodelconnector.cache import registry
 from ossmodelconnector.cache.attached import AttachedCache, AttachedFile
-from ossmodelconnector.cache.manifest import find_manifest, manifest_path, read_manifest
+from ossmodelconnector.cache.manifest import Manifest, find_manifest, manifest_path, read_manifest
 from ossmodelconnector.cache.state_table import FLAG_LAZY
 from ossmodelconnector.config import DEFAULT_OWNER_CHECK_S, DEFAULT_WAIT_TIMEOUT_S
 from ossmodelconnector.errors import CacheError
@@ -63,6 +70,8 @@ _resolving = threading.local()
 _settings = AttachSettings()
 # directory -> its attached cache (None: looked, nothing to attach: no manifest, or no large file)
 _attached: dict[str, AttachedCache | None] = {}
+# Lazy directories of other processes, with the refusal: their large files raise it when read.
+_refused: dict[str, str] = {}
 
 
 def enable(directories: Sequence[str], settings: AttachSettings | None = None) -> None:
@@ -88,9 +97,12 @@ def disable() -> None:
     with _lock:
         attached = list(_attached.items())
         _attached.clear()
+        refused = set(_refused)
+        _refused.clear()
     for directory, cache in attached:
-        if cache is not None:
+        if cache is not None or directory in refused:
             _unregister_under(directory)
+        if cache is not None:
             cache.close()
 
 
@@ -111,10 +123,12 @@ def attach_directory(model_dir: str, settings: AttachSettings | None = None) -> 
         The attached cache, or None when the directory has no manifest (no large files, not prepared).
 
     Raises:
-        CacheError: an invalid manifest or table.
+        CacheError: an invalid manifest or table, or a lazy directory (only its owner may read it).
     """
     directory = os.path.normpath(model_dir)
     with _lock:
+        if directory in _refused:  # a lookup under it found it lazy already
+            raise CacheError(_refused[directory])
         if directory in _attached:
             return _attached[directory]
         cache = _attach(directory, settings or _settings)
@@ -127,8 +141,10 @@ def detach_directory(model_dir: str) -> None:
     directory = os.path.normpath(model_dir)
     with _lock:
         cache = _attached.pop(directory, None)
-    if cache is not None:
+        refused = _refused.pop(directory, None) is not None
+    if cache is not None or refused:
         _unregister_under(directory)
+    if cache is not None:
         cache.close()
 
 
@@ -154,6 +170,15 @@ def _attach_once(directory: str) -> None:
         if directory not in _attached:
             try:
                 _attached[directory] = _attach(directory, _settings)
+            except _LazyDirectory as exc:
+                # Never the plain file: its bytes are the owner's alone (an evicted or unopened file reads
+                # as zeros). Each large file raises the refusal when read; small files read as usual.
+                for relative, entry in exc.manifest.files.items():
+                    path = os.path.join(directory, *relative.split("/"))
+                    registry.register_file(path, _Refused(path, entry.size, str(exc)))
+                _attached[directory] = None
+                _refused[directory] = str(exc)
+                log.warning("%s", exc)
             except (OSError, CacheError) as exc:
                 # Logged once; the path then reads as a plain file (small files are complete on disk).
                 log.warning("%s: cannot attach the shared cache of this directory: %s", directory, exc)
@@ -169,10 +194,13 @@ def _attach(directory: str, settings: AttachSettings) -> AttachedCache | None:
     cache = AttachedCache.from_manifest(path, writable=True)
     try:
         if cache.table.flags() & FLAG_LAZY:
-            raise CacheError(
-                f"{directory} was prepared lazily by process {cache.table.owner_pid}: its files are fetched "
-                "and evicted for that process's readers only, so other processes cannot read it through the "
-                "cache; prepare it without lazy=True to share it"
+            raise _LazyDirectory(
+                f"{directory} was prepared lazily by process {cache.table.owner_pid}: its large files are "
+                "fetched when that process opens them and evicted again, so process "
+                f"{os.getpid()} would read zeros and may not read them; read them in process "
+                f"{cache.table.owner_pid}, or prepare the directory without lazy=True to share it with other "
+                "processes",
+                manifest,
             )
         for relative, entry in manifest.files.items():
             remote = cache.file(
@@ -192,6 +220,32 @@ def _unregister_under(directory: str) -> None:
     for path in registry.registered_files():
         if path.startswith(prefix):
             registry.unregister_file(path)
+
+
+class _LazyDirectory(CacheError):
+    """A lazy directory another process prepared: refused here (the manifest, for the stand-ins)."""
+
+    def __init__(self, message: str, manifest: Manifest) -> None:
+        super().__init__(message)
+        self.manifest = manifest
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses processes as the CacheError it is
+        return (CacheError, (str(self),))
+
+
+class _Refused:
+    """Stands in for a large file this process must not read (another process's lazy directory)."""
+
+    def __init__(self, path: str, size: int, message: str) -> None:
+        self.path = path
+        self.size = size
+        self._message = message
+
+    def wait(self, start: int, end: int, timeout_s: float | None = None) -> None:
+        raise CacheError(f"{self.path}: {self._message}")
+
+    def wait_all(self, timeout_s: float | None = None) -> None:
+        raise CacheError(f"{self.path}: {self._message}")
 
 
 class _AfterFork:
@@ -235,11 +289,26 @@ def _after_fork_in_child() -> None:
     # The parent's fetch threads are gone: its handles would start fetching again in this process. Wait
     # on the parent's shared chunk states instead (the parent, still alive, keeps fetching).
     handle_type = getattr(sys.modules.get("ossmodelconnector.fetch.object_handle"), "ObjectHandle", None)
-    if handle_type is None:
-        return
+    # Looked up, not imported: the lazy files' module is a layer above this one (loaded if in use).
+    lazy_type = getattr(sys.modules.get("ossmodelconnector.directory.lazy.residency"), "LazyFile", None)
     for path, waitable in registry.registered_files().items():
-        if isinstance(waitable, handle_type):  # an eager directory's handle (lazy files stay as they are)
+        if handle_type is not None and isinstance(waitable, handle_type):  # an eager directory's handle
             registry.register_file(path, _AfterFork(path, waitable.size))
+        elif lazy_type is not None and isinstance(waitable, lazy_type):
+            # The parent fetches and evicts a lazy file for its own readers: a child reading it would
+            # read zeros, or start fetches into the parent's segment behind the parent's back.
+            parent = os.getppid()
+            registry.register_file(
+                path,
+                _Refused(
+                    path,
+                    waitable.size,
+                    f"this process is a fork of process {parent}, which prepared its directory lazily: its "
+                    f"large files are fetched when process {parent} opens them and evicted again, so this "
+                    f"process may not read them; read them in process {parent}, or prepare the directory "
+                    "without lazy=True to share it with child processes",
+                ),
+            )
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -3,8 +3,8 @@
 Two processes that prepare the same objects into two *different* directories share each object's data
 segment (its name depends only on the object version, ``segments.data_segment_name``)::
 
-    process A: prepare_directory(uri, /a)    creates ossmc-d-<h> (O_EXCL) and fetches into it
-    process B: prepare_directory(uri, /b)    finds ossmc-d-<h> listed by A's live table (find_lister),
+    process A: prepare_directory(uri, /a)    creates ossmc-d-<uid>-<h> (O_EXCL), fetches into it
+    process B: prepare_directory(uri, /b)    finds ossmc-d-<uid>-<h> listed by A's live table,
                                              maps the same segment, and its workers' fetch_into is
                                              PeerSource.fetch_into: wait for A's chunk states, then
                                              only compute the CRC-64 of bytes that are already there
@@ -38,7 +38,9 @@ from ossmodelconnector.cache.segments import (
     STATE_TABLE_PREFIX,
     attach_segment,
     data_segment_name,
+    own_prefix,
     process_alive,
+    same_file,
     segment_path,
 )
 from ossmodelconnector.cache.state_table import FLAG_LAZY, StateTable
@@ -78,15 +80,17 @@ def find_lister(segment_name: str, *, exclude: str = "", data_path: str | None =
 
     Tables of dead owners, unreadable tables and tables that are not ours are skipped, and with
     ``data_path``, tables whose manifest keeps that segment elsewhere (another ``cacheDir``, the disk
-    fallback); a table without a manifest yet (``Lister.data_path == ""``) is not skipped.
+    fallback); a table without a manifest yet (``Lister.data_path == ""``) is not skipped. Paths are
+    compared as files (device and inode), so ``/run/shm/x`` and ``/dev/shm/x`` are one segment.
     """
     return find_listers({segment_name: data_path}, exclude=exclude).get(segment_name)
 
 
 def find_listers(wanted: Mapping[str, str | None], *, exclude: str = "") -> dict[str, Lister]:
-    """:func:`find_lister` for several segments (name -> ``data_path``) in one scan of the tables."""
+    """:func:`find_lister` for several segments (name -> ``data_path``) in one scan of this user's tables."""
+    prefix = own_prefix(STATE_TABLE_PREFIX)
     try:
-        names = sorted(name for name in os.listdir(STATE_DIR) if name.startswith(STATE_TABLE_PREFIX))
+        names = sorted(name for name in os.listdir(STATE_DIR) if name.startswith(prefix))
     except OSError:
         return {}
     found: dict[str, Lister] = {}
@@ -123,7 +127,8 @@ def find_listers(wanted: Mapping[str, str | None], *, exclude: str = "") -> dict
         data_paths = _manifest_data_paths(directory, name)
         for segment_name, index in listed.items():
             lister = Lister(pid, directory, name, index, lazy, data_paths.get(index, ""))
-            if wanted[segment_name] is None or lister.data_path in ("", wanted[segment_name]):
+            path = wanted[segment_name]
+            if path is None or not lister.data_path or same_file(lister.data_path, path):
                 found[segment_name] = lister
     return found
 
@@ -173,7 +178,12 @@ class PeerSource:
         for path in paths:
             lister = listers.get(os.path.basename(path))
             source = None
-            if lister is not None and not lister.lazy and lister.data_path == path:
+            if (
+                lister is not None
+                and not lister.lazy
+                and lister.data_path
+                and same_file(lister.data_path, path)
+            ):
                 with contextlib.suppress(OSError, CacheError):  # closed meanwhile: fetch it here
                     source = cls(lister, owner_check_s=owner_check_s, wait_timeout_s=wait_timeout_s)
             sources.append(source)

@@ -13,6 +13,10 @@ The kernel drops the locks of a process that dies, so a crash never leaves a cou
 on a name that was unlinked meanwhile (the inode at the path changed) is refused with
 :class:`FileNotFoundError`, like a file that is not there. A forked child closes the descriptors it
 inherited (they share the parent's lock and would keep the segment alive after the parent's release).
+
+Whoever else removes a file that holds may protect (a stale segment, a dead owner's state table, a
+lock) goes through :func:`unlink_unheld`: the same exclusive lock first, so a file a live process holds
+is never removed, whatever its name or the spelling of its directory.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import os
 import threading
 import weakref
 
-__all__ = ["SegmentHold"]
+__all__ = ["SegmentHold", "unlink_unheld"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,37 @@ class SegmentHold:
 
     def __repr__(self) -> str:
         return f"SegmentHold({self.path!r}, {'held' if self.held else 'released'})"
+
+
+def unlink_unheld(path: str) -> os.stat_result | None:
+    """Remove the file at ``path`` unless a live process holds it (a shared or exclusive ``flock``).
+
+    Returns:
+        The removed file's status (its size and blocks, for reports), or None: nothing there, another
+        process holds it, or the name moved to another file meanwhile. Never follows a symlink.
+
+    Raises:
+        OSError: the file cannot be opened or removed (other than gone).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # held: a live process uses it
+        if not _same_file(fd, path):
+            return None
+        info = os.fstat(fd)
+        try:
+            os.unlink(path)  # under the exclusive lock: nobody takes a hold in between
+        except FileNotFoundError:
+            return None
+        return info
+    finally:
+        os.close(fd)
 
 
 def _same_file(fd: int, path: str) -> bool:

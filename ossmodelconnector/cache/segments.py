@@ -6,6 +6,12 @@ fallback under ``model_dir``, a ``cacheDir`` other than ``/dev/shm``) a plain fi
 ``O_CREAT | O_EXCL | O_NOFOLLOW``. Either way it is created sparse at its full size, mode ``0600``, and
 never reused unless it is a regular file of ours with that mode (see ``docs/cache-layout.md``).
 
+Names carry the effective uid (``ossmc-d-<uid>-<hash>``), so two users never meet at one name. Anyone
+may still create a file under a name of ours first (``/dev/shm`` is world-writable and the names are
+predictable): such a *squatted* name is left alone, and :func:`candidate_names` gives the next one to
+try (``...-1``, ``...-2``, ``...-3``, then a random one), the same sequence in every process of the
+user, so two of its processes still meet at one name.
+
 Also here: who owns a segment (pid + start time, so a reused pid is not mistaken for the owner) and how
 much room a directory has.
 """
@@ -17,7 +23,10 @@ import hashlib
 import logging
 import mmap
 import os
+import pwd
+import secrets
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import posix_ipc
@@ -28,26 +37,41 @@ from ossmodelconnector.objects import ObjectInfo
 __all__ = [
     "DATA_SEGMENT_PREFIX",
     "DEFAULT_FREE_SPACE_MARGIN_BYTES",
+    "DETERMINISTIC_ALTERNATES",
+    "LOCK_PREFIX",
     "SEGMENT_MODE",
     "SEGMENT_PREFIX",
     "STATE_DIR",
     "STATE_TABLE_PREFIX",
+    "USERS_PREFIX",
     "ProcessIdentity",
     "Segment",
     "attach_segment",
+    "candidate_names",
     "check_ownership",
     "create_segment",
     "data_segment_name",
+    "describe_process",
+    "describe_user",
+    "foreign_problems",
     "free_space",
     "is_dev_shm",
+    "lock_name",
     "lstat_or_none",
     "ours_in_dev_shm",
+    "own_prefix",
     "process_alive",
     "process_start_time",
+    "process_state",
+    "real_directory",
     "required_margin",
+    "same_file",
     "segment_path",
+    "squatted",
     "state_table_name",
     "unlink_segment",
+    "users_name",
+    "warn_squatted",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,6 +84,13 @@ SEGMENT_PREFIX = "ossmc-"
 """Every name the cache creates starts with this."""
 DATA_SEGMENT_PREFIX = SEGMENT_PREFIX + "d-"
 STATE_TABLE_PREFIX = SEGMENT_PREFIX + "s-"
+LOCK_PREFIX = SEGMENT_PREFIX + "l-"
+"""Prepare locks (``directory/attached.py``)."""
+USERS_PREFIX = SEGMENT_PREFIX + "u-"
+"""The users of a directory served by an owner process (``ENABLE_CONNECTOR``, ``startup.py``)."""
+
+DETERMINISTIC_ALTERNATES = 3
+"""Names tried after a squatted one, the same in every process: ``<name>-1`` ... ``<name>-3``."""
 
 SEGMENT_MODE = 0o600
 """The only mode a segment of ours has; any other mode means someone else made the file."""
@@ -85,8 +116,18 @@ def _hashed(prefix: str, *fields: str | int) -> str:
     return prefix + digest.hexdigest()[:_HASH_HEX]
 
 
+def own_prefix(kind: str, uid: int | None = None) -> str:
+    """The start of every name of ``kind`` (``DATA_SEGMENT_PREFIX``...) that user ``uid`` creates.
+
+    Args:
+        kind: one of the ``*_PREFIX`` constants.
+        uid: the user; default the effective uid of this process.
+    """
+    return f"{kind}{os.geteuid() if uid is None else uid}-"
+
+
 def data_segment_name(namespace: str, info: ObjectInfo) -> str:
-    """The data segment name of one object version: the same in every process that prepares it.
+    """The data segment name of one object version: the same in every process of this user.
 
     Args:
         namespace: the endpoint the object comes from (two endpoints may hold different objects under the
@@ -94,19 +135,70 @@ def data_segment_name(namespace: str, info: ObjectInfo) -> str:
         info: the object version (bucket, key, ETag and size enter the hash).
 
     Returns:
-        ``ossmc-d-`` followed by 32 hex digits.
+        ``ossmc-d-<uid>-`` followed by 32 hex digits.
     """
-    return _hashed(DATA_SEGMENT_PREFIX, namespace, info.bucket, info.key, info.etag, info.size)
+    return _hashed(own_prefix(DATA_SEGMENT_PREFIX), namespace, info.bucket, info.key, info.etag, info.size)
 
 
 def state_table_name(model_dir: str | os.PathLike[str]) -> str:
-    """The state table name of a prepared directory: ``ossmc-s-`` + a hash of its real path."""
-    return _hashed(STATE_TABLE_PREFIX, os.path.realpath(model_dir))
+    """The state table name of a prepared directory: ``ossmc-s-<uid>-`` + a hash of its real path."""
+    return _hashed(own_prefix(STATE_TABLE_PREFIX), os.path.realpath(model_dir))
+
+
+def lock_name(model_dir: str | os.PathLike[str]) -> str:
+    """The prepare lock of a directory: ``ossmc-l-<uid>-`` + the hash of its state table name."""
+    return own_prefix(LOCK_PREFIX) + state_table_name(model_dir)[len(own_prefix(STATE_TABLE_PREFIX)) :]
+
+
+def users_name(model_dir: str | os.PathLike[str]) -> str:
+    """The users file of a directory served by an owner process: ``ossmc-u-<uid>-`` + the same hash."""
+    return own_prefix(USERS_PREFIX) + state_table_name(model_dir)[len(own_prefix(STATE_TABLE_PREFIX)) :]
+
+
+def candidate_names(name: str, *, fresh: bool = True) -> Iterator[str]:
+    """``name``, then the names to try when it is squatted: ``-1`` ... ``-3``, then a random one.
+
+    Args:
+        name: the name every process of this user computes.
+        fresh: end with a random name (not for names other processes must find by computing them, such
+            as locks).
+    """
+    yield name
+    for number in range(1, DETERMINISTIC_ALTERNATES + 1):
+        yield f"{name}-{number}"
+    if fresh:
+        yield f"{name}-r{secrets.token_hex(8)}"
 
 
 def is_dev_shm(directory: str) -> bool:
     """Whether ``directory`` is ``/dev/shm`` (where ``posix_ipc`` creates its objects)."""
     return os.path.realpath(directory) == _DEV_SHM
+
+
+def real_directory(directory: str) -> str:
+    """``directory`` resolved once (symlinks, ``..``): ``/run/shm`` and ``/dev/shm`` are one directory.
+
+    Two processes that spell ``cacheDir`` differently must still agree on which segments they share and
+    which are stale; names of files are compared in this form, files themselves by device and inode.
+    """
+    return os.path.realpath(directory)
+
+
+def same_file(first: str, second: str) -> bool:
+    """Whether two paths name one file: same device and inode (neither followed if it is a symlink).
+
+    Paths of which one is missing are the same when their directories resolve to one and their names
+    are equal.
+    """
+    try:
+        a, b = os.stat(first, follow_symlinks=False), os.stat(second, follow_symlinks=False)
+    except OSError:
+        return _canonical(first) == _canonical(second)
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _canonical(path: str) -> str:
+    return os.path.join(os.path.realpath(os.path.dirname(path) or "."), os.path.basename(path))
 
 
 def segment_path(directory: str, name: str) -> str:
@@ -177,6 +269,23 @@ def process_alive(pid: int, start_time: int) -> bool:
     return pid > 0 and process_start_time(pid) == start_time
 
 
+def describe_process(pid: int) -> str:
+    """``the live process N``, or ``this process (N)`` when ``pid`` is the caller's own: a message that
+    names the caller as "another process" sends its reader looking for a process that does not exist."""
+    return f"this process ({pid})" if pid == os.getpid() else f"the live process {pid}"
+
+
+def process_state(pid: int) -> str:
+    """``/proc/<pid>/stat`` field 3 (``R``, ``S``, ``T`` stopped, ``t`` traced, ``Z``...), "" when gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            text = file.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return ""
+    fields = text[text.rfind(b")") + 2 :].split()
+    return fields[0].decode("ascii", "replace") if fields else ""
+
+
 # --- space ---------------------------------------------------------------------------------------------
 
 
@@ -233,19 +342,57 @@ def lstat_or_none(path: str) -> os.stat_result | None:
         return None
 
 
+def describe_user(uid: int) -> str:
+    """``uid 65534 (nobody)``, or ``uid N`` when the user has no name here."""
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def foreign_problems(info: os.stat_result) -> list[str]:
+    """What makes a file not one of ours: not a regular file, another owner, a mode other than 0600."""
+    problems = []
+    if not stat.S_ISREG(info.st_mode):
+        problems.append("not a regular file" if not stat.S_ISLNK(info.st_mode) else "a symbolic link")
+    if info.st_uid != os.geteuid():
+        problems.append(f"owned by {describe_user(info.st_uid)}, not {describe_user(os.geteuid())}")
+    if stat.S_IMODE(info.st_mode) != SEGMENT_MODE:
+        problems.append(f"mode {stat.S_IMODE(info.st_mode):04o}, not {SEGMENT_MODE:04o}")
+    return problems
+
+
+def squatted(path: str) -> str | None:
+    """Why the file at ``path`` is not ours (its owner, mode or type), or None when it is ours or absent."""
+    info = lstat_or_none(path)
+    if info is None:
+        return None
+    problems = foreign_problems(info)
+    if not problems:
+        return None
+    if info.st_uid == os.geteuid():
+        problems.insert(0, f"owned by {describe_user(info.st_uid)}")
+    return ", ".join(problems)
+
+
+def warn_squatted(path: str, why: str, what: str) -> None:
+    """The one WARNING for a name of ours that someone else's file holds: left alone, another name used."""
+    log.warning(
+        "%s exists but is not ossmodelconnector's (%s): it is left alone, and %s uses another name. If "
+        "nobody should have made it, ask its owner, or remove it",
+        path,
+        why,
+        what,
+    )
+
+
 def check_ownership(path: str, info: os.stat_result) -> None:
     """Refuse a file that is not a regular file of this user with mode 0600: someone else made it.
 
     Raises:
         CacheError: naming the path, what is wrong and the fix; the file is left alone.
     """
-    problems = []
-    if not stat.S_ISREG(info.st_mode):
-        problems.append("not a regular file" if not stat.S_ISLNK(info.st_mode) else "a symbolic link")
-    if info.st_uid != os.geteuid():
-        problems.append(f"owned by uid {info.st_uid}, not {os.geteuid()}")
-    if stat.S_IMODE(info.st_mode) != SEGMENT_MODE:
-        problems.append(f"mode {stat.S_IMODE(info.st_mode):04o}, not {SEGMENT_MODE:04o}")
+    problems = foreign_problems(info)
     if problems:
         raise CacheError(
             f"{path} exists but was not created by ossmodelconnector for this user ({', '.join(problems)}): "

@@ -3,16 +3,26 @@
 ::
 
     SharedCache.create(model_dir, files)
+        sweep: remove what dead owners of this user left in /dev/shm and cacheDir (sweep.py)
         placement: "shm" (fits in cacheDir's free space and memoryLimitMB) or "disk" (files under
                    model_dir/.ossmodelconnector/data/, a WARNING says why)
-        state table  /dev/shm/ossmc-s-<hash of realpath(model_dir)>   (stale one recovered, live one refused)
-        data segment per file  ossmc-d-<hash of endpoint, bucket, key, etag, size>, full size, sparse
+        state table  /dev/shm/ossmc-s-<uid>-<hash of realpath(model_dir)>   (stale one recovered, live
+                     one refused), held (flock) while this cache is open
+        data segment per file  ossmc-d-<uid>-<hash of endpoint, bucket, key, etag, size>, full size,
+                     sparse, held (segment_hold.py)
         manifest     model_dir/.ossmodelconnector/manifest.json
     backing(i) -> SharedBacking: give it to PrefetchScheduler.register(..., backing=, evictable=False)
     close()    -> status CLOSED (readers woken), unmap, unlink everything (also at GC and at exit)
 
+``cacheDir`` is resolved once (``/run/shm`` is ``/dev/shm``), and a segment found under a data name is
+judged by its file (device and inode), never by how its path is spelled: shared when a live table
+of this user lists that very file, otherwise removed only when no live process holds it. A name that
+another user's file (or a file of the wrong mode, or a symlink) holds is left alone and the next
+candidate name is used (``segments.candidate_names``), with one WARNING naming that file's owner.
+
 The layout is in ``docs/cache-layout.md``. Nothing is left behind by a normal exit or an exit by an
-exception (a ``weakref.finalize``); after SIGKILL the next ``create`` recovers the stale files.
+exception (a ``weakref.finalize``); after SIGKILL the next ``create`` (of any directory) removes the stale
+files, and so does ``ossmodelconnector gc``.
 """
 
 from __future__ import annotations
@@ -24,31 +34,36 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ossmodelconnector.cache.manifest import OWN_DIR_NAME, Manifest, ManifestEntry, write_manifest
 from ossmodelconnector.cache.peer_source import Lister, find_lister
-from ossmodelconnector.cache.segment_hold import SegmentHold
+from ossmodelconnector.cache.placement import choose_placement, relative_paths_of
+from ossmodelconnector.cache.segment_hold import SegmentHold, unlink_unheld
 from ossmodelconnector.cache.segments import (
     STATE_DIR,
     ProcessIdentity,
     Segment,
     attach_segment,
+    candidate_names,
     check_ownership,
     create_segment,
     data_segment_name,
+    describe_process,
     free_space,
     lstat_or_none,
-    process_alive,
+    real_directory,
     required_margin,
     segment_path,
+    squatted,
     state_table_name,
-    unlink_segment,
+    warn_squatted,
 )
 from ossmodelconnector.cache.shared_backing import SharedBacking
 from ossmodelconnector.cache.state_table import FLAG_LAZY, FileSpec, StateTable, TableStatus, plan_layout
+from ossmodelconnector.cache.sweep import recover_table, sweep
 from ossmodelconnector.config import DEFAULT_CACHE_DIR
-from ossmodelconnector.errors import CacheError, ClosedError, OutOfMemoryError, UnsafePathError
+from ossmodelconnector.errors import CacheError, ClosedError, OutOfMemoryError
 from ossmodelconnector.objects import ObjectInfo
 
 __all__ = ["DATA_DIR_NAME", "SharedCache"]
@@ -71,6 +86,7 @@ class _Resources:
         self.table_segment: Segment | None = None
         self.data: list[Segment] = []
         self.holds: list[SegmentHold] = []
+        self.table_hold: SegmentHold | None = None
         self.manifest: Path | None = None
         self.data_dir: Path | None = None
         self._lock = threading.Lock()
@@ -102,6 +118,9 @@ class _Resources:
                 self.data_dir.rmdir()  # only if empty: never anything that is not ours
         if table is not None:
             table.release()
+        if self.table_hold is not None:
+            with contextlib.suppress(OSError):
+                self.table_hold.release(unlink_if_last=False)
         if self.table_segment is not None:
             self.table_segment.close()
             with contextlib.suppress(FileNotFoundError):
@@ -195,26 +214,37 @@ class SharedCache:
         self = cls(_token=_CREATE)
         self.model_dir = Path(os.path.abspath(model_dir))
         self.files = tuple(files)
-        self.relative_paths = _relative_paths(self.files, relative_paths)
+        self.relative_paths = relative_paths_of(self.files, relative_paths)
         self.chunk_size = chunk_size
         self.namespace = namespace
         self.state_table_name = state_table_name(self.model_dir)
         self.manifest_path = self.model_dir / OWN_DIR_NAME / "manifest.json"
-        names = [data_segment_name(namespace, info) for info in self.files]
-        if len(set(names)) != len(names):
+        bases = [data_segment_name(namespace, info) for info in self.files]
+        if len(set(bases)) != len(bases):
             raise ValueError(f"{self.model_dir}: the same object version is listed twice; list each once")
+        # Resolved once: a cacheDir spelled /run/shm is /dev/shm, and every path below uses one spelling.
+        cache_dir = real_directory(cache_dir)
+        with contextlib.suppress(OSError):  # cleaning up after the dead must never fail a prepare
+            swept = sweep([cache_dir])
+            if swept:
+                log.info(
+                    "removed %d file(s), %d bytes, that processes which died left in shared memory",
+                    len(swept),
+                    sum(item.nbytes for item in swept),
+                )
         total = sum(info.size for info in self.files)
         if lazy:
             resident = total if memory_limit_bytes is None else min(total, memory_limit_bytes)
-            self.placement, why = _choose_placement(resident, cache_dir, None)
+            self.placement, why = choose_placement(resident, cache_dir, None)
         else:
             # Segments another directory already holds in cache_dir take no more room (they are shared).
             new = sum(
                 info.size
-                for info, name in zip(self.files, names, strict=True)
+                for info, name in zip(self.files, bases, strict=True)
                 if lstat_or_none(segment_path(cache_dir, name)) is None
+                or squatted(segment_path(cache_dir, name)) is not None
             )
-            self.placement, why = _choose_placement(new, cache_dir, memory_limit_bytes, total=total)
+            self.placement, why = choose_placement(new, cache_dir, memory_limit_bytes, total=total)
         own_dir = self.model_dir / OWN_DIR_NAME
         if self.placement == "shm":
             self._data_dir = cache_dir
@@ -239,6 +269,8 @@ class SharedCache:
             own_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             if self.placement == "disk":
                 self._prepare_disk(total)
+            # Names another user's file holds are skipped now: the table lists the names the data get.
+            names = [self._data_name(info, base) for info, base in zip(self.files, bases, strict=True)]
             self._create_table(names)
             # The manifest before the data: another process preparing the same objects into another
             # directory, meeting one of these segments, reads it to confirm that the segment is this one.
@@ -358,20 +390,44 @@ class SharedCache:
     def _create_table(self, names: list[str]) -> None:
         specs = [FileSpec(info.size, info.crc64, name) for info, name in zip(self.files, names, strict=True)]
         layout = plan_layout([spec.size for spec in specs], self.chunk_size, os.path.realpath(self.model_dir))
-        name = self.state_table_name
-        try:
-            segment = create_segment(STATE_DIR, name, layout.table_size)
-        except FileExistsError:
-            self._recover_table(name)
-            try:
-                segment = create_segment(STATE_DIR, name, layout.table_size)
-            except FileExistsError:
-                raise CacheError(
-                    f"{self.model_dir}: another process created its state table "
-                    f"{segment_path(STATE_DIR, name)} at the same moment: prepare a directory from one "
-                    "process at a time"
-                ) from None
+        segment = None
+        for name in candidate_names(self.state_table_name):
+            path = segment_path(STATE_DIR, name)
+            why = squatted(path)
+            if why is None:
+                try:
+                    segment = create_segment(STATE_DIR, name, layout.table_size)
+                except FileExistsError:
+                    why = squatted(path)
+                    if why is None:
+                        recover_table(name, str(self.model_dir), self._data_dir, DATA_DIR_NAME)
+                        try:
+                            segment = create_segment(STATE_DIR, name, layout.table_size)
+                        except FileExistsError:
+                            raise CacheError(
+                                f"{self.model_dir}: another process created its state table {path} at the "
+                                "same moment: prepare a directory from one process at a time"
+                            ) from None
+            if segment is not None:
+                break
+            assert why is not None
+            warn_squatted(path, why, f"the state table of {self.model_dir}")
+        if segment is None:
+            raise CacheError(
+                f"{self.model_dir}: every name its state table may take in {STATE_DIR} is held by a file "
+                "that is not ours (see the warnings above for their owners): remove them"
+            )
+        self.state_table_name = segment.name
         self._resources.table_segment = segment
+        try:
+            # Held while open: a sweep in another process (which cannot see this pid in another pid
+            # namespace) never removes a table a live process holds.
+            self._resources.table_hold = SegmentHold.take(segment.path)
+        except FileNotFoundError:
+            raise CacheError(
+                f"{self.model_dir}: its new state table {segment.path} was removed at once by another "
+                "process: prepare again, and find out what removes files in /dev/shm"
+            ) from None
         owner = ProcessIdentity.current()
         assert segment.mapping is not None
         self._resources.table = StateTable.initialize(
@@ -386,50 +442,15 @@ class SharedCache:
             name=segment.path,
         )
 
-    def _recover_table(self, name: str) -> None:
-        path = segment_path(STATE_DIR, name)
-        info = lstat_or_none(path)
-        if info is None:
-            return
-        check_ownership(path, info)
-        try:
-            segment = attach_segment(STATE_DIR, name)
-        except FileNotFoundError:
-            return
-        try:
-            assert segment.mapping is not None
-            table = StateTable(segment.mapping, path)
-        except (CacheError, AssertionError):
-            log.warning("%s: replacing the unreadable state table %s", self.model_dir, path)
-            segment.close()
-            unlink_segment(STATE_DIR, name)
-            return
-        try:
-            if process_alive(table.owner_pid, table.owner_start_time):
-                raise CacheError(
-                    f"{self.model_dir} is being prepared by the live process {table.owner_pid} (state table "
-                    f"{path}): close that process's connector first, or prepare into another model_dir"
-                )
-            stale = [entry.segment_name for entry in table.files()]
-            placement = table.placement
-        finally:
-            table.release()
-            segment.close()
-        directory = (
-            self._data_dir if placement == "shm" else str(self.model_dir / OWN_DIR_NAME / DATA_DIR_NAME)
-        )
-        for segment_name in stale:
-            data_path = segment_path(directory, segment_name)
-            if find_lister(segment_name, exclude=name, data_path=data_path) is None:
-                _unlink_if_ours(directory, segment_name)
-        unlink_segment(STATE_DIR, name)
-        log.warning(
-            "%s: removed the state table and %d data file(s) left by process %d, which died without "
-            "cleaning up",
-            self.model_dir,
-            len(stale),
-            table.owner_pid,
-        )
+    def _data_name(self, info: ObjectInfo, base: str) -> str:
+        """The first name for ``info``'s data segment that no file of someone else holds."""
+        for name in candidate_names(base):
+            path = segment_path(self._data_dir, name)
+            why = squatted(path)
+            if why is None:
+                return name
+            warn_squatted(path, why, f"the data segment of {info.uri}")
+        raise AssertionError("candidate_names ends with a random name")  # pragma: no cover
 
     def _create_data(self, index: int, info: ObjectInfo, name: str) -> Segment:
         path = segment_path(self._data_dir, name)
@@ -439,26 +460,40 @@ class SharedCache:
             except FileExistsError:
                 pass
             else:
-                return self._held(segment, path)
+                held = self._held(segment, path)
+                if held is not None:
+                    return held
+                continue  # removed by another process before this one held it: create it again
             existing = lstat_or_none(path)
             if existing is not None:
-                check_ownership(path, existing)
+                check_ownership(path, existing)  # a squatter arrived since the name was chosen
             lister = _confirmed_lister(name, path, exclude=self.state_table_name)
             if lister is not None:
                 shared = self._share(index, info, name, lister)
                 if shared is not None:
                     return shared
                 continue  # its owner removed it meanwhile: create it here
-            unlink_segment(self._data_dir, name)
-            log.warning("%s: removed the stale data segment %s (its owner died)", info.uri, path)
+            if unlink_unheld(path) is not None:
+                log.warning("%s: removed the stale data segment %s (no live process held it)", info.uri, path)
+                continue
+            if lstat_or_none(path) is None:
+                continue  # removed by someone else meanwhile
+            raise CacheError(
+                f"{info.uri}: {path} is held by a live process, yet no live directory of this user lists "
+                "that file: it is never removed nor shared. Close the process holding it (fuser "
+                f"{path}), or set cacheDir elsewhere"
+            )
         raise CacheError(
             f"{info.uri}: other processes keep creating and removing {path} at the same moment: prepare it "
             "from one process at a time"
         )
 
-    def _held(self, segment: Segment, path: str) -> Segment:
+    def _held(self, segment: Segment, path: str) -> Segment | None:
         try:
             self._resources.holds.append(SegmentHold.take(path))
+        except FileNotFoundError:
+            segment.close()
+            return None
         except BaseException:
             segment.close()
             raise
@@ -467,10 +502,10 @@ class SharedCache:
     def _share(self, index: int, info: ObjectInfo, name: str, lister: Lister) -> Segment | None:
         if self._lazy or lister.lazy:
             raise CacheError(
-                f"{info.uri}: the live process {lister.pid} is preparing this object version for "
+                f"{info.uri}: {describe_process(lister.pid)} is preparing this object version for "
                 f"{lister.directory} (data segment {lister.data_path}), and lazy directories do not share "
                 "their segments (they evict them): prepare both eagerly, prepare that directory itself, or "
-                "close that connector"
+                "close that directory (or its connector) first"
             )
         path = segment_path(self._data_dir, name)
         try:
@@ -519,54 +554,6 @@ class SharedCache:
 _CREATE = object()
 
 
-def _choose_placement(
-    new: int, cache_dir: str, memory_limit_bytes: int | None, *, total: int | None = None
-) -> tuple[str, str]:
-    """Where files go: ``new`` bytes to create in ``cache_dir``, of ``total`` (default ``new``) in all.
-
-    The rest of ``total`` is in segments another directory shares already: they count towards
-    ``memoryLimitMB`` but need no room.
-    """
-    if memory_limit_bytes is not None and (new if total is None else total) > memory_limit_bytes:
-        return "disk", f"they exceed memoryLimitMB ({memory_limit_bytes} bytes)"
-    try:
-        available, size = free_space(cache_dir)
-    except OSError as exc:
-        return "disk", f"{cache_dir} is not usable ({exc})"
-    margin = required_margin(size)
-    if new + margin > available:
-        return "disk", f"{cache_dir} has {available} bytes free and {margin} must stay free"
-    return "shm", ""
-
-
-def _relative_paths(files: Sequence[ObjectInfo], given: Sequence[str] | None) -> tuple[str, ...]:
-    if given is None:
-        folders = [info.key.rsplit("/", 1)[0] + "/" if "/" in info.key else "" for info in files]
-        common = os.path.commonprefix(folders)  # noqa: RUF071 - keys are strings, not local paths
-        common = common[: common.rfind("/") + 1]  # ... so cut back to a whole folder
-        given = [info.key[len(common) :] for info in files]
-    if len(given) != len(files):
-        raise ValueError(f"{len(given)} relative paths for {len(files)} files: give one per file")
-    paths = []
-    for relative in given:
-        parts = PurePosixPath(relative).parts
-        if (
-            not relative
-            or relative.startswith("/")
-            or "\0" in relative
-            or any(part in ("..", ".") for part in parts)
-            or parts[0] == OWN_DIR_NAME
-        ):
-            raise UnsafePathError(
-                f"{relative!r} cannot be a path inside the prepared directory (absolute, empty, '..' or "
-                f"{OWN_DIR_NAME!r}): skip that object or rename it"
-            )
-        paths.append("/".join(parts))
-    if len(set(paths)) != len(paths):
-        raise ValueError("two files map to the same relative path; give distinct relative_paths")
-    return tuple(paths)
-
-
 def _confirmed_lister(segment_name: str, path: str, *, exclude: str) -> Lister | None:
     """The live table listing ``segment_name`` whose manifest names ``path`` as its data, if any.
 
@@ -581,21 +568,8 @@ def _confirmed_lister(segment_name: str, path: str, *, exclude: str) -> Lister |
             return lister
         if time.monotonic() >= deadline:
             raise CacheError(
-                f"{path}: the live process {lister.pid} lists this object version for {lister.directory} "
+                f"{path}: {describe_process(lister.pid)} lists this object version for {lister.directory} "
                 f"but wrote no manifest within {_MANIFEST_WAIT_S:g} s: close that connector, or prepare "
                 "again once it is ready"
             )
         time.sleep(0.01)
-
-
-def _unlink_if_ours(directory: str, name: str) -> None:
-    path = segment_path(directory, name)
-    info = lstat_or_none(path)
-    if info is None:
-        return
-    try:
-        check_ownership(path, info)
-    except CacheError as exc:
-        log.warning("left %s alone: %s", path, exc)
-        return
-    unlink_segment(directory, name)

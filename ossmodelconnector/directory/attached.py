@@ -3,7 +3,7 @@
 ::
 
     connector.prepare_directory(uri, dir)                  (in every process that calls it)
-      prepare_lock(dir): flock on /dev/shm/ossmc-l-<hash of realpath(dir)>   held until ready
+      prepare_lock(dir): flock on /dev/shm/ossmc-l-<uid>-<hash of realpath(dir)>   held until ready
         live_owner(dir, uri, endpoint)?  another live process prepared dir from the same uri
             yes -> AttachedDirectory: register the owner's files as RemoteFiles (no download here)
             no  -> directory.prepare_directory: this process is the owner (a dead owner's files are
@@ -14,16 +14,20 @@ process finds either nothing (and prepares) or a complete directory with a live 
 never a half-cleaned one. A process that dies holding the lock releases it (the kernel drops a
 ``flock`` with its last descriptor): stale-owner recovery needs nothing more. The lock file is unlinked
 on release; a waiter that locked an unlinked file notices (another inode at the path) and tries again.
+A lock name that another user's file (or a symlink, or a file of another mode) holds is left alone: every
+process of the user skips it the same way and locks the next name (``segments.candidate_names``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
+import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ossmodelconnector import hooks
@@ -32,28 +36,117 @@ from ossmodelconnector.cache.attached import AttachedCache
 from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.cache.manifest import manifest_path, read_manifest
 from ossmodelconnector.cache.segments import (
-    SEGMENT_PREFIX,
+    SEGMENT_MODE,
     STATE_DIR,
+    candidate_names,
+    describe_process,
+    describe_user,
+    lock_name,
     process_alive,
-    state_table_name,
+    warn_squatted,
 )
 from ossmodelconnector.cache.state_table import FileStatus
 from ossmodelconnector.directory.safety import read_owner
 from ossmodelconnector.errors import CacheError, ClosedError, RequestTimeoutError
 
-__all__ = ["DEFAULT_LOCK_POLL_S", "AttachedDirectory", "AttachedProgress", "live_owner", "prepare_lock"]
+__all__ = [
+    "DEFAULT_LOCK_POLL_S",
+    "AttachedDirectory",
+    "AttachedProgress",
+    "live_owner",
+    "open_lock_file",
+    "prepare_lock",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_POLL_S = 0.05
 """How often a process waiting for another one's prepare tries the lock again (seconds)."""
-LOCK_PREFIX = SEGMENT_PREFIX + "l-"
 
 
 def lock_path(model_dir: str) -> str:
-    """``/dev/shm/ossmc-l-<hash of realpath(model_dir)>``: the file :func:`prepare_lock` locks."""
-    name = LOCK_PREFIX + state_table_name(model_dir)[len(SEGMENT_PREFIX) + 2 :]
-    return os.path.join(STATE_DIR, name)
+    """``/dev/shm/ossmc-l-<uid>-<hash of realpath(model_dir)>``: the first file :func:`prepare_lock` tries."""
+    return os.path.join(STATE_DIR, lock_name(model_dir))
+
+
+def _open_lock(path: str) -> tuple[int, os.stat_result] | str:
+    """The lock file at ``path``, opened (created if missing), or why it is not ours to lock."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EACCES, errno.EPERM, errno.ENXIO, errno.EISDIR):
+            try:
+                info = os.lstat(path)
+            except OSError:
+                return f"cannot be opened ({exc.strerror})"
+            kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else f"cannot be opened ({exc.strerror})"
+            return f"{kind}, owned by {describe_user(info.st_uid)}"
+        raise
+    info = os.fstat(fd)
+    problems = []
+    if not stat.S_ISREG(info.st_mode):
+        problems.append("not a regular file")
+    if info.st_uid != os.geteuid():
+        problems.append(f"owned by {describe_user(info.st_uid)}")
+    if stat.S_IMODE(info.st_mode) & ~SEGMENT_MODE:
+        problems.append(f"mode {stat.S_IMODE(info.st_mode):04o}")
+    if problems:
+        os.close(fd)
+        return ", ".join(problems)
+    return fd, info
+
+
+def open_lock_file(
+    model_dir: str,
+    squatters: dict[str, str],
+    *,
+    name: Callable[[str], str] = lock_name,
+    what: str = "prepare lock",
+) -> tuple[str, int, os.stat_result]:
+    """The first of ``model_dir``'s lock file names (``name``: ``lock_name``, ``users_name``) that no
+    foreign file holds, opened (created if missing; not locked yet).
+
+    Args:
+        model_dir: the directory.
+        squatters: collects the names skipped (warned about once each, however often this is called).
+        name: computes the first name.
+        what: the file's role, for messages.
+
+    Returns:
+        ``(path, fd, its status)``.
+
+    Raises:
+        CacheError: every name is held by a file that is not ours.
+    """
+    for candidate in candidate_names(name(model_dir), fresh=False):
+        path = os.path.join(STATE_DIR, candidate)
+        opened = _open_lock(path)
+        if not isinstance(opened, str):
+            return path, *opened
+        if path not in squatters:
+            squatters[path] = opened
+            warn_squatted(path, opened, f"the {what} of {model_dir}")
+    raise CacheError(
+        f"{model_dir}: every name its {what} may take in {STATE_DIR} is held by a file that is not "
+        f"ours ({'; '.join(f'{p}: {why}' for p, why in squatters.items())}): remove them"
+    )
+
+
+def _lock_holder(info: os.stat_result) -> str:
+    """Who holds the ``flock`` on the file ``info`` describes, from ``/proc/locks``, for messages."""
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            for line in locks:
+                fields = line.split()
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device and fields[4].isdigit():
+                    pid = int(fields[4])
+                    if pid == os.getpid():
+                        return f"this process ({pid}) itself, in another prepare of it"
+                    return describe_process(pid)
+    except OSError:
+        pass
+    return "another process"
 
 
 @contextlib.contextmanager
@@ -66,25 +159,19 @@ def prepare_lock(model_dir: str, timeout_s: float) -> Iterator[None]:
 
     Raises:
         RequestTimeoutError: another process held it for longer.
-        CacheError: the lock file is not ours (another user made it).
+        CacheError: every name the lock may take is held by a file that is not ours.
     """
-    path = lock_path(model_dir)
     deadline = time.monotonic() + timeout_s
+    squatters: dict[str, str] = {}
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        path, fd, info = open_lock_file(model_dir, squatters)
         try:
-            info = os.fstat(fd)
-            if info.st_uid != os.geteuid():
-                raise CacheError(
-                    f"{path}: the prepare lock of {model_dir} belongs to uid {info.st_uid}; remove it, or "
-                    "prepare as that user"
-                )
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise RequestTimeoutError(
-                        f"{model_dir}: another process has been preparing it for over {timeout_s:g} s "
+                        f"{model_dir}: {_lock_holder(info)} has been preparing it for over {timeout_s:g} s "
                         f"(lock {path}); wait for it, stop it, or raise waitTimeoutSeconds"
                     ) from None
                 os.close(fd)
@@ -92,7 +179,7 @@ def prepare_lock(model_dir: str, timeout_s: float) -> Iterator[None]:
                 time.sleep(DEFAULT_LOCK_POLL_S)
                 continue
             try:
-                current = os.stat(path).st_ino
+                current = os.stat(path, follow_symlinks=False).st_ino
             except FileNotFoundError:
                 current = -1
             if current == info.st_ino:

@@ -7,7 +7,9 @@
     reader: wait_ready(i) <───────────────────────────────────┘ -> copy out of ``view`` -> release(i)
 
 Chunk states go EMPTY -> FETCHING -> READY -> (release) EMPTY, or FETCHING -> FAILED (sticky: the
-stored exception is re-raised to every reader of those bytes). The bytes are ONE contiguous private
+stored exception is re-raised to every reader of those bytes), except when the chunk failed for lack of
+room to store it (``ENOSPC``...: ``chunk_errors.py``): then the next read puts it back to EMPTY and
+fetches it again (:meth:`ChunkBuffer.retry_if_out_of_room`). The bytes are ONE contiguous private
 anonymous mapping of the object's size, so a finished object is a single read-only ``memoryview`` with
 no copy, and releasing a chunk returns its pages to the system (``MADV_DONTNEED`` frees the pages of a
 private anonymous mapping; a later read of them would see zeros, which is why only EMPTY is possible
@@ -31,7 +33,6 @@ reading what arrived.
 
 from __future__ import annotations
 
-import copy
 import logging
 import mmap
 import platform
@@ -39,12 +40,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import NoReturn
 
 from ossmodelconnector._fast import crc64_combine
 from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.cache.shared_backing import SharedBacking
-from ossmodelconnector.errors import ClosedError, ConnectorError, IntegrityError, RequestTimeoutError
+from ossmodelconnector.errors import ClosedError, IntegrityError
+from ossmodelconnector.fetch.chunk_errors import (
+    as_retryable,
+    object_mismatch,
+    out_of_room,
+    raise_stored,
+    refetch_mismatch,
+    timeout_error,
+)
 from ossmodelconnector.fetch.delivery import Deliveries, Delivery
 from ossmodelconnector.objects import ObjectInfo
 from ossmodelconnector.ranges import ByteRange, chunk_count, chunk_range
@@ -105,6 +113,7 @@ class ChunkBuffer:
         self._first_crcs: list[int | None] = [None] * self.count
         self._crcs_known = 0
         self._errors: dict[int, BaseException] = {}
+        self._retryable: set[int] = set()  # FAILED chunks that found no room: the next read retries them
         self._deliveries = Deliveries()
         self._object_error: IntegrityError | None = None
         self._closed_reason: str | None = None
@@ -243,10 +252,12 @@ class ChunkBuffer:
                     on_empty(index)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self._raise_timeout(index, timeout_s)
+                    raise timeout_error(
+                        self.info, self.chunk(index), index, ChunkState(self._states[index]).name, timeout_s
+                    )
                 self._cond.wait(remaining)
             if self._states[index] == ChunkState.FAILED:
-                self._raise_stored(self._errors[index], self.chunk(index))
+                raise_stored(self._errors[index], self.info, self.chunk(index))
 
     def withdraw(self, deliveries: dict[int, Delivery]) -> None:
         """Cancel the deliveries no worker took, and wait until those taken have reported back.
@@ -371,14 +382,7 @@ class ChunkBuffer:
         if first == crc:
             return True
         chunk = self.chunk(index)
-        error = IntegrityError(
-            f"{self.name}: bytes [{chunk.start}, {chunk.end}) fetched again have CRC-64 {crc:#018x}, but "
-            f"the first fetch had {first:#018x}: the object changed or the data was corrupted in transit; "
-            "open the object again to read the current version",
-            bucket=self.info.bucket,
-            key=self.info.key,
-            range=chunk.as_tuple(),
-        )
+        error = refetch_mismatch(self.info, chunk, first, crc)
         self._object_error = error
         self._fail_locked(index, error)
         if self._backing is not None:
@@ -387,15 +391,37 @@ class ChunkBuffer:
         return False
 
     def fail(self, index: int, error: BaseException) -> None:
-        """Mark chunk ``index`` FAILED with ``error`` (re-raised to its readers); its pages are dropped."""
+        """Mark chunk ``index`` FAILED with ``error`` (re-raised to its readers); its pages are dropped.
+
+        An error that says there was no room to store the chunk is kept as an ``OutOfMemoryError``, which
+        the next read retries (:meth:`retry_if_out_of_room`); any other stays until the buffer closes.
+        """
         with self._cond:
             self._expect(index, ChunkState.FETCHING)
             self._end_delivery(index)
             if self.closed:
                 self._to_empty(index)
             else:
+                if out_of_room(error):
+                    error = as_retryable(error, self.info, self.chunk(index))
+                    self._retryable.add(index)
                 self._fail_locked(index, error)
             self._publish()
+
+    def retry_if_out_of_room(self, index: int) -> bool:
+        """Put chunk ``index`` back to EMPTY if it FAILED for lack of room; True if it did.
+
+        The caller then demands it (a reader) or queues it (a demand from another process).
+        """
+        with self._cond:
+            if self._states[index] != ChunkState.FAILED or index not in self._retryable or self.closed:
+                return False
+            self._retryable.discard(index)
+            self._errors.pop(index, None)
+            self._states[index] = ChunkState.EMPTY
+            self._cond.notify_all()
+            self._publish()
+            return True
 
     def cancel(self, index: int) -> None:
         """Put a FETCHING chunk whose fetch will never report back (e.g. after ``fork``) back to EMPTY."""
@@ -454,6 +480,7 @@ class ChunkBuffer:
                     if value == ChunkState.READY:
                         self.held_bytes -= len(self.chunk(index))
             self._errors.clear()
+            self._retryable.clear()
             self._pins = [0] * self.count
             self._cond.notify_all()
             self._publish()
@@ -490,18 +517,24 @@ class ChunkBuffer:
         """
         deadline = time.monotonic() + timeout_s
         with self._cond:
+            # A chunk that found no room is fetched again by the next read; one that fails while this
+            # read waits is raised, so that a full cache directory is an error, not a fetch loop.
+            if self.retry_if_out_of_room(index) and on_empty is not None:
+                on_empty(index)
             while True:
                 self.check_usable()
                 value = self._states[index]
                 if value == ChunkState.READY:
                     return
                 if value == ChunkState.FAILED:
-                    self._raise_stored(self._errors[index], self.chunk(index))
+                    raise_stored(self._errors[index], self.info, self.chunk(index))
                 if value == ChunkState.EMPTY and on_empty is not None:
                     on_empty(index)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self._raise_timeout(index, timeout_s)
+                    raise timeout_error(
+                        self.info, self.chunk(index), index, ChunkState(self._states[index]).name, timeout_s
+                    )
                 self._cond.wait(remaining)
 
     def check_usable(self) -> None:
@@ -519,7 +552,7 @@ class ChunkBuffer:
                     key=self.info.key,
                 )
             if self._object_error is not None:
-                self._raise_stored(self._object_error, ByteRange(0, self.info.size))
+                raise_stored(self._object_error, self.info, ByteRange(0, self.info.size))
 
     # --- internals -----------------------------------------------------------------------------------
 
@@ -571,43 +604,7 @@ class ChunkBuffer:
         self.actual_crc64 = total
         expected = self.info.crc64
         if expected is not None and expected != total:
-            self._object_error = IntegrityError(
-                f"{self.name}: the CRC-64 of the downloaded bytes is {total:#018x} but the server's "
-                f"x-oss-hash-crc64ecma is {expected:#018x}: the data was corrupted in transit or the object "
-                "changed while it was read; open the object again (report it if it persists)",
-                bucket=self.info.bucket,
-                key=self.info.key,
-                range=(0, self.info.size),
-            )
+            self._object_error = object_mismatch(self.info, total, expected)
             log.error("%s", self._object_error)
         if self._backing is not None:
             self._backing.record_checked(self._object_error)
-
-    def _raise_timeout(self, index: int, timeout_s: float) -> NoReturn:
-        chunk = self.chunk(index)
-        raise RequestTimeoutError(
-            f"{self.name}: timed out after {timeout_s:g} s waiting for bytes [{chunk.start}, {chunk.end}) "
-            f"(chunk {index}, {ChunkState(self._states[index]).name}): the download is stalled or too slow; "
-            "check the network and the server, or raise wait_timeout_s",
-            bucket=self.info.bucket,
-            key=self.info.key,
-            range=chunk.as_tuple(),
-        )
-
-    def _raise_stored(self, stored: BaseException, chunk: ByteRange) -> NoReturn:
-        # A fresh exception per reader: raising the stored one twice would chain its tracebacks.
-        error: BaseException | None = None
-        if isinstance(stored, ConnectorError):
-            try:
-                error = copy.copy(stored)
-            except Exception:  # a subclass whose constructor cannot be replayed
-                error = None
-        if error is None:
-            error = ConnectorError(
-                f"{self.name}: fetching bytes [{chunk.start}, {chunk.end}) failed with {stored!r}; see the "
-                "cause, and open the object again to retry",
-                bucket=self.info.bucket,
-                key=self.info.key,
-                range=chunk.as_tuple(),
-            )
-        raise error from stored

@@ -216,7 +216,7 @@ class PrefetchScheduler:
             handle: what :meth:`register` returned.
         """
         with self._lock:
-            self._unregister_locked(handle, "the stream was closed; open the object again to read it")
+            self._unregister_locked(handle, _closed_reason(handle))
 
     def close(self) -> None:
         """Stop the workers and free every object's memory; waiting readers get ``ClosedError``. Idempotent.
@@ -264,7 +264,8 @@ class PrefetchScheduler:
         return self._lock
 
     def boost(self, handle: ObjectHandle, span: Iterable[int]) -> None:
-        """Queue the EMPTY chunks of ``span`` ahead of read-ahead (still within the budget).
+        """Queue the EMPTY chunks of ``span`` ahead of read-ahead (still within the budget), and those that
+        failed for lack of room (fetched again).
 
         Args:
             handle: the object.
@@ -275,7 +276,11 @@ class PrefetchScheduler:
                 return
             order = self._next_order()
             for index in span:
-                if handle.buffer.state(index) == ChunkState.EMPTY:
+                state = handle.buffer.state(index)
+                # A chunk that found no room to be stored is asked for again: retried (chunk_errors.py).
+                if state == ChunkState.EMPTY or (
+                    state == ChunkState.FAILED and handle.buffer.retry_if_out_of_room(index)
+                ):
                     self._queue(handle, index, _BOOST, order)
 
     def cancel_queued(self, handle: ObjectHandle) -> None:
@@ -600,6 +605,13 @@ class PrefetchScheduler:
                     handle.buffer.cancel(index)
                     # Queued without starting threads: the child starts its own on its first read.
                     self._queue(handle, index, _AHEAD, start=False)
+
+
+def _closed_reason(handle: ObjectHandle) -> str:
+    """What its readers are told: a stream's object, or a prepared directory's file (in a shared cache)."""
+    if handle.buffer.shared:
+        return "its prepared directory was closed (by this process); prepare the directory again to read it"
+    return "the stream was closed; open the object again to read it"
 
 
 def _release_view(view: memoryview) -> None:

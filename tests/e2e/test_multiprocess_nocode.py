@@ -98,15 +98,42 @@ def _base_env(server: LocalOss, model_dir: Path) -> dict[str, str]:
     return env
 
 
-def _check_program_output(completed: subprocess.CompletedProcess[str], digest: str) -> None:
+def _check_program_output(
+    completed: subprocess.CompletedProcess[str], digest: str, owner_pid: int | None = None
+) -> None:
     assert completed.returncode == 7, completed.stderr[-3000:]
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     assert result["exit_codes"] == [0, 0]
     for report in result["reports"]:
         assert report["hooked"], "the start-up hook did not run in the spawned child"
         assert report["digest"] == digest  # the state dict is bit-identical to the saved model
+    if owner_pid is not None:
+        _wait_for_exit(owner_pid)  # the owner process leaves once its last user (the program) is gone
     leftovers = [path for path in result["segments"] if os.path.exists(path)]
     assert not leftovers, f"left in /dev/shm after the program exited: {leftovers}"
+
+
+def _owner_pid(model_dir: Path) -> int:
+    with open(model_dir / ".ossmodelconnector" / "owner.json", encoding="utf-8") as record:
+        pid = json.load(record)["pid"]
+    assert isinstance(pid, int)
+    return pid
+
+
+def _wait_for_exit(pid: int) -> None:
+    """Until process ``pid`` is gone (a liveness bound, not a measurement)."""
+    deadline = time.monotonic() + PROCESS_TIMEOUT_S
+    while os.path.exists(f"/proc/{pid}") and _state(pid) != "Z":
+        assert time.monotonic() < deadline, f"process {pid} is still running"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return text[text.rfind(")") + 2 :].split()[0]
 
 
 def test_run_wrapper(localoss: LocalOss, tiny_model: tuple[Path, str], tmp_path: Path) -> None:
@@ -166,7 +193,71 @@ def test_enable_connector_without_wrapper(
         timeout=PROCESS_TIMEOUT_S,
         check=False,
     )
-    _check_program_output(completed, digest)
+    _check_program_output(completed, digest, _owner_pid(model_dir))
+
+
+# A process started with ENABLE_CONNECTOR=1: says "up" once its start-up hook is done; with "load", reads
+# every tensor of MODEL_DIR the vLLM way and prints their digests; ends at end of input.
+USER = textwrap.dedent(
+    """
+    import json, os, sys
+    sys.path.insert(0, {tests!r})
+    print("up", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "load":
+            from multiprocess_workers import vllm_pattern
+            digests, _ = vllm_pattern(os.environ["MODEL_DIR"])
+            print(json.dumps(digests), flush=True)
+    """
+).format(tests=TESTS)
+
+
+def test_enable_connector_outlives_a_probe_that_started_first(localoss_factory: Any, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    digests = write_sharded_model(str(source), 16, 4)
+    server = localoss_factory("--bandwidth-mibps", "8")  # still arriving when the probe exits
+    _upload(server, "probe", "m/", source)
+    model_dir = tmp_path / "model"
+    env = child_environment(_base_env(server, model_dir))
+    env.update(
+        ENABLE_CONNECTOR="1",
+        OSS_ENDPOINT=server.endpoint,
+        OSS_PATH="oss://probe/m/",
+        MODEL_DIR=str(model_dir),
+        OSSMC_OWNER_CHECK_S="0.2",
+    )
+    env.pop("OSSMC_PREPARED_DIRS", None)
+    started: list[subprocess.Popen[str]] = []
+
+    def start() -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-c", USER], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        started.append(process)
+        assert process.stdout is not None and process.stdout.readline().strip() == "up"
+        return process
+
+    try:
+        probe = start()  # the first process to start: `python -c "import torch"` before the server
+        owner = _owner_pid(model_dir)
+        serving = start()  # started independently, not under the probe: it finds the live owner
+        probe.communicate("", timeout=PROCESS_TIMEOUT_S)  # the probe exits mid-download
+        assert probe.returncode == 0
+        assert serving.stdin is not None and serving.stdout is not None
+        serving.stdin.write("load\n")
+        serving.stdin.flush()
+        assert json.loads(serving.stdout.readline() or "null") == digests  # every tensor, bit for bit
+        assert owner not in (probe.pid, serving.pid) and _owner_pid(model_dir) == owner  # one of its own
+        segments = [entry.data_path for entry in read_manifest(manifest_path(model_dir)).files.values()]
+        serving.communicate("", timeout=PROCESS_TIMEOUT_S)
+        assert serving.returncode == 0
+        _wait_for_exit(owner)  # its last user gone, the owner releases the cache and exits
+        assert not [path for path in segments if os.path.exists(path)]
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
 
 
 OWNER = textwrap.dedent(

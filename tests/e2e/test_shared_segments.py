@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -209,6 +210,43 @@ def test_the_second_directory_closing_first_leaves_the_first_intact(
     assert report["digests"] == digests
     assert _ask(first, "close") == "closed"
     assert not set(segments) & set(ours_in_dev_shm())
+
+
+def _inodes(paths: list[str]) -> list[int]:
+    return [os.stat(path).st_ino for path in paths]
+
+
+def test_a_cache_dir_spelled_through_a_symlink_shares_the_live_segments_and_never_replaces_them(
+    localoss_factory: Any, model: tuple[Path, dict[str, str]], tmp_path: Path, processes: list[Any]
+) -> None:
+    source, digests = model
+    server = localoss_factory()
+    _upload(server, source)
+    first = _start(server, tmp_path / "a")  # cacheDir /dev/shm
+    processes.append(first)
+    assert json.loads(_ask(first, "load"))["digests"] == digests
+    data_paths = [entry.data_path for entry in read_manifest(manifest_path(tmp_path / "a")).files.values()]
+    before = _inodes(data_paths)
+    link = tmp_path / "shm-link"
+    link.symlink_to("/dev/shm")  # as /run/shm is on many systems
+    credentials = Credentials(server.access_key_id, server.access_key_secret)
+    with OssModelConnector(
+        server.endpoint, cred_provider=credentials, chunk_size_mb=1, small_file_mb=1, cache_dir=str(link)
+    ) as connector:
+        connector.prepare_directory(URI, tmp_path / "b")
+        assert _segments(tmp_path / "b") == _segments(tmp_path / "a")  # the same files, shared
+        assert _inodes(data_paths) == before  # never unlinked nor created anew
+        assert vllm_pattern(str(tmp_path / "b"))[0] == digests
+        assert connector.stats()["bytes"] <= header_allowance(source) + _small_bytes(source)  # nothing again
+        # The first process still reads its bytes, not the zeros of a segment made anew under its name.
+        assert json.loads(_ask(first, "load"))["digests"] == digests
+    assert _inodes(data_paths) == before  # the first still holds them
+    assert _ask(first, "close") == "closed"
+    assert not {Path(path).name for path in data_paths} & set(ours_in_dev_shm())
+
+
+def _small_bytes(source: Path) -> int:
+    return sum(path.stat().st_size for path in source.iterdir() if path.suffix != ".safetensors")
 
 
 def _prepare_at_once(connectors: list[OssModelConnector], dirs: list[Path]) -> list[BaseException]:

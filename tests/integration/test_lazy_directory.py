@@ -13,7 +13,10 @@ import hashlib
 import io
 import json
 import logging
+import multiprocessing
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,10 +25,11 @@ from pathlib import Path
 import pytest
 import torch
 from localoss_harness import LocalOss
-from multiprocess_workers import mapping_rss
+from multiprocess_workers import mapping_rss, read_first_bytes
 from safetensors.torch import load_file, save
 
 from ossmodelconnector import ConfigError, OssModelConnector
+from ossmodelconnector.directory.exported import export_directory
 from ossmodelconnector.oss.credentials import Credentials
 from ossmodelconnector.oss.request_log import AuditRecord, parse_audit_line
 
@@ -408,3 +412,58 @@ def test_lazy_with_wait_and_a_bad_idle_time_are_refused(
     with pytest.raises(FileNotFoundError, match="not a file of a directory"):
         connector.status(tmp_path / "elsewhere.safetensors")
     assert not (tmp_path / "m").exists()
+
+
+def _read_in_child(method: str, path: Path) -> tuple[str, str]:
+    context = multiprocessing.get_context(method)
+    results = context.Queue()
+    child = context.Process(target=read_first_bytes, args=(str(path), results))
+    child.start()
+    try:
+        return results.get(timeout=120)
+    finally:
+        child.join(60)
+
+
+PREPARE_AGAIN = """
+import sys
+from ossmodelconnector import OssModelConnector
+from ossmodelconnector.oss.credentials import Credentials
+credentials = Credentials(sys.argv[2], sys.argv[3])
+with OssModelConnector(sys.argv[1], cred_provider=credentials, small_file_mb=1, chunk_size_mb=1) as c:
+    try:
+        c.prepare_directory(sys.argv[4], sys.argv[5])
+        print("attached")
+    except Exception as exc:
+        print(type(exc).__name__, str(exc).replace("\\n", " "))
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_other_processes_are_refused_a_lazy_directory_never_given_zeros(
+    localoss: LocalOss,
+    sd_bucket: str,
+    make_connector: Callable[..., OssModelConnector],
+    tmp_path: Path,
+    method: str,
+) -> None:
+    connector = make_connector()
+    model_dir = tmp_path / "sd"
+    uri = f"oss://{sd_bucket}/{PREFIX}"
+    connector.prepare_directory(uri, model_dir, lazy=True)
+    name = LARGE[0]
+    # Listed for the children as an eager directory is (prepare_directory leaves lazy ones out so far).
+    export_directory(str(model_dir))
+    for _ in range(2):  # before this process opened the file (nothing fetched), and after
+        kind, message = _read_in_child(method, model_dir / name)
+        assert kind == "CacheError", (kind, message[:200])  # never its bytes, never zeros
+        assert str(model_dir / name) in message and "lazy" in message and "lazy=True" in message
+        assert _load_like_the_web_ui(model_dir / name)  # this process reads it
+    assert _read_in_child(method, model_dir / "G-legacy.yaml") == ("bytes", FILES["G-legacy.yaml"].hex())
+    # Another process preparing the same directory from the same URI attaches to its owner: refused too.
+    command = [sys.executable, "-c", PREPARE_AGAIN, localoss.endpoint, localoss.access_key_id]
+    command += [localoss.access_key_secret, uri, str(model_dir)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    kind, message = (done.stdout.strip() or done.stderr[-2000:]).split(" ", 1)
+    assert kind == "CacheError" and f"{model_dir} was prepared lazily by process {os.getpid()}" in message
+    assert "without lazy=True" in message

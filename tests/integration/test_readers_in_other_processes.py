@@ -136,7 +136,9 @@ def test_the_prepare_lock_excludes_and_is_released_when_its_holder_dies(tmp_path
     model_dir = str(tmp_path / "model")
     with (
         prepare_lock(model_dir, LIVENESS_S),
-        pytest.raises(RequestTimeoutError, match="another process has been preparing it"),
+        pytest.raises(
+            RequestTimeoutError, match=rf"this process \({os.getpid()}\) itself, in another prepare"
+        ),
         prepare_lock(model_dir, 0.1),
     ):
         pass
@@ -149,7 +151,8 @@ def test_the_prepare_lock_excludes_and_is_released_when_its_holder_dies(tmp_path
     child = subprocess.Popen([sys.executable, "-c", script, model_dir], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "locked"
-        with pytest.raises(RequestTimeoutError), prepare_lock(model_dir, 0.1):
+        holder = f"the live process {child.pid} has been preparing"
+        with pytest.raises(RequestTimeoutError, match=holder), prepare_lock(model_dir, 0.1):
             pass
         child.kill()
         child.wait()

@@ -8,16 +8,19 @@ even when other suites run at the same time; tests assert bytes and states, neve
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import logging
 import os
 import random
+import signal
 import stat
 import subprocess
 import sys
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,19 +28,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multiprocess_workers import mapping_rss
+from reliability_harness import as_other_user, can_mount, tmpfs
 
 from ossmodelconnector._fast import crc64
 from ossmodelconnector.cache.attached import AttachedCache
 from ossmodelconnector.cache.chunk_state import ChunkState
+from ossmodelconnector.cache.demand import DemandServer
 from ossmodelconnector.cache.manifest import find_manifest, read_manifest
-from ossmodelconnector.cache.segments import data_segment_name, ours_in_dev_shm, state_table_name
+from ossmodelconnector.cache.segments import data_segment_name, lock_name, ours_in_dev_shm, state_table_name
 from ossmodelconnector.cache.shared_backing import SharedBacking
 from ossmodelconnector.cache.shared_cache import SharedCache
 from ossmodelconnector.cache.state_table import FileStatus, TableStatus
+from ossmodelconnector.directory.attached import prepare_lock
 from ossmodelconnector.errors import (
     CacheError,
     ClosedError,
     IntegrityError,
+    OutOfMemoryError,
     OwnerDiedError,
     RequestTimeoutError,
     RetriesExhaustedError,
@@ -379,6 +386,105 @@ def test_readers_are_woken_with_a_closed_error_when_the_owner_closes(tmp_path: P
     assert_gone(names_of(tmp_path / "model", namespace, [info]))
 
 
+WAIT_ONE = """
+import sys
+from ossmodelconnector.cache.attached import AttachedCache
+with AttachedCache.from_manifest(sys.argv[1]) as cache:
+    print("attached", flush=True)
+    try:
+        cache.file(0, owner_check_s=0.2).wait(0, 10, float(sys.argv[2]))
+        print("ready", flush=True)
+    except Exception as exc:
+        print(type(exc).__name__, str(exc).replace("\\n", " "), flush=True)
+"""
+
+
+def wait_in_another_process(manifest: Path, timeout_s: float) -> subprocess.Popen[str]:
+    """A process that attaches ``manifest``'s directory and waits for its first bytes (prints the outcome)."""
+    reader = subprocess.Popen(
+        [sys.executable, "-c", WAIT_ONE, str(manifest), str(timeout_s)], stdout=subprocess.PIPE, text=True
+    )
+    assert reader.stdout is not None and reader.stdout.readline().strip() == "attached"
+    return reader
+
+
+def test_a_reader_in_another_process_is_told_that_the_owner_closed_and_what_to_do(
+    tmp_path: Path, namespace: str
+) -> None:
+    (info,) = infos_of({"m/w.bin": payload(CHUNK, 1)})
+    cache = SharedCache.create(tmp_path / "model", [info], namespace=namespace, chunk_size=CHUNK)
+    reader = wait_in_another_process(cache.manifest_path, LIVENESS_S)  # its wait timeout: a minute
+    cache.close()  # nothing will come: the reader must be told now, not when its wait times out
+    output, _ = reader.communicate(timeout=LIVENESS_S)
+    kind, message = output.strip().split(" ", 1)
+    assert kind == "ClosedError"
+    assert f"its owner, process {os.getpid()}, closed the prepared directory before bytes [0, 10)" in message
+    assert "prepare the directory again" in message
+
+
+def test_a_stopped_owner_is_named_when_a_reader_gives_up(tmp_path: Path, namespace: str) -> None:
+    owner, manifest = start_owner(tmp_path / "model", namespace)
+    try:
+        os.kill(owner.pid, signal.SIGSTOP)
+        reader = wait_in_another_process(manifest, 1.0)
+        output, _ = reader.communicate(timeout=LIVENESS_S)
+        kind, message = output.strip().split(" ", 1)
+        assert kind == "RequestTimeoutError"
+        assert (
+            f"its owner, process {owner.pid}, is stopped by a signal: resume it (kill -CONT {owner.pid})"
+            in message
+        )
+    finally:
+        os.kill(owner.pid, signal.SIGCONT)
+        owner.communicate("", timeout=LIVENESS_S)
+
+
+def test_readers_of_a_closed_directory_in_its_own_process_are_told_so(
+    tmp_path: Path, namespace: str, caches: list[SharedCache]
+) -> None:
+    (info,) = infos_of({"m/w.bin": payload(2 * CHUNK, 1)})
+    cache = SharedCache.create(tmp_path / "model", [info], namespace=namespace, chunk_size=CHUNK)
+    caches.append(cache)
+    opened = threading.Event()
+
+    def never(start: int, end: int, dest: memoryview) -> int:
+        opened.wait(LIVENESS_S)
+        raise RetriesExhaustedError("never arrives")
+
+    with PrefetchScheduler(connections=1) as scheduler:
+        handle = scheduler.register(info, never, chunk_size=CHUNK, backing=cache.backing(0), evictable=False)
+        handle.close()  # what closing its prepared directory does to each file
+        with pytest.raises(ClosedError, match="its prepared directory was closed") as caught:
+            handle.read_bytes(0, 10, LIVENESS_S)
+        assert "stream" not in str(caught.value)
+        opened.set()
+
+
+def test_messages_name_this_process_as_this_process(
+    tmp_path: Path, namespace: str, caches: list[SharedCache]
+) -> None:
+    caches.append(SharedCache.create(tmp_path / "eager", [OWNED_INFO], namespace=namespace, chunk_size=4096))
+    with pytest.raises(CacheError, match=rf"this process \({os.getpid()}\) is preparing this object version"):
+        SharedCache.create(tmp_path / "lazy", [OWNED_INFO], namespace=namespace, chunk_size=4096, lazy=True)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with prepare_lock(str(tmp_path / "eager"), LIVENESS_S):
+            held.set()
+            release.wait(LIVENESS_S)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(LIVENESS_S)
+        who = rf"this process \({os.getpid()}\) itself, in another prepare of it"
+        with pytest.raises(RequestTimeoutError, match=who), prepare_lock(str(tmp_path / "eager"), 0.1):
+            pass
+    finally:
+        release.set()
+        holder.join(LIVENESS_S)
+
+
 # --- owners that die, live owners, squatters -----------------------------------------------------------
 
 OWNER = """
@@ -401,6 +507,11 @@ if mode == "fork":
     os.waitpid(pid, 0)
     print("present" if os.path.exists(cache.data_path(0)) else "removed", flush=True)
     sys.exit(0)
+if mode == "fill":  # its bytes in the segment, as if fetched: memory a SIGKILL would leave behind
+    fd = os.open(cache.data_path(0), os.O_WRONLY)
+    os.pwrite(fd, data, 0)
+    os.close(fd)
+    print("filled", flush=True)
 sys.stdin.read()  # "wait": stay alive until the test closes stdin
 cache.close()
 """
@@ -408,9 +519,9 @@ cache.close()
 OWNED_INFO = ObjectInfo("bucket", "m/w.bin", 3 * 4096, '"etag"', 0.0)
 
 
-def start_owner(model_dir: Path, namespace: str) -> tuple[subprocess.Popen[str], Path]:
+def start_owner(model_dir: Path, namespace: str, mode: str = "wait") -> tuple[subprocess.Popen[str], Path]:
     owner = subprocess.Popen(
-        [sys.executable, "-c", OWNER, str(model_dir), namespace, "wait"],
+        [sys.executable, "-c", OWNER, str(model_dir), namespace, mode],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -419,6 +530,8 @@ def start_owner(model_dir: Path, namespace: str) -> tuple[subprocess.Popen[str],
     assert owner.stdout is not None
     line = owner.stdout.readline().strip()
     assert line, owner.stderr.read() if owner.stderr else ""
+    if mode == "fill":
+        assert owner.stdout.readline().strip() == "filled"
     return owner, Path(line)
 
 
@@ -436,10 +549,10 @@ def test_a_dead_owner_is_reported_to_readers_and_its_files_are_recovered(
     attached.close()
     names = names_of(model_dir, namespace, [OWNED_INFO])
     assert names <= set(ours_in_dev_shm())  # left behind by the SIGKILL
-    with caplog.at_level(logging.WARNING, logger="ossmodelconnector.cache.shared_cache"):
+    with caplog.at_level(logging.INFO, logger="ossmodelconnector.cache"):
         cache = SharedCache.create(model_dir, [OWNED_INFO], namespace=namespace, chunk_size=4096)
     caches.append(cache)
-    assert f"left by process {owner.pid}" in caplog.text
+    assert f"left by process {owner.pid}" in caplog.text  # the sweep of every create removed them
     assert cache.state_table_name == stale_table and cache.table.owner_pid == os.getpid()
     assert os.stat(cache.data_path(0)).st_blocks == 0  # a fresh segment
     cache.close()
@@ -473,6 +586,92 @@ def test_a_live_owner_keeps_its_directory_and_its_objects(
     assert_gone(names_of(model_dir, namespace, [OWNED_INFO]))
 
 
+def _files_of(manifest: Path) -> tuple[str, str]:
+    """(state table, data segment) names of a one-file directory's manifest."""
+    read = read_manifest(manifest)
+    return read.state_table, Path(next(iter(read.files.values())).data_path).name
+
+
+GC = "import sys; from ossmodelconnector.cli import main; sys.exit(main(['gc']))"
+
+
+def test_gc_removes_what_a_sigkilled_owner_left_and_nothing_a_live_process_holds(
+    tmp_path: Path, namespace: str
+) -> None:
+    shared, shared_manifest = start_owner(tmp_path / "shared", namespace, "fill")
+    dead, dead_manifest = start_owner(tmp_path / "dead", f"{namespace}-2", "fill")
+    live, live_manifest = start_owner(tmp_path / "live", f"{namespace}-3", "fill")
+    holder = subprocess.Popen(  # a prepare lock whose holder is SIGKILLed too: the file stays
+        [sys.executable, "-c", LOCK_HOLDER, str(tmp_path / "dead")], stdout=subprocess.PIPE, text=True
+    )
+    (shared_table, shared_data), (dead_table, dead_data) = (
+        _files_of(shared_manifest),
+        _files_of(dead_manifest),
+    )
+    live_files = set(_files_of(live_manifest))
+    lock = lock_name(tmp_path / "dead")
+    try:
+        # Another directory of the same object version holds the first owner's segment.
+        with SharedCache.create(
+            tmp_path / "sharer", [OWNED_INFO], namespace=namespace, chunk_size=4096
+        ) as sharer:
+            assert sharer.peer(0) is not None and sharer.data_path(0) == f"/dev/shm/{shared_data}"
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+            for process in (shared, dead, holder):
+                process.kill()  # SIGKILL, as the OOM killer does: nothing of theirs runs
+                process.communicate()
+            left = {shared_table, shared_data, dead_table, dead_data, lock}
+            assert left <= set(ours_in_dev_shm())
+            done = run_child(GC)
+            assert done.returncode == 0, done.stderr
+            lines = done.stdout.splitlines()
+            for name, kind in (
+                (shared_table, "state table"),
+                (dead_table, "state table"),
+                (lock, "prepare lock"),
+            ):
+                line = next((line for line in lines if name in line), "")
+                assert f"({kind}, " in line, (name, done.stdout)
+            assert any(f"left by process {dead.pid}" in line for line in lines)
+            assert any(dead_data in line and f"(data segment, {3 * 4096} bytes)" in line for line in lines)
+            total = sum(int(line.rsplit("(", 1)[1].split(", ")[1].split()[0]) for line in lines[:-1])
+            assert lines[-1] == f"removed {len(lines) - 1} file(s), {total} bytes"
+            assert not {shared_table, dead_table, dead_data, lock} & set(ours_in_dev_shm())
+            assert shared_data in ours_in_dev_shm()  # held by the live sharer: never removed
+            assert live_files <= set(ours_in_dev_shm())  # the live owner's: untouched
+            assert Path(sharer.data_path(0)).read_bytes() == random.Random(1).randbytes(3 * 4096)
+        assert_gone({shared_data})  # its last holder removed it
+        again = run_child(GC)
+        assert not any(name in again.stdout for name in live_files) and live_files <= set(ours_in_dev_shm())
+    finally:
+        live.communicate("", timeout=LIVENESS_S)
+    assert_gone(live_files)
+
+
+def test_every_create_removes_what_dead_owners_of_other_directories_left(
+    tmp_path: Path, namespace: str, caches: list[SharedCache]
+) -> None:
+    owner, manifest = start_owner(tmp_path / "dead", namespace, "fill")
+    left = {read_manifest(manifest).state_table} | {
+        Path(entry.data_path).name for entry in read_manifest(manifest).files.values()
+    }
+    owner.kill()
+    owner.communicate()
+    assert left <= set(ours_in_dev_shm())
+    (info,) = infos_of({"m/other.bin": payload(100, 5)})
+    caches.append(SharedCache.create(tmp_path / "other", [info], namespace=namespace, chunk_size=CHUNK))
+    assert_gone(left)
+
+
+LOCK_HOLDER = """
+import sys, time
+from ossmodelconnector.directory.attached import prepare_lock
+with prepare_lock(sys.argv[1], 60):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
 @pytest.mark.parametrize("mode", ["raise", "forget"])
 def test_an_owner_that_exits_without_closing_leaves_nothing(
     tmp_path: Path, namespace: str, mode: str
@@ -503,34 +702,46 @@ def test_a_dropped_cache_is_removed_by_the_garbage_collector(tmp_path: Path, nam
 
 @pytest.mark.parametrize("squat", ["foreign-mode", "foreign-owner", "symlink"])
 @pytest.mark.parametrize("which", ["data", "table"])
-def test_a_squatted_name_is_refused_and_left_alone(
-    tmp_path: Path, namespace: str, squat: str, which: str
+def test_a_squatted_name_is_left_alone_and_the_next_name_used(
+    tmp_path: Path, namespace: str, squat: str, which: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    (info,) = infos_of({"m/w.bin": payload(100, 1)})
+    data = payload(3 * CHUNK + 1, 1)
+    (info,) = infos_of({"m/w.bin": data})
     model_dir = tmp_path / "model"
     name = data_segment_name(namespace, info) if which == "data" else state_table_name(model_dir)
     path = Path("/dev/shm") / name
     target = tmp_path / "target"
     target.write_bytes(b"not yours")
+    owner = f"uid {os.geteuid()}"
     if squat == "symlink":
         path.symlink_to(target)
-    else:
+    elif squat == "foreign-mode":
         path.write_bytes(b"squatter")
-        if squat == "foreign-mode":
-            path.chmod(0o644)
-        else:
-            if os.geteuid() != 0:
-                pytest.skip("needs root to give the file another owner")
-            path.chmod(0o600)
-            os.chown(path, 65534, 65534)
+        path.chmod(0o644)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("needs root to create a file as another user")
+        as_other_user(["sh", "-c", f"printf squatter > {path}"])  # nobody's file, nobody's mode
+        owner = f"uid {path.stat().st_uid} (nobody)"
     try:
-        with pytest.raises(CacheError, match="not created by ossmodelconnector"):
-            SharedCache.create(model_dir, [info], namespace=namespace, chunk_size=CHUNK)
+        with caplog.at_level(logging.WARNING, logger="ossmodelconnector"):
+            cache = SharedCache.create(model_dir, [info], namespace=namespace, chunk_size=CHUNK)
+        try:
+            warnings = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+            assert len(warnings) == 1 and owner in warnings[0] and "left alone" in warnings[0]
+            used = cache.data_path(0) if which == "data" else f"/dev/shm/{cache.state_table_name}"
+            assert used == f"{path}-1"  # the next name of the same sequence in every process of the user
+            fill_through_files(cache, {info.key: data}, [info], connections=2)
+            assert Path(cache.data_path(0)).read_bytes() == data
+            with AttachedCache.from_manifest(cache.manifest_path) as attached:
+                attached.file(0).wait_all(LIVENESS_S)
+                assert bytes(attached.data(0)) == data
+        finally:
+            cache.close()
         assert target.read_bytes() == b"not yours"
         if squat != "symlink":
-            assert path.read_bytes() == b"squatter"
-        names = names_of(model_dir, namespace, [info]) - {name}
-        assert_gone(names)  # what the refused attempt created is gone again
+            assert path.read_bytes() == b"squatter"  # never used, truncated nor removed
+        assert_gone(names_of(model_dir, namespace, [info]) - {name} | {f"{name}-1"})
     finally:
         path.unlink()
 
@@ -582,10 +793,13 @@ def test_the_disk_fallback_never_follows_a_planted_symlink(tmp_path: Path, names
     data_dir.mkdir(parents=True)
     target = tmp_path / "precious"
     target.write_bytes(b"keep me")
-    (data_dir / data_segment_name(namespace, info)).symlink_to(target)
-    with pytest.raises(CacheError, match="symbolic link"):
-        SharedCache.create(model_dir, [info], namespace=namespace, chunk_size=CHUNK, memory_limit_bytes=0)
-    assert target.read_bytes() == b"keep me"
+    planted = data_dir / data_segment_name(namespace, info)
+    planted.symlink_to(target)
+    with SharedCache.create(
+        model_dir, [info], namespace=namespace, chunk_size=CHUNK, memory_limit_bytes=0
+    ) as cache:
+        assert cache.data_path(0) == f"{planted}-1"  # the link is left alone, never followed
+    assert target.read_bytes() == b"keep me" and planted.is_symlink()
     assert_gone(names_of(model_dir, namespace, [info]))
 
 
@@ -671,6 +885,90 @@ def test_each_segment_is_fetched_by_whichever_directory_created_it(tmp_path: Pat
         for cache in (only_second, both, third):
             cache.close()
     assert_gone(segments | {state_table_name(tmp_path / name) for name in "xyz"})
+
+
+# --- no room to store a chunk ---------------------------------------------------------------------------
+
+MIB = 1 << 20
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until its file system is full."""
+    block = b"\xff" * (1 << 20)
+    with open(path, "wb", buffering=0) as filler:
+        try:
+            while True:
+                filler.write(block)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+
+
+@pytest.mark.skipif(not can_mount(), reason="mounting a tmpfs as cacheDir needs root")
+def test_a_chunk_that_found_no_room_is_fetched_again_once_there_is_room(
+    tmp_path: Path, namespace: str
+) -> None:
+    objects = make_objects([4 * MIB, 2 * MIB])
+    infos = infos_of(objects)
+    (good, bad), (data, _) = infos, objects.values()
+    opened = threading.Event()
+    calls: Counter[tuple[str, int]] = Counter()
+
+    def fetch_into(start: int, end: int, dest: memoryview) -> int:
+        assert opened.wait(LIVENESS_S)
+        calls[(good.key, start)] += 1
+        dest[:] = data[start:end]
+        return crc64(dest)
+
+    def failing(start: int, end: int, dest: memoryview) -> int:
+        calls[(bad.key, start)] += 1
+        raise RetriesExhaustedError(f"{bad.uri}: bytes [{start}, {end}) failed 5 times: SlowDown")
+
+    with tmpfs(tmp_path / "shm", "24m") as cache_dir:  # 6 MiB + the 16 MiB margin fit: placement shm
+        cache = SharedCache.create(
+            tmp_path / "m", infos, namespace=namespace, chunk_size=MIB, cache_dir=str(cache_dir)
+        )
+        try:
+            assert cache.placement == "shm" and cache.data_path(0).startswith(str(cache_dir))
+            with PrefetchScheduler(connections=2) as scheduler:
+                handles = [
+                    scheduler.register(
+                        info,
+                        cache.backing(i).file_fetcher(fetch),
+                        chunk_size=MIB,
+                        backing=cache.backing(i),
+                        evictable=False,
+                        first_chunk_first=True,
+                    )
+                    for i, (info, fetch) in enumerate(zip(infos, [fetch_into, failing], strict=True))
+                ]
+                demands = DemandServer(cache.table, lambda i, chunks: scheduler.boost(handles[i], chunks))
+                try:
+                    fill(cache_dir / "filler")  # /dev/shm full before the first chunk (the header) lands
+                    opened.set()
+                    for _ in range(2):  # still full: each read fetches the header again, and fails again
+                        with pytest.raises(OutOfMemoryError, match="could not be stored") as caught:
+                            handles[0].wait(0, 10, LIVENESS_S)
+                        assert "No space left on device" in str(caught.value.__cause__)
+                    assert calls[(good.key, 0)] >= 2
+                    with pytest.raises(RetriesExhaustedError):  # a genuine failure: not fetched again
+                        handles[1].wait(0, 10, LIVENESS_S)
+                    with pytest.raises(RetriesExhaustedError):
+                        handles[1].wait(0, 10, LIVENESS_S)
+                    assert calls[(bad.key, 0)] == 1
+                    (cache_dir / "filler").unlink()  # room again
+                    assert handles[0].read_bytes(0, 2 * MIB, LIVENESS_S) == data[: 2 * MIB]
+                    # A reader in another process (the same code path: the table, its demand ring) too.
+                    with AttachedCache.from_manifest(cache.manifest_path, writable=True) as attached:
+                        attached.file(0).wait_all(LIVENESS_S)
+                        assert bytes(attached.data(0)) == data
+                        with pytest.raises(RetriesExhaustedError):
+                            attached.file(1).wait(0, 10, LIVENESS_S)
+                    assert Path(cache.data_path(0)).read_bytes() == data
+                    assert cache.table.file_status(0) == FileStatus.VERIFIED
+                finally:
+                    demands.close()
+        finally:
+            cache.close()
 
 
 # --- chunks stored with pwrite (SharedBacking.file_fetcher), not through the mapping ----------------------

@@ -34,6 +34,7 @@ from ossmodelconnector import (
     ConnectorError,
     IntegrityError,
     ObjectChangedError,
+    OutOfMemoryError,
     RetriesExhaustedError,
 )
 
@@ -216,6 +217,31 @@ def test_a_small_dev_shm_falls_back_to_disk_and_says_so(
     assert_same_state(state, tiny_model.state)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("instead of" in message for message in warnings), warnings
+
+
+@needs_mount
+def test_dev_shm_filling_before_the_headers_land_is_recovered_once_space_is_freed(
+    crashable_localoss: Callable[..., LocalOss], tiny_model: SavedModel, tmp_path: Path
+) -> None:
+    """``cacheDir`` on a 32 MiB tmpfs that another file fills while the shards' first chunks are on the
+    wire (1 MiB/s): every chunk fails for lack of room; once the file is removed, the load succeeds."""
+    server = crashable_localoss("--bandwidth-mibps", "1")
+    uri = upload_model(server, BUCKET + "-enospc", tiny_model)
+    with tmpfs(tmp_path / "shm", "32m") as shm, make_connector(server, cache_dir=str(shm)) as connector:
+        prepared = connector.prepare_directory(uri, tmp_path / "model")
+        assert prepared.placement == "shm"
+        filler = shm / "another-program's-file"
+        with open(filler, "wb", buffering=0) as file:
+            with pytest.raises(OSError) as full:
+                while True:
+                    file.write(b"\0" * (1 << 20))
+            assert full.value.errno == errno.ENOSPC
+        with pytest.raises(OutOfMemoryError, match="could not be stored"):
+            prepared.wait()  # the headers' chunks failed: No space left on device
+        filler.unlink()
+        state = load_model(tmp_path / "model")  # each failed chunk is fetched again by its next read
+        prepared.wait()
+    assert_same_state(state, tiny_model.state)
 
 
 @needs_mount

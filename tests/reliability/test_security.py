@@ -6,6 +6,7 @@ it is told (a hostile or broken OSS-compatible peer); the rest runs against ``lo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +23,17 @@ from urllib.parse import quote
 
 import pytest
 from localoss_harness import LocalOss
-from reliability_harness import MODEL_PREFIX, SavedModel, make_connector, upload_model
+from reliability_harness import (
+    MIB,
+    MODEL_PREFIX,
+    SavedModel,
+    as_other_user,
+    as_other_user_command,
+    assert_same_state,
+    load_model,
+    make_connector,
+    upload_model,
+)
 
 from ossmodelconnector import (
     CacheError,
@@ -33,7 +45,8 @@ from ossmodelconnector import (
     UnsafePathError,
 )
 from ossmodelconnector.cache.attached import AttachedCache
-from ossmodelconnector.cache.manifest import OWN_DIR_NAME
+from ossmodelconnector.cache.manifest import OWN_DIR_NAME, read_manifest
+from ossmodelconnector.cache.segments import data_segment_name, lock_name, state_table_name
 from ossmodelconnector.oss.credentials import Credentials, FileCredentialProvider
 from ossmodelconnector.oss.responses import CODE_INVALID_RESPONSE
 
@@ -210,6 +223,102 @@ def test_attaching_refuses_a_state_table_another_user_owns(
                 AttachedCache.from_manifest(manifest)
         finally:
             os.chown(table, os.geteuid(), os.getegid())
+
+
+_NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+
+
+@_NEEDS_ROOT
+def test_names_another_user_squats_are_left_alone_and_the_load_succeeds(
+    localoss: LocalOss, tiny_model: SavedModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    uri = upload_model(localoss, "sec-squat", tiny_model)
+    model_dir = tmp_path / "model"
+    with make_connector(localoss) as connector:
+        infos = [info for info in connector.list("sec-squat", MODEL_PREFIX) if info.size >= MIB]
+        namespace = str(connector.endpoint)
+        # nobody creates empty files (its mode, 0644) under every name this user's prepare computes first.
+        names = [data_segment_name(namespace, info) for info in infos]
+        names += [state_table_name(model_dir), lock_name(model_dir)]
+        squatters = [Path("/dev/shm") / name for name in names]
+        as_other_user(["touch", *map(str, squatters)])
+        try:
+            with caplog.at_level(logging.WARNING, logger="ossmodelconnector"):
+                connector.prepare_directory(uri, model_dir, wait=True)
+            assert_same_state(load_model(model_dir), tiny_model.state)
+            for squatter in squatters:
+                assert squatter.stat().st_uid != os.geteuid() and squatter.stat().st_size == 0  # untouched
+                warnings = [r.getMessage() for r in caplog.records if f"{squatter} exists" in r.getMessage()]
+                assert len(warnings) == 1 and "(nobody)" in warnings[0], squatter
+            manifest = read_manifest(model_dir / OWN_DIR_NAME / "manifest.json")
+            used = [Path(entry.data_path).name for entry in manifest.files.values()]
+            assert sorted(used) == sorted(f"{name}-1" for name in names[: len(infos)])
+            assert manifest.state_table == f"{state_table_name(model_dir)}-1"
+        finally:
+            for squatter in squatters:
+                squatter.unlink()
+
+
+# Prepares argv[4] into argv[5] once told to ("go" on stdin), then prints its uid, the sha256 of every
+# file it reads through the directory and the data segments behind them.
+_PREPARE_AND_READ = """
+import hashlib, json, os, sys
+from ossmodelconnector import OssModelConnector
+from ossmodelconnector.cache.manifest import manifest_path, read_manifest
+from ossmodelconnector.oss.credentials import Credentials
+endpoint, key_id, secret, uri, model_dir = sys.argv[1:6]
+with OssModelConnector(endpoint, cred_provider=Credentials(key_id, secret), chunk_size_mb=1,
+                       small_file_mb=1, prefetch_vcpus=1, prefetch_workers=2) as connector:
+    print("ready", flush=True)
+    assert sys.stdin.readline().strip() == "go"
+    connector.prepare_directory(uri, model_dir)
+    digests = {name: hashlib.sha256(open(os.path.join(model_dir, name), "rb").read()).hexdigest()
+               for name in sorted(os.listdir(model_dir)) if not name.startswith(".")}
+    segments = [entry.data_path for entry in read_manifest(manifest_path(model_dir)).files.values()]
+    print(json.dumps({"uid": os.geteuid(), "digests": digests, "segments": segments}), flush=True)
+"""
+
+
+@_NEEDS_ROOT
+def test_two_users_preparing_the_same_model_at_once_both_load_it(
+    localoss: LocalOss, tiny_model: SavedModel, tmp_path: Path
+) -> None:
+    uri = upload_model(localoss, "sec-two-users", tiny_model)
+    args = [localoss.endpoint, localoss.access_key_id, localoss.access_key_secret, uri]
+    command = [sys.executable, "-c", _PREPARE_AND_READ, *args]
+    # nobody's directory: under /tmp itself, whose path nobody may search (pytest's tmp_path is root's).
+    with tempfile.TemporaryDirectory(prefix="ossmc-nobody-") as theirs:
+        os.chown(theirs, 65534, 65534)
+        env = {**os.environ, "HOME": theirs}
+        processes = [
+            subprocess.Popen(
+                [*command, str(tmp_path / "model")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            ),
+            subprocess.Popen(
+                as_other_user_command([*command, os.path.join(theirs, "model")]),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            ),
+        ]
+        try:
+            for process in processes:
+                assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+            outputs = [process.communicate("go\n", timeout=100)[0] for process in processes]  # at once
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.communicate()
+    assert [process.returncode for process in processes] == [0, 0]
+    reports = [json.loads(output.strip().splitlines()[-1]) for output in outputs]
+    expected = {name: hashlib.sha256(data).hexdigest() for name, data in tiny_model.files.items()}
+    assert [report["uid"] for report in reports] == [os.geteuid(), 65534]
+    for report in reports:
+        assert report["digests"] == expected  # every byte, large files included
+        assert all(f"/ossmc-d-{report['uid']}-" in path for path in report["segments"])
+    assert not set(reports[0]["segments"]) & set(reports[1]["segments"])  # each user its own copy
 
 
 def test_planted_symlinks_in_model_dir_are_never_followed(
@@ -570,3 +679,62 @@ def test_a_log_or_audit_file_another_user_owns_is_refused_and_left_alone(
         make_connector(localoss, **{setting: str(theirs)})
     assert "is owned by user id 65534, not by this process's user (id 0)" in str(refused.value)
     assert theirs.read_bytes() == b"their lines\n"
+
+
+# Prints the program's own environment block, and that of a Python process it starts, as hex lines.
+_ENVIRON_PROGRAM = (
+    "import subprocess, sys\n"
+    "print(open('/proc/self/environ', 'rb').read().hex(), flush=True)\n"
+    "child = [sys.executable, '-c', \"print(open('/proc/self/environ', 'rb').read().hex())\"]\n"
+    "print(subprocess.run(child, capture_output=True, text=True, check=True).stdout.strip(), flush=True)\n"
+)
+
+
+@pytest.mark.parametrize("source", ["environment", "credentials file"])
+def test_run_keeps_credentials_out_of_the_programs_environment(
+    localoss_factory: object, tiny_model: SavedModel, tmp_path: Path, source: str
+) -> None:
+    token = "sts-token-for-the-wrapper-only"
+    server = localoss_factory("--sts-token", token)  # type: ignore[operator]
+    uri = upload_model(server, "nocode-environ", tiny_model)
+    env = {**os.environ, "OSSMC_SMALL_FILE_MB": "1"}
+    if source == "environment":
+        env.update(
+            OSS_ACCESS_KEY_ID=server.access_key_id,
+            OSS_ACCESS_KEY_SECRET=server.access_key_secret,
+            OSS_SESSION_TOKEN=token,
+        )
+    else:
+        cred_file = tmp_path / "credentials.json"
+        cred_file.write_text(
+            json.dumps(
+                {
+                    "AccessKeyId": server.access_key_id,
+                    "AccessKeySecret": server.access_key_secret,
+                    "SecurityToken": token,
+                }
+            )
+        )
+        env["OSSMC_CRED_PATH"] = str(cred_file)
+    model_dir = tmp_path / "model"
+    command = [sys.executable, "-m", "ossmodelconnector.cli", "run", "--endpoint", server.endpoint]
+    command += [uri, str(model_dir), "--", sys.executable, "-c", _ENVIRON_PROGRAM]
+    completed = subprocess.run(
+        command,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    blocks = [bytes.fromhex(line) for line in completed.stdout.split()]
+    assert len(blocks) == 2  # the program's and its child's
+    for block in blocks:
+        variables = dict(entry.split(b"=", 1) for entry in block.split(b"\0") if b"=" in entry)
+        # The program still reads the cache: the directory is exported to it.
+        assert variables[b"OSSMC_PREPARED_DIRS"] == str(model_dir).encode()
+        for name in ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_SESSION_TOKEN", "OSSMC_CRED_PATH"):
+            assert name.encode() not in variables, name
+        for secret in (server.access_key_secret, token):
+            assert secret.encode() not in block
