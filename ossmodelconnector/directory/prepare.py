@@ -217,8 +217,9 @@ def prepare_directory(
             directory._start_large(client, scheduler, namespace)
             directory._download_small(client, pool)
             directory.progress.mark_ready()
-            if directory.lazy_files is None:  # lazy files are this process's only (cache-layout.md, 6)
-                export_directory(check.path)  # child processes (spawn, subprocess) attach, not prepare
+            # Child processes (spawn, subprocess) attach, not prepare; a lazy directory's files are this
+            # process's only (cache-layout.md, 6), and the children are told so when they read one.
+            export_directory(check.path)
             log.debug(
                 "%s: ready after %.3f s (%d files, %d large, placement %s)",
                 check.path,

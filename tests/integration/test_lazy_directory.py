@@ -29,7 +29,7 @@ from multiprocess_workers import mapping_rss, read_first_bytes
 from safetensors.torch import load_file, save
 
 from ossmodelconnector import ConfigError, OssModelConnector
-from ossmodelconnector.directory.exported import export_directory
+from ossmodelconnector.directory.exported import exported_directories
 from ossmodelconnector.oss.credentials import Credentials
 from ossmodelconnector.oss.request_log import AuditRecord, parse_audit_line
 
@@ -452,8 +452,8 @@ def test_other_processes_are_refused_a_lazy_directory_never_given_zeros(
     uri = f"oss://{sd_bucket}/{PREFIX}"
     connector.prepare_directory(uri, model_dir, lazy=True)
     name = LARGE[0]
-    # Listed for the children as an eager directory is (prepare_directory leaves lazy ones out so far).
-    export_directory(str(model_dir))
+    # Listed for the children as an eager directory is: they learn of it, and are refused its files.
+    assert str(model_dir) in exported_directories()
     for _ in range(2):  # before this process opened the file (nothing fetched), and after
         kind, message = _read_in_child(method, model_dir / name)
         assert kind == "CacheError", (kind, message[:200])  # never its bytes, never zeros
