@@ -215,7 +215,7 @@ def _use_the_owner_process(directories: list[str]) -> list[str]:
         if model_dir not in directories and not _served(model_dir, os.environ[OSS_PATH_ENV]):
             _start_the_owner_process(model_dir, config)
     except BaseException:
-        users.leave()
+        users.leave(unlink_if_last=True)  # the owner process never started: nothing else will remove it
         raise
     _users = users
     if model_dir not in directories:

@@ -94,10 +94,26 @@ class DirectoryUsers:
         """Whether :meth:`leave` has not run yet."""
         return self._fd is not None
 
-    def leave(self) -> None:
-        """Drop this process's hold (the owner process closes once no user is left). Idempotent."""
+    def leave(self, *, unlink_if_last: bool = False) -> None:
+        """Drop this process's hold (the owner process closes once no user is left). Idempotent.
+
+        Args:
+            unlink_if_last: remove the users file when nobody else holds it (no owner process and no other
+                user: a user whose owner process failed to start), under an exclusive lock so that no one
+                joins it in between.
+        """
         fd, self._fd = self._fd, None
-        if fd is not None:
+        if fd is None:
+            return
+        try:
+            if unlink_if_last:
+                with contextlib.suppress(BlockingIOError):
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    if _same_file(fd, self.path):
+                        os.unlink(self.path)
+        except OSError as exc:
+            log.debug("%s: users file not removed: %s", self.path, exc)
+        finally:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
