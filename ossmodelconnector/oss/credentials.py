@@ -10,12 +10,8 @@ The client calls ``get()`` before signing each request and ``invalidate()`` when
 token, so every provider caches inside and re-reads only when something may have changed. A secret or
 token never appears in a ``repr``, a log line or an exception message.
 
-Every value is checked where it enters, because the key id and the token travel in HTTP headers, and a
-value ``http.client`` refuses would otherwise fail every request with a message quoting it. Whitespace
-around a value (the trailing newline of ``echo secret > file`` or of a Kubernetes secret) is removed with
-a WARNING naming the source and the field; any other character that is not printable ASCII (a control
-character, a space inside, non-ASCII) is refused with a :class:`CredentialsError` naming the source and
-the field, never the value.
+Every value is checked where it enters (``credential_values.py``: whitespace around it removed with a
+WARNING, any other character outside printable ASCII refused, never shown).
 """
 
 from __future__ import annotations
@@ -25,14 +21,13 @@ import json
 import logging
 import math
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from ossmodelconnector.errors import CredentialsError
+from ossmodelconnector.oss.credential_values import Credentials, clean_value
 from ossmodelconnector.regular_files import MAX_SETTINGS_FILE_BYTES, read_regular_file
 
 __all__ = [
@@ -64,158 +59,12 @@ DEFAULT_REFRESH_MARGIN_S = 300.0
 # is late does not turn every request into a file read.
 DEFAULT_MIN_REREAD_INTERVAL_S = 1.0
 
-_REDACTED = "***"
 _HOW_TO_GIVE = (
     "give credentials in one of three ways: pass cred_provider= (any oss2 CredentialsProvider, e.g. "
     "oss2.credentials.EnvironmentVariableCredentialsProvider()), pass cred_path= (a JSON file "
     '{"AccessKeyId": ..., "AccessKeySecret": ..., "SecurityToken": ..., "Expiration": ...}), or set '
     f"{ENV_ACCESS_KEY_ID} and {ENV_ACCESS_KEY_SECRET} (and {ENV_SESSION_TOKEN} for an STS token)"
 )
-
-# OSS access key ids, secrets and STS tokens are printable ASCII without spaces (base64 and "STS."); the
-# id and the token are sent as HTTP header values, where a control character is refused outright.
-_PRINTABLE_RE = re.compile(r"[\x21-\x7e]*\Z")
-# What a file or a secret mount leaves around a value: removed (with a WARNING), not refused.
-_SURROUNDING = " \t\r\n"
-_CHARACTER_NAMES = {
-    "\n": "a line feed (U+000A)",
-    "\r": "a carriage return (U+000D)",
-    "\t": "a tab (U+0009)",
-    "\0": "a NUL (U+0000)",
-    " ": "a space",
-}
-
-
-def _bad_character(value: str) -> str | None:
-    """What the first character that cannot be in a credential is, in words (never the character itself
-    unless it is a control character), or None."""
-    if _PRINTABLE_RE.match(value):
-        return None
-    char = next(c for c in value if not "\x21" <= c <= "\x7e")
-    if char in _CHARACTER_NAMES:
-        return _CHARACTER_NAMES[char]
-    if char < " " or char == "\x7f":
-        return f"a control character (U+{ord(char):04X})"
-    return "a non-ASCII character"
-
-
-def _refused_value(source: str, field: str, problem: str, fix: str) -> CredentialsError:
-    return CredentialsError(
-        f"{source}: {field} contains {problem}, and OSS credentials are printable ASCII without spaces; "
-        f"the value was refused before any request was sent (this is not a server problem). Fix: {fix}"
-    )
-
-
-def _clean_value(value: str, source: str, field: str, warned: set[str]) -> str:
-    """``value`` without surrounding whitespace (a WARNING the first time), or a refusal.
-
-    Args:
-        value: the value as read.
-        source: where it was read (``environment``, ``credentials file '/path'``), for messages.
-        field: the field's name at that source, for messages.
-        warned: the fields of this source already warned about; the field is added to it.
-
-    Raises:
-        CredentialsError: a character other than surrounding whitespace is not printable ASCII.
-    """
-    stripped = value.strip(_SURROUNDING)
-    if stripped != value and stripped:
-        if field in warned:
-            log.debug("%s: removed the whitespace around %s again", source, field)
-        else:
-            warned.add(field)
-            log.warning(
-                "%s: %s had whitespace around it (such as the trailing newline of a file or a Kubernetes "
-                "secret); it was removed. Store the value without it to silence this warning",
-                source,
-                field,
-            )
-    problem = _bad_character(stripped)
-    if problem:
-        raise _refused_value(
-            source, field, problem, "store the value exactly as Alibaba Cloud issued it (printable ASCII)"
-        )
-    return stripped
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """An access key, with the STS token and its expiry when it is temporary.
-
-    ``repr`` and ``str`` show the access key id only; the secret and the token are redacted.
-
-    Args:
-        access_key_id: the AccessKeyId (not secret: it is sent in every Authorization header).
-        access_key_secret: the AccessKeySecret.
-        security_token: the STS SecurityToken, or None for a permanent key ("" counts as None).
-        expires_at: when an STS token expires, in epoch seconds, or None if unknown/never.
-
-    Raises:
-        CredentialsError: a field is empty, has the wrong type, or holds a character that is not printable
-            ASCII, such as a trailing newline (the field is named, never its value).
-    """
-
-    access_key_id: str
-    access_key_secret: str
-    security_token: str | None = None
-    expires_at: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("access_key_id", "access_key_secret"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise CredentialsError(
-                    f"credentials field {name} is {'empty' if value == '' else 'not a string'}: "
-                    "it must be a non-empty string"
-                )
-        if self.security_token == "":
-            object.__setattr__(self, "security_token", None)  # oss2 uses "" for "no token"
-        elif self.security_token is not None and not isinstance(self.security_token, str):
-            raise CredentialsError("credentials field security_token is not a string or None")
-        for name in ("access_key_id", "access_key_secret", "security_token"):
-            value = getattr(self, name)
-            problem = None if value is None else _bad_character(value)
-            if problem:
-                # The providers of this module clean what they read first; this is a caller's own value.
-                raise _refused_value(
-                    "Credentials(...)",
-                    name,
-                    problem,
-                    "strip it where the value is read (e.g. value.strip() for a trailing newline)",
-                )
-        if self.expires_at is not None:
-            if isinstance(self.expires_at, bool) or not isinstance(self.expires_at, (int, float)):
-                raise CredentialsError("credentials field expires_at is not a number of epoch seconds")
-            try:
-                expires_at = float(self.expires_at)
-            except OverflowError:  # an int past 1.8e308
-                expires_at = math.inf
-            if not math.isfinite(expires_at):
-                raise CredentialsError("credentials field expires_at is not finite")
-            object.__setattr__(self, "expires_at", expires_at)
-
-    def __repr__(self) -> str:
-        token = None if self.security_token is None else _REDACTED
-        return (
-            f"Credentials(access_key_id={self.access_key_id!r}, access_key_secret={_REDACTED!r}, "
-            f"security_token={token!r}, expires_at={self.expires_at!r})"
-        )
-
-    __str__ = __repr__
-
-    def expires_within(self, seconds: float, now: float | None = None) -> bool:
-        """Whether the credentials expire (or have expired) within ``seconds`` from ``now``.
-
-        Args:
-            seconds: the margin.
-            now: epoch seconds; ``time.time()`` when None.
-
-        Returns:
-            False for credentials without an expiry.
-        """
-        if self.expires_at is None:
-            return False
-        return self.expires_at - (time.time() if now is None else now) <= seconds
 
 
 @runtime_checkable
@@ -330,7 +179,7 @@ class Oss2ProviderAdapter:
                 (fields[2] or "", "security token"),
             ):
                 if isinstance(value, str):
-                    value = _clean_value(value, source, what, self._warned)
+                    value = clean_value(value, source, what, self._warned)
                 if (not value and what != "security token") or not isinstance(value, str):
                     raise CredentialsError(
                         f"{source} returned credentials with an empty or non-string {what}: check the "
@@ -407,7 +256,7 @@ class EnvironmentCredentialProvider:
             return self._cached
 
     def _variable(self, name: str) -> str:
-        return _clean_value(self._environ.get(name, ""), "environment", f"variable {name}", self._warned)
+        return clean_value(self._environ.get(name, ""), "environment", f"variable {name}", self._warned)
 
     def _read(self) -> Credentials:
         key_id = self._variable(ENV_ACCESS_KEY_ID)
@@ -605,7 +454,7 @@ class FileCredentialProvider:
                 raise self._fail(f"field {name} is a JSON {type(value).__name__}, not a string")
             else:
                 if name != "Expiration":  # a date, checked below
-                    value = _clean_value(value, self._source, f"field {name}", self._warned)
+                    value = clean_value(value, self._source, f"field {name}", self._warned)
                 if not value and required:
                     raise self._fail(f"has no {name} field (or it is empty): it must be a non-empty string")
                 values[name] = value or None
