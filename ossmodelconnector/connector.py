@@ -404,8 +404,15 @@ class OssModelConnector:
         absolute = os.path.abspath(os.fspath(path))
         with self._lock:
             directories = list(self._prepared.values())
+        # The entry itself is a symlink to a segment: resolve its folder, not the entry.
+        resolved = os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
         for directory in reversed(directories):  # the latest prepare of a directory wins
-            state = directory.file_states().get(absolute)
+            states = directory.file_states()
+            state = states.get(absolute)
+            if state is None:  # another spelling of the same file (a symlinked parent, ...)
+                root = os.path.realpath(directory.model_dir)
+                if resolved.startswith(root + os.sep):
+                    state = states.get(directory.model_dir + resolved[len(root) :])
             if state is not None:
                 return state
         raise FileNotFoundError(

@@ -72,6 +72,8 @@ _settings = AttachSettings()
 _attached: dict[str, AttachedCache | None] = {}
 # Lazy directories of other processes, with the refusal: their large files raise it when read.
 _refused: dict[str, str] = {}
+# An exported directory with its symlinks resolved -> the directory as exported.
+_spellings: dict[str, str] = {}
 
 
 def enable(directories: Sequence[str], settings: AttachSettings | None = None) -> None:
@@ -83,17 +85,23 @@ def enable(directories: Sequence[str], settings: AttachSettings | None = None) -
         directories: absolute model directories.
         settings: how readers wait (default :class:`AttachSettings`).
     """
-    global _settings
+    global _settings, _spellings
+    canonical = [os.path.abspath(d) for d in directories]
+    # The same directory with its symlinks resolved (a symlinked parent, as volume mounts have): reads
+    # by either spelling attach it once, under the spelling it was exported with.
+    resolved = {os.path.realpath(d): d for d in canonical if os.path.realpath(d) != d}
     with _lock:
         if settings is not None:
             _settings = settings
-    registry.set_fallback([os.path.abspath(d) for d in directories], _resolve)
+        _spellings = resolved
+    registry.set_fallback([*canonical, *resolved], _resolve)
     log.debug("reads under %s go through the caches of the processes that prepared them", directories)
 
 
 def disable() -> None:
     """Stop serving other processes' directories: unregister their files and unmap their tables."""
     registry.set_fallback([], None)
+    _spellings.clear()
     with _lock:
         attached = list(_attached.items())
         _attached.clear()
@@ -157,12 +165,13 @@ def _resolve(path: str) -> registry.WaitableFile | None:
     directory = next((d.rstrip("/") for d in registry.fallback_directories() if path.startswith(d)), None)
     if directory is None:
         return None
+    exported = _spellings.get(directory, directory)
     _resolving.active = True
     try:
-        _attach_once(directory)
+        _attach_once(exported)
     finally:
         _resolving.active = False
-    return registry.lookup_registered(path)
+    return registry.lookup_registered(exported + path[len(directory) :])
 
 
 def _attach_once(directory: str) -> None:

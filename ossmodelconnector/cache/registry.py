@@ -35,6 +35,7 @@ __all__ = [
     "lookup_descriptor",
     "lookup_registered",
     "opened_is_registered",
+    "path_is_registered",
     "register_file",
     "registered_directories",
     "registered_files",
@@ -227,6 +228,23 @@ def lookup_descriptor(fd: int) -> WaitableFile | None:
     except OSError:
         return None
     return identities.get((info.st_dev, info.st_ino))
+
+
+def path_is_registered(
+    path: str | bytes | os.PathLike[str] | os.PathLike[bytes], waitable: WaitableFile
+) -> bool:
+    """Whether ``path``, by which ``waitable`` was found, still leads to the file registered for it.
+
+    False when the entry was replaced after it was registered; True when it was not, or when the registry
+    holds no identity for ``waitable``. A reader that opens the path itself (natively) is checked here,
+    just before.
+    """
+    identities = _snapshot.identities
+    if not any(known is waitable for known in identities.values()):
+        return True
+    raw = os.fspath(path)
+    identity = _identity(os.fsdecode(raw) if isinstance(raw, bytes) else raw)
+    return identity is not None and identities.get(identity) is waitable
 
 
 def opened_is_registered(fd: int, waitable: WaitableFile) -> bool:

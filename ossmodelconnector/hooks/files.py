@@ -28,12 +28,12 @@ import warnings
 from typing import IO, Any
 
 from ossmodelconnector.cache.registry import WaitableFile, lookup, lookup_descriptor, opened_is_registered
-from ossmodelconnector.errors import CacheError
 from ossmodelconnector.hooks.patching import PatchSet
 from ossmodelconnector.hooks.waits import (
     HOOK_WAIT_TIMEOUT_S,
     reader_closed,
     reader_opened,
+    replaced_entry_error,
     wait_range,
     wait_whole,
 )
@@ -60,11 +60,7 @@ class WaitingFileIO(io.FileIO):
         super().__init__(file, "r", closefd, opener)
         if not opened_is_registered(super().fileno(), waitable):  # not self.fileno(): it waits
             super().close()
-            raise CacheError(
-                f"{file!r}: this entry of a prepared directory no longer leads to the file the cache fills "
-                "(it was replaced after it was prepared); nothing was read from it. Prepare the directory "
-                "again, into a directory only you can write to"
-            )
+            raise replaced_entry_error(file)
         self.waitable = waitable
         self._run_end = -1  # where the last read ended, and how many bytes were read in order up to it
         self._run_bytes = 0

@@ -37,6 +37,7 @@ from typing import Any
 from ossmodelconnector.cache.registry import WaitableFile, lookup
 from ossmodelconnector.hooks.patching import PatchSet
 from ossmodelconnector.hooks.waits import (
+    check_entry,
     opening_safetensors,
     reader_closed,
     reader_opened,
@@ -210,6 +211,7 @@ def _make_safe_open(real_safe_open: Any, filename_of: Callable[..., Any]) -> Any
         waitable = lookup(filename) if isinstance(filename, (str, bytes, os.PathLike)) else None
         if waitable is None:
             return real_safe_open(*args, **kwargs)
+        check_entry(filename, waitable)  # it opens the path itself: refuse an entry replaced since
         reader_opened(waitable)  # in use until the proxy closes; the header wait starts a lazy file
         try:
             ranges = read_tensor_ranges(filename, waitable)

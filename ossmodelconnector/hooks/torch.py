@@ -18,7 +18,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ossmodelconnector.hooks.patching import PatchSet
-from ossmodelconnector.hooks.waits import inside_safetensors_open, reading, wait_whole, waitable_for
+from ossmodelconnector.hooks.waits import (
+    check_entry,
+    inside_safetensors_open,
+    reading,
+    wait_whole,
+    waitable_for,
+)
 
 __all__ = ["install"]
 
@@ -30,6 +36,7 @@ def _call_when_whole(target: object, call: Callable[[], Any]) -> Any:
     waitable = waitable_for(target)
     if waitable is None:
         return call()
+    check_entry(target, waitable)  # torch opens a path itself: refuse an entry replaced since
     with reading(waitable):
         wait_whole(waitable)
         return call()

@@ -12,15 +12,18 @@ import os
 import threading
 from collections.abc import Iterator
 
-from ossmodelconnector.cache.registry import WaitableFile, lookup
+from ossmodelconnector.cache.registry import WaitableFile, lookup, path_is_registered
+from ossmodelconnector.errors import CacheError
 
 __all__ = [
     "HOOK_WAIT_TIMEOUT_S",
+    "check_entry",
     "inside_safetensors_open",
     "opening_safetensors",
     "reader_closed",
     "reader_opened",
     "reading",
+    "replaced_entry_error",
     "wait_range",
     "wait_whole",
     "waitable_for",
@@ -53,6 +56,25 @@ def waitable_for(target: object) -> WaitableFile | None:
     if isinstance(name, (str, bytes, os.PathLike)):
         return lookup(name)
     return None
+
+
+def replaced_entry_error(name: object) -> CacheError:
+    """The error for an entry of a prepared directory that no longer leads to the cache's file."""
+    return CacheError(
+        f"{name!r}: this entry of a prepared directory no longer leads to the file the cache fills (it was "
+        "replaced after it was prepared); nothing was read from it. Prepare the directory again, into a "
+        "directory only you can write to"
+    )
+
+
+def check_entry(path: object, waitable: WaitableFile) -> None:
+    """Before a reader opens ``path`` itself (natively): refuse an entry replaced since it was registered.
+
+    Raises:
+        CacheError: ``path`` leads to another file than the one registered for ``waitable``.
+    """
+    if isinstance(path, (str, bytes, os.PathLike)) and not path_is_registered(path, waitable):
+        raise replaced_entry_error(path)
 
 
 def wait_range(waitable: WaitableFile, start: int, end: int) -> None:

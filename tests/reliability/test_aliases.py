@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -137,3 +138,34 @@ def test_reads_through_an_alias_wait_for_the_bytes_and_never_see_zeros(
         alias = _alias_path(stack, tmp_path, work, spelling) / last
         assert connector.status(work / "model" / last)["state"] != "cached"  # the read has to wait
         assert _read_with(reader, alias) == expected
+
+
+_CHILD_READER = """
+import hashlib, sys
+with open(sys.argv[1], "rb") as file:
+    print(hashlib.sha256(file.read()).hexdigest())
+"""
+
+
+def test_a_child_process_reads_an_exported_directory_by_its_resolved_path(
+    localoss_factory: Callable[..., LocalOss], tiny_model: SavedModel, tmp_path: Path
+) -> None:
+    """Prepared through a symlinked parent (as volume mounts are), read by a spawned process (a vLLM
+    worker) through the resolved path: it still waits for the bytes."""
+    server = localoss_factory("--bandwidth-mibps", "2")
+    uri = upload_model(server, BUCKET, tiny_model)
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "alias").symlink_to(work)
+    last = sorted(name for name in tiny_model.files if name.endswith(".safetensors"))[-1]
+    with make_connector(server) as connector:
+        connector.prepare_directory(uri, tmp_path / "alias" / "model")  # exported by this spelling
+        assert connector.status(work / "model" / last)["state"] != "cached"  # the child has to wait
+        child = subprocess.run(
+            [sys.executable, "-c", _CHILD_READER, str(work / "model" / last)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+    assert child.stdout.strip() == hashlib.sha256(tiny_model.files[last]).hexdigest(), child.stderr

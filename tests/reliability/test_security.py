@@ -183,8 +183,9 @@ def test_a_model_dir_others_can_write_is_made_private_and_a_foreign_one_refused(
     assert list(foreign.iterdir()) == []  # nothing written into it
 
 
+@pytest.mark.parametrize("reader", ["open", "safe_open"])
 def test_an_entry_replaced_after_prepare_is_refused_not_read(
-    localoss_factory: Callable[..., LocalOss], tiny_model: SavedModel, tmp_path: Path
+    localoss_factory: Callable[..., LocalOss], tiny_model: SavedModel, tmp_path: Path, reader: str
 ) -> None:
     server = localoss_factory("--bandwidth-mibps", "1")  # still arriving: the entry is a hook's to serve
     uri = upload_model(server, "sec-swapped", tiny_model)
@@ -198,11 +199,15 @@ def test_an_entry_replaced_after_prepare_is_refused_not_read(
         scratch = model_dir / ".swap"
         scratch.symlink_to(planted)
         os.replace(scratch, entry)  # what a writer of the directory could do
-        with (
-            pytest.raises(CacheError, match="no longer leads to the file the cache fills"),
-            open(entry, "rb") as file,
-        ):
-            file.read()
+        with pytest.raises(CacheError, match="no longer leads to the file the cache fills"):
+            if reader == "open":
+                with open(entry, "rb") as file:
+                    file.read()
+            else:
+                from safetensors import safe_open
+
+                with safe_open(str(entry), framework="pt") as opened:
+                    opened.keys()
 
 
 def test_attaching_refuses_a_state_table_another_user_owns(
