@@ -3,12 +3,12 @@
 ::
 
     enable(["/models/qwen"])            (the start-up entry point, from OSSMC_PREPARED_DIRS)
-        registry.set_fallback(dirs, resolve)
-    open("/models/qwen/model-00001.safetensors")  ── hook ── registry.lookup: not registered
-        resolve(path): first time for /models/qwen: read .ossmodelconnector/manifest.json,
-                       AttachedCache(state table, writable: waits post demands), register a
-                       AttachedFile for every large file; a directory without a manifest is remembered
+        registry.set_fallback(dirs, resolve), then for each directory now: read
+        .ossmodelconnector/manifest.json, AttachedCache(state table, writable: waits post demands),
+        register an AttachedFile for every large file (with its identity: any spelling of it is seen)
+    open("/models/qwen/model-00001.safetensors")  ── hook ── registry.lookup
         -> AttachedFile.wait(range): futex waits on the owner's chunk states
+        (a directory that had no manifest yet is attached by resolve(path) at the first lookup under it)
 
     fork() in a process that prepared a directory
         after_in_child: every registered ObjectHandle (its fetch threads did not survive) is replaced
@@ -20,7 +20,7 @@
         forked child's lazy files, register a stand-in whose every wait raises CacheError (small files
         still read as the plain files they are)
 
-Only the first lookup under a directory reads its manifest; other paths never reach this module.
+Other paths never reach this module.
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ _spellings: dict[str, str] = {}
 def enable(directories: Sequence[str], settings: AttachSettings | None = None) -> None:
     """Serve reads under ``directories`` (prepared by another process) through their shared cache.
 
-    Nothing is read now: a directory's manifest is read on the first lookup of a path under it.
+    Each directory's manifest is read and its state table mapped now (a few small reads), so that its
+    files are known by identity from the start; a directory that has none yet is looked at again on the
+    first lookup of a path under it.
 
     Args:
         directories: absolute model directories.
@@ -95,6 +97,14 @@ def enable(directories: Sequence[str], settings: AttachSettings | None = None) -
             _settings = settings
         _spellings = resolved
     registry.set_fallback([*canonical, *resolved], _resolve)
+    # Attached now, not at the first read under them: a file registered with its identity is recognized
+    # by any spelling (a symlinked parent, a bind mount, /proc/self/cwd), which a path prefix cannot be.
+    for directory in canonical:
+        _resolving.active = True  # the manifest is read through the hooks: as a plain file
+        try:
+            _attach_once(directory)
+        finally:
+            _resolving.active = False
     log.debug("reads under %s go through the caches of the processes that prepared them", directories)
 
 

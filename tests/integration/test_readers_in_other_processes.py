@@ -95,21 +95,22 @@ def test_a_read_only_reader_waits_without_posting(cache: tuple[SharedCache, byte
         assert shared.table.demand_head() == 0
 
 
-def test_the_fallback_attaches_a_directory_on_first_use_only(
+def test_enabling_attaches_each_directory_at_once_and_any_spelling_finds_its_files(
     cache: tuple[SharedCache, bytes], tmp_path: Path
 ) -> None:
     shared, data = cache
     model_dir = tmp_path / "model"
     (model_dir / "config.json").write_text("{}")
+    (tmp_path / "alias").symlink_to(model_dir)  # a symlinked parent: another spelling of the same files
     attaching.enable([str(model_dir)])
     try:
-        assert registry.lookup("/elsewhere/model/big.bin") is None
-        assert attaching.attached_directories() == []
-        assert registry.lookup(model_dir / "config.json") is None  # a small file: plain, but attached now
-        assert attaching.attached_directories() == [str(model_dir)]
+        assert attaching.attached_directories() == [str(model_dir)]  # attached now, not at the first read
+        assert registry.lookup("/elsewhere/model/big.bin") is None  # the same name, another file
+        assert registry.lookup(model_dir / "config.json") is None  # a small file: plain
         found = registry.lookup(model_dir / "big.bin")
         assert isinstance(found, AttachedFile) and found.size == len(data)
         assert registry.lookup(shared.data_path(0)) is found  # what the symlink opens, too
+        assert registry.lookup(tmp_path / "alias" / "big.bin") is found  # by identity
         for index in range(found.table.file(0).chunk_count):
             shared.table.states(0)[index] = ChunkState.READY
         shared.table.publish()

@@ -147,22 +147,28 @@ with open(sys.argv[1], "rb") as file:
 """
 
 
-def test_a_child_process_reads_an_exported_directory_by_its_resolved_path(
-    localoss_factory: Callable[..., LocalOss], tiny_model: SavedModel, tmp_path: Path
+@pytest.mark.parametrize("exported", ["through the symlinked parent", "by the resolved path"])
+def test_a_child_process_reads_an_exported_directory_by_another_spelling(
+    localoss_factory: Callable[..., LocalOss], tiny_model: SavedModel, tmp_path: Path, exported: str
 ) -> None:
-    """Prepared through a symlinked parent (as volume mounts are), read by a spawned process (a vLLM
-    worker) through the resolved path: it still waits for the bytes."""
+    """A spawned reader (a vLLM worker) spelling the directory otherwise than it was exported still waits
+    for the bytes: through a symlinked parent (as volume mounts are) one way or the other."""
     server = localoss_factory("--bandwidth-mibps", "2")
     uri = upload_model(server, BUCKET, tiny_model)
     work = tmp_path / "work"
     work.mkdir()
     (tmp_path / "alias").symlink_to(work)
+    prepared, read = (
+        (tmp_path / "alias", work)
+        if exported == "through the symlinked parent"
+        else (work, tmp_path / "alias")
+    )
     last = sorted(name for name in tiny_model.files if name.endswith(".safetensors"))[-1]
     with make_connector(server) as connector:
-        connector.prepare_directory(uri, tmp_path / "alias" / "model")  # exported by this spelling
-        assert connector.status(work / "model" / last)["state"] != "cached"  # the child has to wait
+        connector.prepare_directory(uri, prepared / "model")  # exported to child processes by this spelling
+        assert connector.status(read / "model" / last)["state"] != "cached"  # the child has to wait
         child = subprocess.run(
-            [sys.executable, "-c", _CHILD_READER, str(work / "model" / last)],
+            [sys.executable, "-c", _CHILD_READER, str(read / "model" / last)],
             capture_output=True,
             text=True,
             timeout=120,
