@@ -28,6 +28,8 @@ import os
 import threading
 import weakref
 
+from ossmodelconnector.cache.segments import descriptor_is_at
+
 __all__ = ["SegmentHold", "unlink_unheld"]
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ class SegmentHold:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)  # waits out a releaser's LOCK_EX, which only lasts an unlink
-            if not _same_file(fd, path):
+            if not descriptor_is_at(fd, path):
                 raise FileNotFoundError(f"{path} was removed while this process took a hold on it")
         except BaseException:
             os.close(fd)
@@ -103,7 +105,7 @@ class SegmentHold:
                 log.debug("%s: still held by another process; the last one removes it", self.path)
                 return False
             opened = os.fstat(probe)
-            if (opened.st_dev, opened.st_ino) != self._identity or not _same_file(probe, self.path):
+            if (opened.st_dev, opened.st_ino) != self._identity or not descriptor_is_at(probe, self.path):
                 return False  # unlinked, and perhaps created anew, by someone else meanwhile
             os.unlink(self.path)
             return True
@@ -133,7 +135,7 @@ def unlink_unheld(path: str) -> os.stat_result | None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return None  # held: a live process uses it
-        if not _same_file(fd, path):
+        if not descriptor_is_at(fd, path):
             return None
         info = os.fstat(fd)
         try:
@@ -143,15 +145,6 @@ def unlink_unheld(path: str) -> os.stat_result | None:
         return info
     finally:
         os.close(fd)
-
-
-def _same_file(fd: int, path: str) -> bool:
-    try:
-        current = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    opened = os.fstat(fd)
-    return (opened.st_dev, opened.st_ino) == (current.st_dev, current.st_ino)
 
 
 def _after_fork_in_child() -> None:

@@ -53,6 +53,7 @@ __all__ = [
     "data_segment_name",
     "describe_process",
     "describe_user",
+    "descriptor_is_at",
     "foreign_problems",
     "free_space",
     "is_dev_shm",
@@ -182,6 +183,17 @@ def real_directory(directory: str) -> str:
     which are stale; names of files are compared in this form, files themselves by device and inode.
     """
     return os.path.realpath(directory)
+
+
+def descriptor_is_at(fd: int, path: str) -> bool:
+    """Whether the open descriptor ``fd`` is the file now at ``path`` (not followed if a symlink): False
+    once the name was unlinked or replaced."""
+    try:
+        current = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (opened.st_dev, opened.st_ino) == (current.st_dev, current.st_ino)
 
 
 def same_file(first: str, second: str) -> bool:

@@ -25,22 +25,13 @@ import os
 import time
 from collections.abc import Callable
 
-from ossmodelconnector.cache.segments import users_name
+from ossmodelconnector.cache.segments import descriptor_is_at, users_name
 from ossmodelconnector.directory.attached import DEFAULT_LOCK_POLL_S, open_lock_file
 from ossmodelconnector.errors import RequestTimeoutError
 
 __all__ = ["DirectoryUsers", "serve_while_used"]
 
 log = logging.getLogger(__name__)
-
-
-def _same_file(fd: int, path: str) -> bool:
-    try:
-        current = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    opened = os.fstat(fd)
-    return (opened.st_dev, opened.st_ino) == (current.st_dev, current.st_ino)
 
 
 class DirectoryUsers:
@@ -85,7 +76,7 @@ class DirectoryUsers:
             except BaseException:
                 os.close(fd)
                 raise
-            if _same_file(fd, path):
+            if descriptor_is_at(fd, path):
                 return cls(model_dir, path, fd)
             os.close(fd)  # unlinked by the owner that just closed: join the new file
 
@@ -109,7 +100,7 @@ class DirectoryUsers:
             if unlink_if_last:
                 with contextlib.suppress(BlockingIOError):
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    if _same_file(fd, self.path):
+                    if descriptor_is_at(fd, self.path):
                         os.unlink(self.path)
         except OSError as exc:
             log.debug("%s: users file not removed: %s", self.path, exc)
@@ -142,7 +133,7 @@ def serve_while_used(model_dir: str, check_s: float, close: Callable[[], None]) 
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # users remain
-            if not _same_file(fd, path):
+            if not descriptor_is_at(fd, path):
                 continue  # replaced meanwhile: look again at the next check
             log.info("%s: no process uses it any more; releasing its cache", model_dir)
             try:
