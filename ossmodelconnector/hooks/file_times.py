@@ -49,18 +49,16 @@ def with_mtime(result: os.stat_result, mtime_ns: int) -> os.stat_result:
     return os.stat_result(fields, named)
 
 
-def _reported(result: os.stat_result) -> os.stat_result:
-    times = file_times()
-    if times:
-        mtime_ns = times.get((result.st_dev, result.st_ino))
-        if mtime_ns is not None and result.st_mtime_ns != mtime_ns:
-            return with_mtime(result, mtime_ns)
-    return result
-
-
 def _make_stat(original: Callable[..., os.stat_result]) -> Callable[..., os.stat_result]:
+    # The check is written out in each wrapper (no helper call): every stat of the process pays it.
     def stat(path: Any, *, dir_fd: int | None = None, follow_symlinks: bool = True) -> os.stat_result:
-        return _reported(original(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks))
+        result = original(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+        times = file_times()
+        if times:
+            mtime_ns = times.get((result.st_dev, result.st_ino))
+            if mtime_ns is not None and result.st_mtime_ns != mtime_ns:
+                return with_mtime(result, mtime_ns)
+        return result
 
     stat.__wrapped__ = original  # type: ignore[attr-defined]
     stat.__doc__ = original.__doc__
@@ -68,10 +66,16 @@ def _make_stat(original: Callable[..., os.stat_result]) -> Callable[..., os.stat
 
 
 def _make_lstat(original: Callable[..., os.stat_result]) -> Callable[..., os.stat_result]:
+    # The entries are symlinks whose own time is Last-Modified already (never written after); an lstat
+    # reaches a data file only when given the data file itself.
     def lstat(path: Any, *, dir_fd: int | None = None) -> os.stat_result:
-        # The entries are symlinks whose own time is Last-Modified already (never written after);
-        # an lstat reaches a data file only when given the data file itself.
-        return _reported(original(path, dir_fd=dir_fd))
+        result = original(path, dir_fd=dir_fd)
+        times = file_times()
+        if times:
+            mtime_ns = times.get((result.st_dev, result.st_ino))
+            if mtime_ns is not None and result.st_mtime_ns != mtime_ns:
+                return with_mtime(result, mtime_ns)
+        return result
 
     lstat.__wrapped__ = original  # type: ignore[attr-defined]
     lstat.__doc__ = original.__doc__
@@ -80,7 +84,13 @@ def _make_lstat(original: Callable[..., os.stat_result]) -> Callable[..., os.sta
 
 def _make_fstat(original: Callable[[int], os.stat_result]) -> Callable[[int], os.stat_result]:
     def fstat(fd: int) -> os.stat_result:
-        return _reported(original(fd))
+        result = original(fd)
+        times = file_times()
+        if times:
+            mtime_ns = times.get((result.st_dev, result.st_ino))
+            if mtime_ns is not None and result.st_mtime_ns != mtime_ns:
+                return with_mtime(result, mtime_ns)
+        return result
 
     fstat.__wrapped__ = original  # type: ignore[attr-defined]
     fstat.__doc__ = original.__doc__
