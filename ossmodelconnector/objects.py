@@ -63,9 +63,9 @@ class ObjectInfo:
 def mtime_ns(last_modified: float) -> int | None:
     """A modification time in seconds since the epoch as whole nanoseconds; None for 0 (unknown).
 
-    Rounded to the microsecond first, so that the float of an HTTP date (whole seconds) or of a listing's
-    ``...T12:00:00.123Z`` gives the same nanoseconds in every process.
+    Rounded to the millisecond (the finest an OSS time has: HTTP dates are whole seconds, listings
+    ``...T12:00:00.000Z``), so that however the float was made, every process gives the same nanoseconds.
     """
     if last_modified <= 0:
         return None
-    return round(last_modified * 1_000_000) * 1_000
+    return round(last_modified * 1_000) * 1_000_000
