@@ -147,6 +147,7 @@ def test_create_lays_out_segments_table_and_manifest_and_close_removes_them(
         "index": 0,
         "bucket": "bucket",
         "key": "models/qwen/shard-00.bin",
+        "last_modified": 0.0,
     }
     assert find_manifest(model_dir / "shard-01.bin") == (cache.manifest_path, "shard-01.bin")
     cache.close()
