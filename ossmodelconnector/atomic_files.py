@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 from collections.abc import Iterator, Mapping
@@ -31,6 +32,8 @@ __all__ = [
     "temporary_name",
     "write_json_atomically",
 ]
+
+log = logging.getLogger(__name__)
 
 _RANDOM_HEX = 12  # secrets.token_hex(6)
 TEMPORARY_NAME_EXTRA_BYTES = len(".") + len(".") + _RANDOM_HEX + len(".part")
@@ -57,7 +60,8 @@ def atomic_output(
         path: the file to create or replace (its directory must exist).
         fsync: flush the data to the disk before the rename (crash safety, slower).
         mtime_ns: the access and modification time the file has when it appears (nanoseconds since the
-            epoch: an object's ``Last-Modified``); None leaves the time of the last write.
+            epoch: an object's ``Last-Modified``); None leaves the time of the last write. A file system
+            that refuses the time gets a WARNING, not an error.
 
     Raises:
         OSError: the temporary could not be created or written, or the rename failed; ``path`` is then
@@ -70,7 +74,10 @@ def atomic_output(
             yield out
             out.flush()  # every write before the times: a write after them would move them again
             if mtime_ns is not None:
-                os.utime(out.fileno(), ns=(mtime_ns, mtime_ns))
+                try:
+                    os.utime(out.fileno(), ns=(mtime_ns, mtime_ns))
+                except OSError as exc:  # a time is never worth a failed write: the bytes are what matter
+                    log.warning("cannot set the modification time of %s: %s", path, exc)
             if fsync:
                 os.fsync(out.fileno())
         os.replace(temporary, path)
@@ -99,7 +106,10 @@ def symlink_atomically(target: str, path: str | os.PathLike[str], *, mtime_ns: i
     os.symlink(target, temporary)
     try:
         if mtime_ns is not None:
-            os.utime(temporary, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+            try:
+                os.utime(temporary, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+            except OSError as exc:
+                log.warning("cannot set the modification time of the symlink %s: %s", path, exc)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

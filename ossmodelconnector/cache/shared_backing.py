@@ -216,8 +216,7 @@ class SharedBacking:
                     if not wrote:
                         raise OSError(f"pwrite wrote nothing at {offset + done}")
                     done += wrote
-                if self.mtime_ns is not None:  # under the lock: no write of another thread lands after it
-                    os.utime(fd, ns=(self.mtime_ns, self.mtime_ns))
+                self._set_times(fd)  # under the lock: no write of another thread lands after it
         except OSError as exc:
             raise CacheError(
                 f"{self}: writing {len(data)} bytes at offset {offset} of {self.path} failed: {exc}; free "
@@ -243,8 +242,25 @@ class SharedBacking:
             info = os.fstat(fd)
             # No lock: a store running meanwhile sets the same time again once its write is done.
             if (info.st_dev, info.st_ino) == self._identity:
-                os.utime(fd, ns=(self.mtime_ns, self.mtime_ns))
+                self._set_times(fd)
         except OSError as exc:
-            log.warning("%s: could not set the times of %s back to Last-Modified: %s", self, self.path, exc)
+            log.debug("%s: times not restored, cannot fstat %s: %s", self, self.path, exc)
         finally:
             os.close(fd)
+
+    def _set_times(self, fd: int) -> None:
+        mtime_ns = self.mtime_ns
+        if mtime_ns is None:
+            return
+        try:
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        except OSError as exc:
+            # A time is never worth a failed chunk: said once, and not tried again for this file.
+            self.mtime_ns = None
+            log.warning(
+                "%s: cannot set the modification time of %s to its Last-Modified (%s): it shows the time "
+                "of each write, so caches keyed on it (a web UI's hash cache) will read the file again",
+                self,
+                self.path,
+                exc,
+            )

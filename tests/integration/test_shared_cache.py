@@ -1173,3 +1173,27 @@ def test_the_manifest_tells_readers_elsewhere_each_files_time(
     older = tmp_path / "older.json"
     older.write_text(json.dumps(data))
     assert {entry.last_modified for entry in read_manifest(older).files.values()} == {0.0}
+
+
+def test_a_file_system_refusing_times_costs_a_warning_never_a_chunk(
+    tmp_path: Path,
+    namespace: str,
+    caches: list[SharedCache],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    objects = make_objects([3 * CHUNK])
+    infos = dated_infos(objects)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")  # a mount that keeps its own times
+
+    monkeypatch.setattr(os, "utime", refuse)
+    cache = SharedCache.create(tmp_path / "m", infos, namespace=namespace, chunk_size=CHUNK)
+    caches.append(cache)
+    fill_through_files(cache, objects, infos, connections=2)
+    assert Path(cache.data_path(0)).read_bytes() == objects[infos[0].key]
+    assert cache.table.file_status(0) == FileStatus.VERIFIED
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert sum("Last-Modified" in message for message in warnings) == 2  # at creation, then once per file
+    assert cache.backing(0).mtime_ns is None  # not tried again

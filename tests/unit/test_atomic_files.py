@@ -98,3 +98,19 @@ def test_a_symlink_gets_its_own_time_and_leaves_its_targets_alone(tmp_path: Path
     assert os.lstat(link).st_mtime_ns == LAST_MODIFIED_NS
     assert target.stat().st_mtime_ns == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["entry", "segment"]
+
+
+def test_a_file_system_refusing_times_still_gets_the_file_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "utime", refuse)
+    with atomic_output(tmp_path / "config.json", mtime_ns=LAST_MODIFIED_NS) as out:
+        out.write(b"{}")
+    symlink_atomically("config.json", tmp_path / "link", mtime_ns=LAST_MODIFIED_NS)
+    assert (tmp_path / "config.json").read_bytes() == b"{}" and os.readlink(
+        tmp_path / "link"
+    ) == "config.json"
+    assert sum("modification time" in record.getMessage() for record in caplog.records) == 2
