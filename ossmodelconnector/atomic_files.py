@@ -3,20 +3,23 @@
 ::
 
     atomic_output(path) -> binary file .<name>.<random>.part (O_EXCL | O_NOFOLLOW, mode 0600)
-        body writes ... [fsync] ... close -> os.replace(temporary, path)
+        body writes ... [fsync] ... [times set] ... close -> os.replace(temporary, path)
         any exception -> the temporary is removed, path is untouched
     write_json_atomically(path, record)     the same, for a JSON record
-    symlink_atomically(target, path)        .<name>.<random>.link, then os.replace
+    symlink_atomically(target, path)        .<name>.<random>.link, [its own times set], then os.replace
 
 A reader (another process, or this one after a crash) sees the old file or the whole new one, never a
-half-written one. The temporary is created exclusively and never through a symlink, so a file someone
-planted under that name is never written through; the random part keeps concurrent writers apart.
+half-written one; given ``mtime_ns``, the new one shows that modification time from the moment it appears
+(a rename moves neither the file's nor the link's own ``mtime``). The temporary is created exclusively
+and never through a symlink, so a file someone planted under that name is never written through; the
+random part keeps concurrent writers apart.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 from collections.abc import Iterator, Mapping
@@ -29,6 +32,8 @@ __all__ = [
     "temporary_name",
     "write_json_atomically",
 ]
+
+log = logging.getLogger(__name__)
 
 _RANDOM_HEX = 12  # secrets.token_hex(6)
 TEMPORARY_NAME_EXTRA_BYTES = len(".") + len(".") + _RANDOM_HEX + len(".part")
@@ -46,12 +51,17 @@ def temporary_name(path: str | os.PathLike[str], kind: str = "part") -> str:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterator[BinaryIO]:
+def atomic_output(
+    path: str | os.PathLike[str], *, fsync: bool = False, mtime_ns: int | None = None
+) -> Iterator[BinaryIO]:
     """Write a new ``path`` in one step: yields a binary file that replaces ``path`` when the block ends.
 
     Args:
         path: the file to create or replace (its directory must exist).
         fsync: flush the data to the disk before the rename (crash safety, slower).
+        mtime_ns: the access and modification time the file has when it appears (nanoseconds since the
+            epoch: an object's ``Last-Modified``); None leaves the time of the last write. A file system
+            that refuses the time gets a WARNING, not an error.
 
     Raises:
         OSError: the temporary could not be created or written, or the rename failed; ``path`` is then
@@ -62,8 +72,13 @@ def atomic_output(path: str | os.PathLike[str], *, fsync: bool = False) -> Itera
     try:
         with open(fd, "wb", closefd=True) as out:
             yield out
+            out.flush()  # every write before the times: a write after them would move them again
+            if mtime_ns is not None:
+                try:
+                    os.utime(out.fileno(), ns=(mtime_ns, mtime_ns))
+                except OSError as exc:  # a time is never worth a failed write: the bytes are what matter
+                    log.warning("cannot set the modification time of %s: %s", path, exc)
             if fsync:
-                out.flush()
                 os.fsync(out.fileno())
         os.replace(temporary, path)
     except BaseException:
@@ -78,11 +93,23 @@ def write_json_atomically(path: str | os.PathLike[str], record: Mapping[str, Any
         out.write(json.dumps(record, indent=1, sort_keys=True).encode("utf-8"))
 
 
-def symlink_atomically(target: str, path: str | os.PathLike[str]) -> None:
-    """Make ``path`` a symlink to ``target``, replacing whatever entry ``path`` was, in one step."""
+def symlink_atomically(target: str, path: str | os.PathLike[str], *, mtime_ns: int | None = None) -> None:
+    """Make ``path`` a symlink to ``target``, replacing whatever entry ``path`` was, in one step.
+
+    Args:
+        target: what the link points to.
+        path: the entry to create or replace.
+        mtime_ns: the link's own access and modification time (what ``os.lstat`` shows), in nanoseconds;
+            None leaves the time it was made.
+    """
     temporary = temporary_name(path, "link")
     os.symlink(target, temporary)
     try:
+        if mtime_ns is not None:
+            try:
+                os.utime(temporary, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+            except OSError as exc:
+                log.warning("cannot set the modification time of the symlink %s: %s", path, exc)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

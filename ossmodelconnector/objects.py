@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["FetchInto", "ObjectInfo"]
+__all__ = ["FetchInto", "ObjectInfo", "mtime_ns"]
 
 FetchInto = Callable[[int, int, memoryview], int]
 """``fetch_into(start, end, dest) -> crc64``: write bytes ``[start, end)`` of one object version into
@@ -52,3 +52,20 @@ class ObjectInfo:
     def uri(self) -> str:
         """The object's ``oss://bucket/key`` URI."""
         return f"oss://{self.bucket}/{self.key}"
+
+    @property
+    def mtime_ns(self) -> int | None:
+        """``last_modified`` in nanoseconds, what every local copy of this version shows as its
+        modification time (``st_mtime_ns``); None when the server sent no time (``last_modified`` 0)."""
+        return mtime_ns(self.last_modified)
+
+
+def mtime_ns(last_modified: float) -> int | None:
+    """A modification time in seconds since the epoch as whole nanoseconds; None for 0 (unknown).
+
+    Rounded to the millisecond (the finest an OSS time has: HTTP dates are whole seconds, listings
+    ``...T12:00:00.000Z``), so that however the float was made, every process gives the same nanoseconds.
+    """
+    if last_modified <= 0:
+        return None
+    return round(last_modified * 1_000) * 1_000_000

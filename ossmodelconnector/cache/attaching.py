@@ -39,6 +39,7 @@ from ossmodelconnector.cache.manifest import Manifest, find_manifest, manifest_p
 from ossmodelconnector.cache.state_table import FLAG_LAZY
 from ossmodelconnector.config import DEFAULT_OWNER_CHECK_S, DEFAULT_WAIT_TIMEOUT_S
 from ossmodelconnector.errors import CacheError
+from ossmodelconnector.objects import mtime_ns
 
 __all__ = [
     "AttachSettings",
@@ -194,7 +195,8 @@ def _attach_once(directory: str) -> None:
                 # as zeros). Each large file raises the refusal when read; small files read as usual.
                 for relative, entry in exc.manifest.files.items():
                     path = os.path.join(directory, *relative.split("/"))
-                    registry.register_file(path, _Refused(path, entry.size, str(exc)))
+                    stand_in = _Refused(path, entry.size, str(exc))
+                    registry.register_file(path, stand_in, mtime_ns=mtime_ns(entry.last_modified))
                 _attached[directory] = None
                 _refused[directory] = str(exc)
                 log.warning("%s", exc)
@@ -225,7 +227,9 @@ def _attach(directory: str, settings: AttachSettings) -> AttachedCache | None:
             remote = cache.file(
                 entry.index, owner_check_s=settings.owner_check_s, wait_timeout_s=settings.wait_timeout_s
             )
-            registry.register_file(os.path.join(directory, *relative.split("/")), remote)
+            registry.register_file(
+                os.path.join(directory, *relative.split("/")), remote, mtime_ns=mtime_ns(entry.last_modified)
+            )
     except BaseException:
         _unregister_under(directory)
         cache.close()

@@ -45,6 +45,8 @@ class ManifestEntry:
         index: its file index in the state table.
         bucket: the bucket it comes from.
         key: its key.
+        last_modified: the object's ``Last-Modified`` (seconds since the epoch; 0 when unknown): the
+            modification time the hooks of a reader in another process report for the file.
     """
 
     data_path: str
@@ -53,6 +55,7 @@ class ManifestEntry:
     index: int
     bucket: str
     key: str
+    last_modified: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class Manifest:
                     "index": entry.index,
                     "bucket": entry.bucket,
                     "key": entry.key,
+                    "last_modified": entry.last_modified,
                 }
                 for path, entry in self.files.items()
             },
@@ -115,6 +119,8 @@ class Manifest:
                     index=int(entry["index"]),
                     bucket=str(entry["bucket"]),
                     key=str(entry["key"]),
+                    # Optional: a manifest written before file times were kept has none.
+                    last_modified=float(entry.get("last_modified", 0.0)),
                 )
                 for path, entry in data["files"].items()
             }

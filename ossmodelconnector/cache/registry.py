@@ -17,6 +17,10 @@ A process that did not prepare a directory itself (a vLLM worker, a ``spawn`` ch
 through :func:`set_fallback`: a path under one of the fallback directories that is not registered yet is
 handed to the resolver once (it attaches the directory's state table and registers its files); every
 other path still costs one ``str.startswith``.
+
+A file registered with a modification time (its object's ``Last-Modified``) is also listed by identity
+in :func:`file_times`, which the ``os.stat`` hook (``hooks/file_times.py``) consults: one dictionary
+lookup per ``stat``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ __all__ = [
     "Resolver",
     "WaitableFile",
     "fallback_directories",
+    "file_times",
     "lookup",
     "lookup_descriptor",
     "lookup_registered",
@@ -71,6 +76,7 @@ class _Snapshot:
     fallback: tuple[str, ...] = ()  # fallback directories, each ending in "/"
     all_prefixes: tuple[str, ...] = ()  # prefixes + fallback
     identities: dict[tuple[int, int], WaitableFile] = field(default_factory=dict)  # (st_dev, st_ino)
+    times: dict[tuple[int, int], int] = field(default_factory=dict)  # (st_dev, st_ino) -> st_mtime_ns
 
 
 Resolver = Callable[[str], "WaitableFile | None"]
@@ -82,6 +88,7 @@ _snapshot = _Snapshot()
 # registered path -> (its keys in the prepared directory, the data segment it links to)
 _keys_by_path: dict[str, tuple[tuple[str, ...], str]] = {}
 _identity_by_path: dict[str, tuple[int, int]] = {}
+_time_by_path: dict[str, int] = {}
 _files: dict[str, WaitableFile] = {}
 _fallback_directories: tuple[str, ...] = ()
 _resolver: Resolver | None = None
@@ -104,6 +111,9 @@ def _rebuild() -> None:
         model_side.update(os.path.dirname(key) for key in keys)
     prefixes = tuple(sorted({os.path.join(os.path.dirname(key), "") for key in entries}))
     identities = {identity: _files[path] for path, identity in _identity_by_path.items()}
+    times = {
+        identity: _time_by_path[path] for path, identity in _identity_by_path.items() if path in _time_by_path
+    }
     _snapshot = _Snapshot(
         entries=entries,
         prefixes=prefixes,
@@ -112,15 +122,21 @@ def _rebuild() -> None:
         fallback=_fallback_directories,
         all_prefixes=prefixes + _fallback_directories,
         identities=identities,
+        times=times,
     )
 
 
-def register_file(path: str | os.PathLike[str], waitable: WaitableFile) -> None:
+def register_file(
+    path: str | os.PathLike[str], waitable: WaitableFile, *, mtime_ns: int | None = None
+) -> None:
     """Make reads of ``path`` (and of what it links to) wait through ``waitable``.
 
     Args:
         path: the entry in the prepared directory (made absolute; usually a symlink to a data segment).
         waitable: what to wait on (the owner's ``ObjectHandle``, or a reader's ``AttachedFile``).
+        mtime_ns: the modification time ``os.stat`` reports for the file it links to (its object's
+            ``Last-Modified``, in nanoseconds; see :func:`file_times`); None keeps the time registered
+            for ``path`` before, if any (a forked child registering stand-ins).
     """
     absolute = os.path.abspath(os.fspath(path))
     keys = _keys(absolute)
@@ -128,6 +144,8 @@ def register_file(path: str | os.PathLike[str], waitable: WaitableFile) -> None:
     with _lock:
         _keys_by_path[absolute] = keys
         _files[absolute] = waitable
+        if mtime_ns is not None:
+            _time_by_path[absolute] = mtime_ns
         if identity is None:
             _identity_by_path.pop(absolute, None)
         else:
@@ -142,6 +160,7 @@ def unregister_file(path: str | os.PathLike[str]) -> None:
         if _keys_by_path.pop(absolute, None) is not None:
             del _files[absolute]
             _identity_by_path.pop(absolute, None)
+            _time_by_path.pop(absolute, None)
             _rebuild()
 
 
@@ -212,6 +231,15 @@ def _identity(path: str) -> tuple[int, int] | None:
     except (OSError, ValueError):  # missing, a dangling link, a NUL in the name
         return None
     return info.st_dev, info.st_ino
+
+
+def file_times() -> dict[tuple[int, int], int]:
+    """``(st_dev, st_ino)`` of each registered file's data -> the ``st_mtime_ns`` to report for it.
+
+    The snapshot itself, not a copy (empty when nothing is registered with a time): the ``os.stat``
+    hook calls this on every ``stat`` of the process. Never modify it.
+    """
+    return _snapshot.times
 
 
 def lookup_descriptor(fd: int) -> WaitableFile | None:

@@ -413,13 +413,15 @@ def check_ownership(path: str, info: os.stat_result) -> None:
         )
 
 
-def create_segment(directory: str, name: str, size: int) -> Segment:
+def create_segment(directory: str, name: str, size: int, *, mtime_ns: int | None = None) -> Segment:
     """Create segment ``name`` in ``directory``: exclusive, mode 0600, sparse at ``size`` bytes, mapped.
 
     Args:
         directory: ``/dev/shm`` (a POSIX shared-memory object) or any other directory (a plain file).
         name: the segment's name.
         size: its length in bytes, ``>= 0``.
+        mtime_ns: its access and modification time once sized (a data segment shows its object's
+            ``Last-Modified``); None leaves the time of creation.
 
     Returns:
         The segment, mapped readable and writable.
@@ -450,6 +452,8 @@ def create_segment(directory: str, name: str, size: int) -> Segment:
         os.fchmod(fd, SEGMENT_MODE)  # the umask may have taken bits away; we want exactly 0600
         if size and os.fstat(fd).st_size != size:
             os.ftruncate(fd, size)
+        if mtime_ns is not None:
+            _set_times(fd, path, mtime_ns)  # after the sizing, which moves it
         mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED) if size else None
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -461,6 +465,13 @@ def create_segment(directory: str, name: str, size: int) -> Segment:
     finally:
         os.close(fd)
     return Segment(name, path, size, mapping, writable=True)
+
+
+def _set_times(fd: int, path: str, mtime_ns: int) -> None:
+    try:
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+    except OSError as exc:  # a time is never worth a failed prepare
+        log.warning("cannot set the modification time of %s to its object's Last-Modified: %s", path, exc)
 
 
 def attach_segment(directory: str, name: str, *, writable: bool = False) -> Segment:

@@ -11,6 +11,12 @@ fault per 4 KiB page (write faults are not batched by fault-around, and /dev/shm
 on this kind of machine that made filling 1 GiB cost 0.80 CPU-seconds against 0.45 with ``pwrite``
 (benchmarks/prepare_transfer.py shows the effect on the whole transfer). Readers that map the file see the
 same page-cache pages, so nothing else changes for them.
+
+File times: every write of ours moves the data file's modification time (``pwrite``, and a punched-out
+chunk's ``MADV_REMOVE``), and caches keyed on it (the Stable Diffusion web UI's sha256 cache) would then
+hash the file again. Given ``mtime_ns`` (the object's ``Last-Modified``), the backing sets it back on the
+same descriptor right after each chunk is stored (:meth:`SharedBacking.fetch_through_file`) and after each
+chunk is released (:meth:`SharedBacking.restore_times`): a microsecond-scale ``futimens`` per chunk.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ class SharedBacking:
             here may be the bytes another process is writing or reading.
         path: the data segment's file, to store fetched chunks with ``pwrite`` instead of through the
             mapping (:meth:`file_fetcher`); None to write through the mapping.
+        mtime_ns: the modification time the data file keeps (the object's ``Last-Modified``, in
+            nanoseconds), set back after every write and release; None to leave the times alone.
     """
 
     def __init__(
@@ -55,6 +63,7 @@ class SharedBacking:
         *,
         punch_holes: bool = False,
         path: str | None = None,
+        mtime_ns: int | None = None,
     ) -> None:
         entry = table.file(index)
         self.table = table
@@ -68,6 +77,8 @@ class SharedBacking:
         """The file's state bytes in the table (one per chunk, the ``ChunkState`` values)."""
         self.path: str | None = None
         """The data file written by :meth:`fetch_through_file`; None when chunks go through the mapping."""
+        self.mtime_ns = mtime_ns
+        """The data file's modification time, kept through every write and release (None: not kept)."""
         self._identity: tuple[int, int] | None = None
         self._write_lock = threading.Lock()
         if path is not None and mapping is not None:
@@ -205,6 +216,7 @@ class SharedBacking:
                     if not wrote:
                         raise OSError(f"pwrite wrote nothing at {offset + done}")
                     done += wrote
+                self._set_times(fd)  # under the lock: no write of another thread lands after it
         except OSError as exc:
             raise CacheError(
                 f"{self}: writing {len(data)} bytes at offset {offset} of {self.path} failed: {exc}; free "
@@ -212,3 +224,43 @@ class SharedBacking:
             ) from exc
         finally:
             os.close(fd)
+
+    def restore_times(self) -> None:
+        """Set the data file's access and modification times back to :attr:`mtime_ns` (after a release
+        punched pages out of it, which moves them). Nothing without a time or a file, or once the file
+        is gone or no longer this cache's; a failure is logged, never raised (the release stands)."""
+        if self.mtime_ns is None or self.path is None:
+            return
+        try:
+            # Write-only, as the stores: a read-only descriptor of ours would count as a reader's
+            # (directory/lazy/residency.in_use_by_readers).
+            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as exc:
+            log.debug("%s: times not restored, cannot open %s: %s", self, self.path, exc)
+            return
+        try:
+            info = os.fstat(fd)
+            # No lock: a store running meanwhile sets the same time again once its write is done.
+            if (info.st_dev, info.st_ino) == self._identity:
+                self._set_times(fd)
+        except OSError as exc:
+            log.debug("%s: times not restored, cannot fstat %s: %s", self, self.path, exc)
+        finally:
+            os.close(fd)
+
+    def _set_times(self, fd: int) -> None:
+        mtime_ns = self.mtime_ns
+        if mtime_ns is None:
+            return
+        try:
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        except OSError as exc:
+            # A time is never worth a failed chunk: said once, and not tried again for this file.
+            self.mtime_ns = None
+            log.warning(
+                "%s: cannot set the modification time of %s to its Last-Modified (%s): it shows the time "
+                "of each write, so caches keyed on it (a web UI's hash cache) will read the file again",
+                self,
+                self.path,
+                exc,
+            )

@@ -339,7 +339,12 @@ class SharedCache:
         if backing is None:
             mapping = self._resources.data[index].mapping
             backing = SharedBacking(
-                self.table, index, mapping, punch_holes=self._lazy, path=self.data_path(index)
+                self.table,
+                index,
+                mapping,
+                punch_holes=self._lazy,
+                path=self.data_path(index),
+                mtime_ns=self.files[index].mtime_ns,
             )
             self._backings[index] = backing
         return backing
@@ -456,7 +461,8 @@ class SharedCache:
         path = segment_path(self._data_dir, name)
         for _ in range(_SHARE_ATTEMPTS):
             try:
-                segment = create_segment(self._data_dir, name, info.size)
+                # Last-Modified before any entry links to it (and kept by the backing through every write).
+                segment = create_segment(self._data_dir, name, info.size, mtime_ns=info.mtime_ns)
             except FileExistsError:
                 pass
             else:
@@ -537,6 +543,7 @@ class SharedCache:
                 index=index,
                 bucket=info.bucket,
                 key=info.key,
+                last_modified=info.last_modified,
             )
             for index, (relative, info, name) in enumerate(
                 zip(self.relative_paths, self.files, names, strict=True)

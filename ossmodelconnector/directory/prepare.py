@@ -12,7 +12,7 @@
     scheduler.register(..., backing=segment, evictable=False, first_chunk_first=True), in name order,
         all under the scheduler's lock: every file's first chunk (its header) is fetched before bodies,
         then the bodies in the order frameworks read tensors (read_order.py; headers read after HEAD)
-    registry.register_file(entry, handle)                             the hooks can find it
+    registry.register_file(entry, handle, Last-Modified)              the hooks can find it
     small files: a thread pool, download_to_file (temporary name, then rename), CRC-checked
     return (wait=True: once every large file is READY and verified)
 
@@ -444,7 +444,9 @@ class PreparedDirectory:
         for index, file in enumerate(large):
             target = cache.data_path(index)
             with self._while_open():  # created and recorded together, so that close() removes it
-                symlink_atomically(target, make_parents(self.model_dir, file.name))
+                # The link's own time too (os.lstat): the data segment already has Last-Modified.
+                entry = make_parents(self.model_dir, file.name)
+                symlink_atomically(target, entry, mtime_ns=file.info.mtime_ns)
                 self._links[file.path] = target
         with self._while_open():  # before the workers start: importing the hooks competes with them
             _install_hooks()
@@ -455,7 +457,7 @@ class PreparedDirectory:
                 start = partial(self._register_large, client, scheduler, cache, index, file)
                 with self._while_open():
                     lazy_file = self.lazy_files.add(file.path, cache.data_path(index), file.info, start)
-                    register_file(file.path, lazy_file)
+                    register_file(file.path, lazy_file, mtime_ns=file.info.mtime_ns)
                     self._registered.append(file.path)
             with self._while_open():
                 self.lazy_files.start_timer()
@@ -472,7 +474,7 @@ class PreparedDirectory:
             scheduler.read_ahead_in_order([(self._handles[large[i].name], chunk) for i, chunk in order])
         for file in large:
             with self._while_open():
-                register_file(file.path, self._handles[file.name])
+                register_file(file.path, self._handles[file.name], mtime_ns=file.info.mtime_ns)
                 self._registered.append(file.path)
         handles = [self._handles[file.name] for file in large]
         with self._while_open():  # readers in other processes ask for chunks through the table's ring

@@ -595,6 +595,8 @@ class ChunkBuffer:
         end = self.info.size if chunk.end == self.info.size else chunk.end // _PAGE * _PAGE
         if end > start:
             self._mapping.madvise(advice, start, end - start)
+            if self._punch_holes and self._backing is not None:
+                self._backing.restore_times()  # punching moved the file's mtime: Last-Modified again
 
     def _check_object(self) -> None:
         total = 0

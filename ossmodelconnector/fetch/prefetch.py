@@ -294,6 +294,8 @@ class PrefetchScheduler:
             for index in range(handle.buffer.count):
                 # Its heap entry stays behind, stale: _next_job skips entries no longer in _queued.
                 self._queued.pop((handle.id, index), None)
+            # And a private object's read-ahead not yet queued (read_ahead_delay_s): it would come back.
+            self._deferred = [(due, other) for due, other in self._deferred if other is not handle]
 
     def acquire(self, handle: ObjectHandle, index: int, timeout_s: float) -> None:
         """Wait until chunk ``index`` is READY, demanding it if EMPTY, and pin it; :meth:`unpin` it after.

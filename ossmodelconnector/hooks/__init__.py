@@ -13,6 +13,7 @@ entry point                                     waits for
 ``torch.from_file``,                            makes when it opens a file)
 ``torch.UntypedStorage.from_file``
 any other Python-level open or ``mmap``         the whole file (an audit hook)
+``os.stat`` / ``os.lstat`` / ``os.fstat``       nothing: they report ``Last-Modified`` as the mtime
 ==============================================  ==================================================
 
 Every other path goes straight to the original function after one prefix check. Frameworks are patched
@@ -40,7 +41,7 @@ import threading
 import types
 from collections.abc import Callable
 
-from ossmodelconnector.hooks import files, safety_net
+from ossmodelconnector.hooks import file_times, files, safety_net
 from ossmodelconnector.hooks import safetensors as safetensors_hook
 from ossmodelconnector.hooks import torch as torch_hook
 from ossmodelconnector.hooks.patching import ImportWatcher, PatchSet
@@ -65,9 +66,10 @@ _watcher: ImportWatcher | None = None
 def install() -> None:
     """Install the reader hooks in this process (reference-counted: each call needs an :func:`uninstall`).
 
-    The first call patches ``open``/``io.open``, enables the audit hook, patches safetensors and torch if
-    they are imported, and watches imports to patch them (and any module binding ``safe_open`` or
-    ``torch.load``) when they are imported later. Later calls only count.
+    The first call patches ``open``/``io.open`` and ``os.stat``/``lstat``/``fstat``, enables the audit
+    hook, patches safetensors and torch if they are imported, and watches imports to patch them (and
+    any module binding ``safe_open`` or ``torch.load``) when they are imported later. Later calls only
+    count.
     """
     global _count, _patches, _watcher
     with _lock:
@@ -78,6 +80,7 @@ def install() -> None:
         watcher = ImportWatcher(patches.patch_module)
         try:
             files.install(patches)
+            file_times.install(patches)
             for name, apply in _FRAMEWORKS:
                 watcher.when_imported(name, functools.partial(_framework, apply, patches))
             watcher.install()

@@ -395,8 +395,8 @@ class OssClient:
         """Download a (small) object to ``path`` atomically: all of it, CRC-checked, or nothing.
 
         The bytes go to a hidden temporary file (mode 0600, created ``O_EXCL``) in the same directory,
-        which is renamed over ``path`` only when complete; on any error the temporary file is removed and
-        ``path`` is untouched.
+        which is renamed over ``path`` only when complete, its modification time already the object's
+        ``Last-Modified``; on any error the temporary file is removed and ``path`` is untouched.
 
         Args:
             bucket: the bucket.
@@ -421,7 +421,8 @@ class OssClient:
         try:
             # 0600 like the cache segments: a model directory that existed with wider permissions
             # must not expose the configs and tokenizer to other users.
-            with atomic_output(final, fsync=fsync) as out:
+            # Last-Modified as its time before the rename: a cache keyed on mtime never sees another.
+            with atomic_output(final, fsync=fsync, mtime_ns=info.mtime_ns) as out:
                 out.write(data)
         except OSError as exc:
             # A bare "[Errno 28] No space left on device" names neither the file nor the fix.

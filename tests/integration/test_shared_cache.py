@@ -147,6 +147,7 @@ def test_create_lays_out_segments_table_and_manifest_and_close_removes_them(
         "index": 0,
         "bucket": "bucket",
         "key": "models/qwen/shard-00.bin",
+        "last_modified": 0.0,
     }
     assert find_manifest(model_dir / "shard-01.bin") == (cache.manifest_path, "shard-01.bin")
     cache.close()
@@ -1080,3 +1081,119 @@ def test_without_a_path_chunks_go_through_the_mapping(
         plain.fetch_through_file(fetch, 0, CHUNK)
     missing = SharedBacking(cache.table, 0, cache.backing(0).mapping, path=str(tmp_path / "gone"))
     assert missing.path is None  # a path that cannot be checked: through the mapping, as before
+
+
+# --- file times: the object's Last-Modified, kept through every write and release ------------------------
+
+LAST_MODIFIED = 1_620_284_889.0  # 2021-05-06T07:08:09Z
+LAST_MODIFIED_NS = 1_620_284_889 * 1_000_000_000
+
+
+def dated_infos(objects: dict[str, bytes]) -> list[ObjectInfo]:
+    return [
+        ObjectInfo("bucket", key, len(data), f'"{key}-etag"', LAST_MODIFIED + i, crc64(data))
+        for i, (key, data) in enumerate(objects.items())
+    ]
+
+
+def kernel_mtime_ns(path: str) -> int:
+    return os.stat(path).st_mtime_ns  # no hooks installed here: what the kernel says
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_data_files_show_last_modified_from_creation_through_every_chunk_stored(
+    tmp_path: Path, namespace: str, caches: list[SharedCache], lazy: bool
+) -> None:
+    objects = make_objects([5 * CHUNK + 123, 3 * CHUNK])
+    infos = dated_infos(objects)
+    cache = SharedCache.create(tmp_path / "m", infos, namespace=namespace, chunk_size=CHUNK, lazy=lazy)
+    caches.append(cache)
+    expected = [LAST_MODIFIED_NS + i * 1_000_000_000 for i in range(len(infos))]
+    assert [kernel_mtime_ns(cache.data_path(i)) for i in range(len(infos))] == expected  # sized, not written
+    fill_through_files(cache, objects, infos, connections=4)
+    assert [kernel_mtime_ns(cache.data_path(i)) for i in range(len(infos))] == expected
+    assert [os.stat(cache.data_path(i)).st_atime_ns for i in range(len(infos))] == expected
+    assert Path(cache.data_path(0)).read_bytes() == objects[infos[0].key]
+
+
+def test_a_released_chunk_punched_out_of_a_lazy_file_leaves_its_time_alone(
+    tmp_path: Path, namespace: str, caches: list[SharedCache]
+) -> None:
+    objects = make_objects([4 * CHUNK])
+    (info,) = dated_infos(objects)
+    cache = SharedCache.create(tmp_path / "m", [info], namespace=namespace, chunk_size=CHUNK, lazy=True)
+    caches.append(cache)
+    path = cache.data_path(0)
+    backing = cache.backing(0)
+    assert backing.punch_holes
+    buffer = ChunkBuffer(info, CHUNK, backing=backing)
+    fetch = backing.file_fetcher(fetcher(objects[info.key]))
+    for index in range(buffer.count):
+        buffer.begin_fetch(index)
+        buffer.complete(index, fetch(index * CHUNK, (index + 1) * CHUNK, buffer.chunk_view(index)))
+    assert os.stat(path).st_blocks * 512 >= 4 * CHUNK
+    for index in range(buffer.count):
+        buffer.release(index)  # MADV_REMOVE: tmpfs frees the pages, the kernel moves the mtime
+        assert kernel_mtime_ns(path) == LAST_MODIFIED_NS
+    assert os.stat(path).st_blocks == 0  # the pages really went back
+    buffer.begin_fetch(1)  # fetched again after the eviction
+    buffer.complete(1, fetch(CHUNK, 2 * CHUNK, buffer.chunk_view(1)))
+    assert kernel_mtime_ns(path) == LAST_MODIFIED_NS
+    buffer.close()
+
+
+def test_a_time_of_zero_leaves_the_kernels_times(
+    tmp_path: Path, namespace: str, caches: list[SharedCache]
+) -> None:
+    objects = make_objects([2 * CHUNK])
+    infos = infos_of(objects)  # last_modified 0.0: the server sent none
+    cache = SharedCache.create(tmp_path / "m", infos, namespace=namespace, chunk_size=CHUNK)
+    caches.append(cache)
+    assert cache.backing(0).mtime_ns is None
+    fill_through_files(cache, objects, infos, connections=2)
+    assert kernel_mtime_ns(cache.data_path(0)) > LAST_MODIFIED_NS
+
+
+def test_the_manifest_tells_readers_elsewhere_each_files_time(
+    tmp_path: Path, namespace: str, caches: list[SharedCache]
+) -> None:
+    objects = make_objects([CHUNK, CHUNK])
+    infos = dated_infos(objects)
+    cache = SharedCache.create(tmp_path / "m", infos, namespace=namespace, chunk_size=CHUNK)
+    caches.append(cache)
+    manifest = read_manifest(cache.manifest_path)
+    assert sorted(entry.last_modified for entry in manifest.files.values()) == [
+        LAST_MODIFIED,
+        LAST_MODIFIED + 1,
+    ]
+    # A manifest written before times were kept has none: read as unknown (0), not refused.
+    data = json.loads(cache.manifest_path.read_text())
+    for entry in data["files"].values():
+        del entry["last_modified"]
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps(data))
+    assert {entry.last_modified for entry in read_manifest(older).files.values()} == {0.0}
+
+
+def test_a_file_system_refusing_times_costs_a_warning_never_a_chunk(
+    tmp_path: Path,
+    namespace: str,
+    caches: list[SharedCache],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    objects = make_objects([3 * CHUNK])
+    infos = dated_infos(objects)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")  # a mount that keeps its own times
+
+    monkeypatch.setattr(os, "utime", refuse)
+    cache = SharedCache.create(tmp_path / "m", infos, namespace=namespace, chunk_size=CHUNK)
+    caches.append(cache)
+    fill_through_files(cache, objects, infos, connections=2)
+    assert Path(cache.data_path(0)).read_bytes() == objects[infos[0].key]
+    assert cache.table.file_status(0) == FileStatus.VERIFIED
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert sum("Last-Modified" in message for message in warnings) == 2  # at creation, then once per file
+    assert cache.backing(0).mtime_ns is None  # not tried again

@@ -106,3 +106,30 @@ def test_registered_directories_name_the_model_side_only(layout: tuple[Path, Pat
     directories = registry.registered_directories()
     assert str(model / "sub") in directories
     assert str(segment.parent) not in directories
+
+
+LAST_MODIFIED_NS = 1_620_284_889 * 1_000_000_000
+
+
+def test_a_file_registered_with_a_time_is_listed_by_what_it_is(layout: tuple[Path, Path, Waitable]) -> None:
+    model, segment, waitable = layout
+    entry = model / "sub" / "w.safetensors"
+    info = os.stat(segment)
+    assert (info.st_dev, info.st_ino) not in registry.file_times()  # registered without a time
+    registry.register_file(str(entry), waitable, mtime_ns=LAST_MODIFIED_NS)
+    assert registry.file_times()[(info.st_dev, info.st_ino)] == LAST_MODIFIED_NS
+    link = os.lstat(entry)
+    assert (link.st_dev, link.st_ino) not in registry.file_times()  # the data, not the symlink
+
+
+def test_registering_again_without_a_time_keeps_it_and_unregistering_forgets_it(
+    layout: tuple[Path, Path, Waitable],
+) -> None:
+    model, segment, _ = layout
+    entry = model / "sub" / "w.safetensors"
+    identity = (os.stat(segment).st_dev, os.stat(segment).st_ino)
+    registry.register_file(str(entry), Waitable(), mtime_ns=LAST_MODIFIED_NS)
+    registry.register_file(str(entry), Waitable())  # a forked child's stand-in for the same file
+    assert registry.file_times()[identity] == LAST_MODIFIED_NS
+    registry.unregister_file(str(entry))
+    assert identity not in registry.file_times()

@@ -68,6 +68,22 @@ def test_read_ahead_follows_registration_order_then_file_order(
     assert second.calls == [(0, 10), (10, 20), (20, 30)]
 
 
+def test_cancelling_a_private_objects_queue_also_cancels_its_read_ahead_still_deferred() -> None:
+    # A lazy file peeked at registers, cancels its queue and fetches only what is read: the read-ahead
+    # that a private object gets after read_ahead_delay_s must not come back behind the cancel.
+    peeked = MemoryObject(payload(100), key="peeked")
+    later = MemoryObject(payload(30, 1), key="later")
+    with PrefetchScheduler(connections=1, read_ahead_delay_s=0.05) as scheduler:
+        with scheduler.lock:
+            handle = scheduler.register(peeked.info, peeked.fetch_into, chunk_size=10)
+            scheduler.cancel_queued(handle)
+        assert handle.read_bytes(75, 78, LIVENESS_LIMIT_S) == peeked.data[75:78]
+        # Registered after it, so due after it: once its read-ahead has run, the peeked one's was due too.
+        scheduler.register(later.info, later.fetch_into, chunk_size=10)
+        eventually(lambda: len(later.calls) == 3)
+        assert peeked.calls == [(70, 80)]
+
+
 def test_demand_moves_a_far_chunk_to_the_front(schedulers: Callable[..., PrefetchScheduler]) -> None:
     gate = Gate(lambda number, *_: number == 0)
     obj = MemoryObject(payload(100), hook=gate)
