@@ -29,6 +29,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "CODE_CONNECTION",
+    "CODE_TIMEOUT",
     "AccessDeniedError",
     "CacheError",
     "ClosedError",
@@ -46,6 +48,11 @@ __all__ = [
     "RetriesExhaustedError",
     "UnsafePathError",
 ]
+
+CODE_CONNECTION = "ConnectionError"
+"""``code`` of a :class:`RequestError` for a failed connection (reset, refused, broken pipe); retried."""
+CODE_TIMEOUT = "RequestTimeout"
+"""``code`` of a :class:`RequestTimeoutError` raised for silence on a socket; retried."""
 
 _CONTEXT = ("bucket", "key", "range", "status", "code", "request_id")
 
