@@ -410,7 +410,9 @@ def check_fd(fd: object) -> int:
     try:
         number = index(fd)  # type: ignore[arg-type]
     except TypeError:
-        raise TypeError(f"fd must be an int file descriptor (sock.fileno()), got {type(fd).__name__}") from None
+        raise TypeError(
+            f"fd must be an int file descriptor (sock.fileno()), got {type(fd).__name__}"
+        ) from None
     if number < 0:
         raise ValueError(f"fd={number} is not a file descriptor: pass the socket's fileno()")
     return number
