@@ -12,6 +12,9 @@ the CRC-64 of every byte computed, and leaves them in fresh ``/dev/shm`` files:
   (Linux 5.14), then ``get_into`` into the mapping;
 - ``fallocate + mapping``: the whole file allocated with ``fallocate`` first (inside the clock), then
   ``get_into`` into the mapping;
+- (measured once, commit c1e9852: ``hot pieces + pwrite``, a kernel variant receiving 256 KiB at a
+  time into a cache-resident buffer and ``pwrite``-ing each piece: more CPU than one ``pwrite`` per
+  chunk, the writers contending on the file's inode lock per piece; removed);
 - ``splice``: the body moved socket -> pipe -> file with ``splice`` (no copy through user space), then
   the CRC-64 read back from the mapping (the only way to check bytes that never pass through us);
 - ``bare receive``: ``get_into`` into buffers touched before the clock (receiving alone, nothing stored);
@@ -66,10 +69,9 @@ MAPPING = "mapping"
 POPULATE = "mapping + MADV_POPULATE_WRITE"
 FALLOCATE = "fallocate + mapping"
 SPLICE = "splice"
-PIECES = "hot pieces + pwrite"
 BARE = "bare receive (touched buffer; nothing stored)"
 STORE = "store only (pwrite; no network)"
-CONTENDERS = (BOUNCE, PIECES, MAPPING, POPULATE, FALLOCATE, SPLICE, BARE, STORE)
+CONTENDERS = (BOUNCE, MAPPING, POPULATE, FALLOCATE, SPLICE, BARE, STORE)
 
 Job = tuple[int, int, int]  # (file index, start, end)
 
@@ -175,33 +177,6 @@ def via_splice(server: LocalOss, keys: list[str], files: Files, job: Job) -> int
     return crc64(files.views[index][lo:hi])
 
 
-def via_pieces(server: LocalOss, keys: list[str], files: Files, job: Job) -> int:
-    from ossmodelconnector._fast.receive import recv_to_file
-
-    index, lo, hi = job
-    conn: http.client.HTTPConnection | None = getattr(_LOCAL, "conn", None)
-    if conn is None:
-        conn = _LOCAL.conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-        _LOCAL.bounce = bytearray(256 * 1024)
-    headers = sign_v1(server.access_key_id, server.access_key_secret, BUCKET, keys[index])
-    headers["Range"] = f"bytes={lo}-{hi - 1}"
-    conn.request("GET", f"/{BUCKET}/{keys[index]}", headers=headers)
-    resp = conn.getresponse()
-    assert resp.status == 206, resp.status
-    pos = lo
-    crc = 0
-    ahead = resp.fp.peek()
-    if ahead:
-        got = resp.readinto(files.views[index][pos : pos + len(ahead)])
-        crc = crc64(files.views[index][pos : pos + got])
-        pos += got
-    got, crc = recv_to_file(resp.fileno(), _LOCAL.bounce, files.fds[index], pos, hi - pos, 30.0, crc)
-    assert got == hi - pos
-    resp.length = 0
-    resp.read()
-    return crc
-
-
 def run(
     name: str, server: LocalOss, keys: list[str], sizes: list[int], args: argparse.Namespace
 ) -> tuple[float, float, int, Callable[[], None]]:
@@ -242,13 +217,6 @@ def run(
             return via_splice(server, keys, files, job)
 
         crcs = run_jobs(jobs, args.connections, spliced)
-    elif name == PIECES:
-        assert files is not None
-
-        def pieces(job: Job) -> int:
-            return via_pieces(server, keys, files, job)
-
-        crcs = run_jobs(jobs, args.connections, pieces)
     elif name == BARE:
         views = [memoryview(buf) for buf in touched]
         crcs = run_jobs(

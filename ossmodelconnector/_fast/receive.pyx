@@ -83,7 +83,6 @@ cdef extern from *:
     int EAGAIN
     int EWOULDBLOCK
     long long omc_now_ms() noexcept nogil
-    ssize_t pwrite(int fd, const void *buf, size_t n, long long offset) nogil
     int omc_wait_readable(int fd, int wait_ms) noexcept nogil
 
 cdef size_t _PIECE = _PIECE_PY
@@ -125,84 +124,6 @@ cdef int _receive(int fd, unsigned char *p, size_t n, int wait_ms, size_t *got, 
         if waited != OMC_RECV_DONE:
             return waited
     return OMC_RECV_DONE
-
-
-cdef int _receive_to_file(int fd, unsigned char *bounce, size_t bounce_len, int out, long long offset,
-                          size_t n, int wait_ms, size_t *got, uint64_t *crc, int *store_errno) noexcept nogil:
-    cdef ssize_t r, k
-    cdef size_t want, w
-    cdef int waited
-    cdef long long deadline = 0
-    cdef long long left
-    while got[0] < n:
-        want = n - got[0]
-        if want > bounce_len:
-            want = bounce_len
-        r = recv(fd, bounce, want, MSG_DONTWAIT)
-        if r > 0:
-            crc[0] = crc64_update(crc[0], bounce, <size_t>r)
-            w = 0
-            while w < <size_t>r:
-                k = pwrite(out, bounce + w, <size_t>r - w, offset + <long long>(got[0] + w))
-                if k < 0:
-                    if errno == EINTR:
-                        continue
-                    store_errno[0] = errno
-                    return OMC_RECV_DONE
-                w += <size_t>k
-            got[0] += <size_t>r
-            deadline = 0
-            continue
-        if r == 0:
-            return OMC_RECV_DONE
-        if errno == EINTR:
-            return OMC_RECV_EINTR
-        if errno != EAGAIN and errno != EWOULDBLOCK:
-            return errno
-        if wait_ms < 0:
-            waited = omc_wait_readable(fd, -1)
-        else:
-            if deadline == 0:
-                deadline = omc_now_ms() + wait_ms
-            left = deadline - omc_now_ms()
-            if left < 0:
-                left = 0
-            waited = omc_wait_readable(fd, <int>left)
-        if waited != OMC_RECV_DONE:
-            return waited
-    return OMC_RECV_DONE
-
-
-def recv_to_file(fd, bounce, out_fd, offset, length, timeout_s, crc=0):
-    """Prototype: receive length bytes through bounce (piece by piece) and pwrite each piece at offset."""
-    cdef int number = check_fd(fd)
-    cdef int out = check_fd(out_fd)
-    cdef int wait_ms = poll_timeout_ms(timeout_s)
-    cdef uint64_t reg = check_crc("crc", crc)
-    cdef long long off = offset
-    cdef size_t n = length
-    cdef Py_buffer buf
-    cdef size_t got = 0
-    cdef int status
-    cdef int store_errno = 0
-    PyObject_GetBuffer(bounce, &buf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)
-    try:
-        while True:
-            with nogil:
-                status = _receive_to_file(number, <unsigned char *>buf.buf, <size_t>buf.len, out, off, n,
-                                          wait_ms, &got, &reg, &store_errno)
-            if status != OMC_RECV_EINTR:
-                break
-            PyErr_CheckSignals()
-    finally:
-        PyBuffer_Release(&buf)
-    if store_errno:
-        raise OSError(store_errno, "pwrite failed")
-    if status == OMC_RECV_TIMEOUT:
-        raise receive_timed_out(got, n, float(timeout_s))
-    if status != OMC_RECV_DONE:
-        raise receive_failed(status, got, n)
-    return got, reg
 
 
 def recv_into(fd, dest, timeout_s, crc=0):
