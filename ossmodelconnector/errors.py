@@ -29,8 +29,6 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "CODE_CONNECTION",
-    "CODE_TIMEOUT",
     "AccessDeniedError",
     "CacheError",
     "ClosedError",
@@ -49,6 +47,8 @@ __all__ = [
     "UnsafePathError",
 ]
 
+# Codes of failures below HTTP that the receive kernel (_fast) raises too; oss/responses.py re-exports them
+# with the other codes of our own. Not in __all__, which lists the exception classes.
 CODE_CONNECTION = "ConnectionError"
 """``code`` of a :class:`RequestError` for a failed connection (reset, refused, broken pipe); retried."""
 CODE_TIMEOUT = "RequestTimeout"
