@@ -12,7 +12,9 @@ path it replaced (``bodyReceiver`` "python"), in one run against a ``localoss`` 
 2. **GIL hold**: the rate of the same ``prepare_directory(wait=True)`` over a link capped at
    ``--cap-mibps`` (localoss ``--bandwidth-mibps``), with a pure-Python thread spinning in this process
    (holding the GIL as a framework does) over the rate without it. On 2 cores the cap leaves the spinner
-   its own core, so the ratio measures waiting for the GIL, not CPU sharing. Target >= 0.85.
+   its own core, so the ratio measures waiting for the GIL, not CPU sharing. Target >= 0.85. The same
+   for the client alone (``OssClient.get_into`` of every chunk into touched buffers from as many
+   threads: no scheduler, no shared cache, no store), to tell the receive path from the rest.
 3. **Python-level calls per GiB** on the data path: ``sys.setprofile``/``threading.setprofile`` count
    every Python call and every call of a C function on the prefetch workers' threads during one loopback
    ``prepare_directory``; the socket
@@ -34,6 +36,7 @@ import argparse
 import collections
 import gc
 import os
+import queue
 import resource
 import shutil
 import socket
@@ -49,17 +52,22 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _bare import run_threads
 from _results import markdown_table, median, write_section
 from localoss_harness import LocalOss, start_localoss
 from prepare_transfer import BUCKET, PREFIX, make_files, run_bare, run_store, touched_buffers
 
 import ossmodelconnector.oss.body as body_module
 from ossmodelconnector import OssModelConnector
-from ossmodelconnector.oss.credentials import Credentials
+from ossmodelconnector.config import load_config
+from ossmodelconnector.oss.client import OssClient
+from ossmodelconnector.oss.credentials import Credentials, StaticCredentialProvider
+from ossmodelconnector.oss.uri import parse_endpoint
 
 MIB = 1 << 20
 GIB = 1 << 30
 PATHS = ("kernel", "python")
+CLIENT_PATHS = ("kernel, client only", "python, client only")
 NODE_VCPUS = 32
 REFERENCE_CLAIM = "15-20 GB/s"
 WORKER_THREADS = "ossmodelconnector-prefetch"
@@ -221,18 +229,54 @@ def measure_cpu(
     return samples
 
 
+def client_only(
+    server: LocalOss, buffers: dict[str, bytearray], receiver: str, args: argparse.Namespace
+) -> Callable[[], None]:
+    """``OssClient.get_into`` of every chunk into touched buffers from ``--connections`` threads: the
+    receive path alone, without the scheduler, the shared cache and the store."""
+    client = OssClient(
+        parse_endpoint(server.endpoint),
+        StaticCredentialProvider(Credentials(server.access_key_id, server.access_key_secret)),
+        load_config(None, body_receiver=receiver),
+    )
+    step = args.chunk_mib * MIB
+    jobs = [
+        (key, lo, min(len(buf), lo + step)) for key, buf in buffers.items() for lo in range(0, len(buf), step)
+    ]
+    pending: queue.SimpleQueue[tuple[str, int, int]] = queue.SimpleQueue()
+    for job in jobs:
+        pending.put(job)
+
+    def worker() -> None:
+        while True:
+            try:
+                key, lo, hi = pending.get_nowait()
+            except queue.Empty:
+                return
+            client.get_into(BUCKET, key, lo, hi, memoryview(buffers[key])[lo:hi])
+
+    run_threads(worker, args.connections)
+    return client.close
+
+
 def measure_gil(
-    server: LocalOss, total: int, args: argparse.Namespace, work: Path
+    server: LocalOss, sizes: dict[str, int], args: argparse.Namespace, work: Path
 ) -> dict[tuple[str, bool], list[float]]:
-    """Rates (bytes/s) of each path alone and with a spinning thread, on the capped server."""
+    """Rates (bytes/s) of each path alone and with a spinning thread, on the capped server: the whole
+    ``prepare_directory`` and the client alone."""
+    total = sum(sizes.values())
     rates: dict[tuple[str, bool], list[float]] = collections.defaultdict(list)
-    cases = [(path, spin) for path in PATHS for spin in (False, True)]
+    cases = [(path, spin) for path in PATHS + CLIENT_PATHS for spin in (False, True)]
     for rep in range(args.reps):
         for path, spin in cases[rep % 2 :] + cases[: rep % 2]:
             gc.collect()
+            buffers = touched_buffers(sizes) if path in CLIENT_PATHS else {}
             with spinning(spin):
                 began = time.perf_counter()
-                finish = prepare(server, path, args, work)
+                if path in CLIENT_PATHS:
+                    finish = client_only(server, buffers, path.split()[0], args)
+                else:
+                    finish = prepare(server, path, args, work)
                 wall = time.perf_counter() - began
             finish()
             rates[(path, spin)].append(total / wall)
@@ -317,7 +361,7 @@ def main() -> int:
             stop(server)
         capped = localoss(scratch / "root", "--bandwidth-mibps", str(args.cap_mibps))
         try:
-            rates = measure_gil(capped, total, args, scratch)
+            rates = measure_gil(capped, sizes, args, scratch)
         finally:
             stop(capped)
     finally:
@@ -332,7 +376,7 @@ def main() -> int:
 
     gil_rows = []
     ratio: dict[str, float] = {}
-    for path in PATHS:
+    for path in PATHS + CLIENT_PATHS:
         alone = median(rates[(path, False)])
         spun = median(rates[(path, True)])
         ratio[path] = median([s / a for s, a in zip(rates[(path, True)], rates[(path, False)], strict=True)])
