@@ -27,7 +27,7 @@ path it replaced (``bodyReceiver`` "python"), in one run against a ``localoss`` 
    15-20 GB/s claim.
 
 Each measurement alternates the two paths in every repetition (medians). Run: ``python
-benchmarks/scaling.py [--size-mib 512] [--reps 3] [--cap-mibps 400] [--no-write]``.
+benchmarks/scaling.py [--size-mib 1024] [--reps 3] [--cap-mibps 400] [--no-write]``.
 """
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ def measure_gil(
             with spinning(spin):
                 began = time.perf_counter()
                 if path in CLIENT_PATHS:
-                    finish = client_only(server, buffers, path.split()[0], args)
+                    finish = client_only(server, buffers, path.split(",")[0], args)
                 else:
                     finish = prepare(server, path, args, work)
                 wall = time.perf_counter() - began
@@ -335,7 +335,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size-mib", type=int, default=512, help="total bytes of the large files (MiB)")
+    parser.add_argument("--size-mib", type=int, default=1024, help="total bytes of the large files (MiB)")
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
