@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from localoss_harness import LocalOss, start_localoss
+from tls_harness import tls_proxy
 
 from ossmodelconnector.config import Config, load_config
 from ossmodelconnector.errors import (
@@ -617,3 +618,25 @@ def test_a_connection_is_reused_after_a_kernel_read_body(
             assert bytes(buf) == data[start : start + len(buf)]
         stats = c.stats()
     assert stats["requests"] == 6 and stats["connections"] == 1 and stats["idle_connections"] == 1
+
+
+def test_https_bodies_take_the_http_client_path_and_arrive_exact(
+    localoss: LocalOss, bucket: str, blob: bytes, tmp_path: Path
+) -> None:
+    # On TLS the descriptor carries encrypted records: the kernel must not read them (bytes would be
+    # garbage and the CRC would say so). Through a TLS proxy in front of localoss, the default
+    # bodyReceiver ("kernel") still reads every byte exactly, on a reused connection.
+    localoss.put_file(bucket, "tls.bin", blob)
+    with tls_proxy(localoss.port, tmp_path) as (port, cert):
+        os.environ["SSL_CERT_FILE"] = str(cert)  # the default context trusts it (restored after the test)
+        provider = StaticCredentialProvider(Credentials(localoss.access_key_id, localoss.access_key_secret))
+        with OssClient(parse_endpoint(f"https://127.0.0.1:{port}"), provider, load_config(None)) as c:
+            assert c.get_object_bytes(bucket, "tls.bin") == blob
+            for start in (0, 1 << 20, len(blob) - 1000):
+                buf = bytearray(1000)
+                assert c.get_into(bucket, "tls.bin", start, start + 1000, memoryview(buf)) == oss2_crc(
+                    blob[start : start + 1000]
+                )
+                assert bytes(buf) == blob[start : start + 1000]
+            stats = c.stats()
+    assert stats["connections"] == 1 and stats["retries"] == 0
