@@ -16,8 +16,8 @@ path it replaced (``bodyReceiver`` "python"), in one run against a ``localoss`` 
    for the client alone (``OssClient.get_into`` of every chunk into touched buffers from as many
    threads: no scheduler, no shared cache, no store), to tell the receive path from the rest.
 3. **Python-level calls per GiB** on the data path: ``sys.setprofile``/``threading.setprofile`` count
-   every Python call and every call of a C function on the prefetch workers' threads during one loopback
-   ``prepare_directory``; the socket
+   every Python call and every call of a C function on the prefetch workers' threads during one
+   ``prepare_directory`` on the loopback and one on the capped link; the socket
    reads among them (``socket.recv_into``, or the kernel's ``recv_into``) are where a worker gives the GIL
    back and must take it again.
 4. **Projection to a 32-vCPU node**: the GIL-held CPU per GiB (process CPU minus the CPU spent inside
@@ -288,9 +288,9 @@ def measure_gil(
 
 
 def measure_calls(
-    server: LocalOss, total: int, args: argparse.Namespace, work: Path
+    server: LocalOss, total: int, args: argparse.Namespace, work: Path, link: str
 ) -> dict[str, dict[str, float]]:
-    """Per path: Python calls, C calls and socket reads per GiB, and the GIL-released CPU per GiB."""
+    """Per path: Python calls, C calls and socket reads per GiB on the workers, over ``link``."""
     out: dict[str, dict[str, float]] = {}
     for path in PATHS:
         counter = CallCounter()
@@ -299,13 +299,13 @@ def measure_calls(
             prepare(server, path, args, work)()
         reads = sum(n for name, n in counter.c_calls.items() if name.endswith(".recv_into"))
         gib = total / GIB
-        out[path] = {
+        out[f"{path}, {link}"] = {
             "python calls": counter.python_calls / gib,
             "C calls": sum(counter.c_calls.values()) / gib,
             "socket reads (recv_into calls)": reads / gib,
         }
         top = ", ".join(f"{name} {n / gib:.0f}" for name, n in counter.c_calls.most_common(4))
-        print(f"  calls: {path}: {out[path]}; top C calls per GiB: {top}", flush=True)
+        print(f"  calls: {path}, {link}: {top}", flush=True)
     return out
 
 
@@ -355,13 +355,14 @@ def main() -> int:
             total = sum(sizes.values())
             run_bare(server, touched_buffers(sizes), args)()  # warm-up: the server indexes and caches
             cpu = measure_cpu(server, sizes, args, scratch)
-            calls = measure_calls(server, total, args, scratch)
+            calls = measure_calls(server, total, args, scratch, "loopback")
             held = measure_held(server, total, args, scratch)
         finally:
             stop(server)
         capped = localoss(scratch / "root", "--bandwidth-mibps", str(args.cap_mibps))
         try:
             rates = measure_gil(capped, sizes, args, scratch)
+            calls |= measure_calls(capped, total, args, scratch, f"capped {args.cap_mibps:.0f} MiB/s")
         finally:
             stop(capped)
     finally:
@@ -386,10 +387,9 @@ def main() -> int:
         gil_rows,
     )
 
-    call_rows = [
-        [name] + [f"{calls[path][name]:,.0f}" for path in PATHS] for name in next(iter(calls.values()))
-    ]
-    call_table = markdown_table(["per GiB", *PATHS], call_rows)
+    columns = list(calls)
+    call_rows = [[name] + [f"{calls[c][name]:,.0f}" for c in columns] for name in next(iter(calls.values()))]
+    call_table = markdown_table(["per GiB", *columns], call_rows)
 
     projection_rows = []
     lines = []
@@ -445,8 +445,10 @@ def main() -> int:
         f"{args.cap_mibps:.0f} MiB/s\n\n"
         f"Target >= 0.85: kernel **{ratio['kernel']:.2f}** ({gil_verdict}), python (before) "
         f"{ratio['python']:.2f}.\n\n{gil_table}\n\n"
-        "### Python-level calls per GiB on the data path (prefetch workers; one loopback run each, "
+        "### Python-level calls per GiB on the data path (prefetch workers; one run each, "
         "threading.setprofile)\n\n"
+        "On the capped link bytes arrive as the link delivers them: a Python read loop makes one GIL "
+        "round trip per socket read, the kernel one per chunk.\n\n"
         f"{call_table}\n\n"
         f"### Projection to a {NODE_VCPUS}-vCPU node\n\n"
         "GIL-held CPU per GiB = process CPU per GiB minus the CPU spent inside the calls that release the "
