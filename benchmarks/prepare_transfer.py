@@ -8,6 +8,8 @@ this script isolates the transfer, so that a change in the data path shows in a 
 - ``connector wait=True``: ``OssModelConnector.prepare_directory(wait=True)`` of a prefix with
   ``--files`` large files (random bytes) and a ``config.json``, into fresh ``/dev/shm`` segments; each
   worker receives a chunk into a buffer of its own and stores it with ``pwrite``;
+- ``connector wait=True with the http.client body (before issue 16)``: the same with ``bodyReceiver``
+  "python": each body read through ``http.client``'s ``readinto`` (the receive kernel's A/B);
 - ``connector wait=True via the mapping (before)``: the same with chunks received straight
   into the segment's ``MAP_SHARED`` mapping, as before (``SharedBacking.file_fetcher`` disabled), to show
   the change in the same run;
@@ -61,10 +63,11 @@ BUCKET = "bench-transfer"
 PREFIX = "model/"
 CONNECTOR = "connector wait=True"
 THROUGH_MAPPING = "connector wait=True via the mapping (before)"
+PYTHON_BODY = "connector wait=True with the http.client body (before issue 16)"
 BARE = "bare (touched buffer)"
 FRESH = "bare (fresh buffer)"
 STORE = "store only (pwrite into fresh /dev/shm files; no network)"
-CONTENDERS = (CONNECTOR, THROUGH_MAPPING, BARE, FRESH, STORE)
+CONTENDERS = (CONNECTOR, PYTHON_BODY, THROUGH_MAPPING, BARE, FRESH, STORE)
 
 Finish = Callable[[], None]
 Sample = tuple[float, float, int]
@@ -83,13 +86,16 @@ def make_files(server: LocalOss, size: int, files: int) -> dict[str, int]:
     return sizes
 
 
-def run_connector(server: LocalOss, sizes: dict[str, int], args: argparse.Namespace, work: Path) -> Finish:
+def run_connector(
+    server: LocalOss, sizes: dict[str, int], args: argparse.Namespace, work: Path, receiver: str = "kernel"
+) -> Finish:
     connector = OssModelConnector(
         server.endpoint,
         cred_provider=Credentials(server.access_key_id, server.access_key_secret),
         prefetch_vcpus=1,
         prefetch_workers=args.connections,
         chunk_size_mb=args.chunk_mib,
+        body_receiver=receiver,
     )
     connector.prepare_directory(f"oss://{BUCKET}/{PREFIX}", str(work / "model"), progress=False, wait=True)
 
@@ -167,9 +173,9 @@ def timed(name: str, server: LocalOss, sizes: dict[str, int], args: argparse.Nam
     buffers = touched_buffers(sizes) if name == BARE else {}
     before = resource.getrusage(resource.RUSAGE_SELF)
     began = time.perf_counter()
-    if name in (CONNECTOR, THROUGH_MAPPING):
+    if name in (CONNECTOR, THROUGH_MAPPING, PYTHON_BODY):
         with through_mapping(name == THROUGH_MAPPING):
-            finish = run_connector(server, sizes, args, work)
+            finish = run_connector(server, sizes, args, work, "python" if name == PYTHON_BODY else "kernel")
     elif name == STORE:
         finish = run_store(sizes, args)
     else:

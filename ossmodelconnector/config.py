@@ -57,6 +57,7 @@ DEFAULT_RETRY_BASE_DELAY_S = 0.1
 DEFAULT_RETRY_MAX_DELAY_S = 5.0
 DEFAULT_WAIT_TIMEOUT_S = 600.0
 DEFAULT_OWNER_CHECK_S = 1.0
+DEFAULT_BODY_RECEIVER = "kernel"
 
 # vcpus x workers threads each hold a connection; past this a machine spends its time switching threads.
 MAX_CONNECTIONS = 1024
@@ -74,6 +75,7 @@ MAX_WAIT_S = 30 * 24 * 3600.0
 
 _LOGGING_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
 _SIGNATURE_VERSIONS = ("", "v1", "v4")
+_BODY_RECEIVERS = ("kernel", "python")
 _REGION_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*\Z")
 
 
@@ -108,6 +110,10 @@ def _check_cache_dir(value: str) -> str | None:
 
 def _check_signature_version(value: str) -> str | None:
     return None if value in _SIGNATURE_VERSIONS else "it is not a known signature version"
+
+
+def _check_body_receiver(value: str) -> str | None:
+    return None if value in _BODY_RECEIVERS else "it is not a known body receiver"
 
 
 def _check_region(value: str) -> str | None:
@@ -172,6 +178,10 @@ class Config:
     ``OSSMC_OWNER_CHECK_S``                                              reader in another process notices
                                                                          that the owner died
                                                                          (``OwnerDiedError``)
+    ``body_receiver``            ``bodyReceiver``            "kernel"    "kernel": a ranged GET's body is
+    ``OSSMC_BODY_RECEIVER``                                              received without the GIL (plain
+                                                                         HTTP with a length); "python":
+                                                                         always through ``http.client``
     ============================ =========================== =========== ====================================
 
     Types are strict: an integer field refuses ``True``, ``8.0`` and ``"8"`` (the environment is the only
@@ -259,6 +269,15 @@ class Config:
     owner_check_s: float = field(
         default=DEFAULT_OWNER_CHECK_S,
         metadata=_key("ownerCheckSeconds", float, lo=0, hi=MAX_TIMEOUT_S, lo_exclusive=True),
+    )
+    body_receiver: str = field(
+        default=DEFAULT_BODY_RECEIVER,
+        metadata=_key(
+            "bodyReceiver",
+            str,
+            check=_check_body_receiver,
+            accepted='"kernel" (the default) or "python" (the http.client path, to compare)',
+        ),
     )
 
     def __post_init__(self) -> None:

@@ -47,6 +47,13 @@ __all__ = [
     "UnsafePathError",
 ]
 
+# Codes of failures below HTTP that the receive kernel (_fast) raises too; oss/responses.py re-exports them
+# with the other codes of our own. Not in __all__, which lists the exception classes.
+CODE_CONNECTION = "ConnectionError"
+"""``code`` of a :class:`RequestError` for a failed connection (reset, refused, broken pipe); retried."""
+CODE_TIMEOUT = "RequestTimeout"
+"""``code`` of a :class:`RequestTimeoutError` raised for silence on a socket; retried."""
+
 _CONTEXT = ("bucket", "key", "range", "status", "code", "request_id")
 
 

@@ -14,6 +14,8 @@ Exposes:
     futex_wake(buffer, offset) -> int: wake every waiter on that word, in any process.
     atomic_load_u32 / atomic_store_u32 / atomic_increment_u32(buffer, offset[, value]): the word, atomically
         (increment returns the new value, wrapping at 2**32).
+    recv_into(fd, dest, timeout_s, crc=0) -> (count, crc): receive from a socket until ``dest`` is full
+        or the stream ends, CRC-64 folded per piece, GIL released (the twin takes it per read).
     BACKEND: ``"cython"`` or ``"python"`` (``"python"`` if any kernel fell back to its twin).
 
 Note that ``from ossmodelconnector._fast.crc64 import crc64`` below rebinds the package attribute
@@ -36,6 +38,7 @@ __all__ = [
     "crc64_combine",
     "futex_wait",
     "futex_wake",
+    "recv_into",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,7 @@ if environment_value(PUREPYTHON_ENV) not in ("", "0"):
         crc64_combine,
         futex_wait,
         futex_wake,
+        recv_into,
     )
 
     BACKEND = "python"
@@ -93,5 +97,17 @@ else:
         log.warning(
             "ossmodelconnector's futex kernel is not importable (%s): waits on shared chunk states poll "
             "instead, waking up to milliseconds late; build it with `pip install --no-build-isolation -e .`",
+            exc,
+        )
+
+    try:
+        from ossmodelconnector._fast.receive import recv_into
+    except ImportError as exc:
+        from ossmodelconnector._fast._reference import recv_into
+
+        BACKEND = "python"
+        log.warning(
+            "ossmodelconnector's receive kernel is not importable (%s): bodies are received with the GIL "
+            "taken per socket read; build it with `pip install --no-build-isolation -e .`",
             exc,
         )

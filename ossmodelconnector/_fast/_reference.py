@@ -15,15 +15,24 @@ milliseconds late and burns a little CPU while waiting; ``futex_wake`` has nothi
 Their "atomics" are plain 4-byte reads and writes: atomic against threads of this process (the GIL), not
 against other processes, so two processes incrementing the same word at once may lose an increment (the
 state table has one writer per word, except the demand ring, whose requests are hints).
+
+The ``recv_into`` twin has the kernel's contract (fill the span or stop at end of stream, CRC-64 per
+piece, the same errors and messages) but takes the GIL back after every ``poll`` and every read, like any
+Python socket code: what the kernel exists to avoid.
 """
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import select
 import struct
 import time
 from operator import index
 from typing import TYPE_CHECKING
+
+from ossmodelconnector.errors import CODE_CONNECTION, CODE_TIMEOUT, RequestError, RequestTimeoutError
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -32,12 +41,15 @@ __all__ = [
     "CRC64_POLY_REFLECTED",
     "FUTEX_POLL_MAX_S",
     "FUTEX_POLL_MIN_S",
+    "RECEIVE_PIECE_BYTES",
     "as_bytes_view",
     "atomic_increment_u32",
     "atomic_load_u32",
     "atomic_store_u32",
     "check_crc",
+    "check_fd",
     "check_length",
+    "check_receive_dest",
     "check_timeout",
     "check_u32",
     "check_word_buffer",
@@ -46,6 +58,10 @@ __all__ = [
     "crc64_combine",
     "futex_wait",
     "futex_wake",
+    "poll_timeout_ms",
+    "receive_failed",
+    "receive_timed_out",
+    "recv_into",
 ]
 
 CRC64_POLY_REFLECTED = 0xC96C5795D7870F42
@@ -379,3 +395,137 @@ def atomic_increment_u32(buffer: Buffer, offset: int) -> int:
         number: int = (_U32.unpack_from(view, position)[0] + 1) & _MASK32
         _U32.pack_into(view, position, number)
         return number
+
+
+# --- receive ----------------------------------------------------------------------------------------
+
+RECEIVE_PIECE_BYTES = 256 * 1024
+"""Most bytes one ``recv`` asks for: its CRC-64 is folded right after, while the piece is still in the
+CPU's cache (256 KiB fits the L2 of current x86 cores; larger pieces gain nothing, a syscall per 256 KiB
+is about 40 per 10 MB)."""
+
+
+def check_fd(fd: object) -> int:
+    """``fd`` as a descriptor number (shared by both backends)."""
+    try:
+        number = index(fd)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"fd must be an int file descriptor (sock.fileno()), got {type(fd).__name__}"
+        ) from None
+    if number < 0:
+        raise ValueError(f"fd={number} is not a file descriptor: pass the socket's fileno()")
+    return number
+
+
+def check_receive_dest(dest: object) -> memoryview:
+    """A writable, C-contiguous byte view of ``dest`` (shared by both backends).
+
+    Raises:
+        TypeError: not a buffer, or read-only.
+        ValueError: not C-contiguous.
+    """
+    try:
+        view = memoryview(dest)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"dest must be a writable buffer (bytearray, memoryview, mmap), got {type(dest).__name__}"
+        ) from None
+    if view.readonly:
+        view.release()
+        raise TypeError("dest is read-only: received bytes need a writable buffer")
+    if not view.c_contiguous:
+        view.release()
+        raise ValueError("dest is not C-contiguous: pass a contiguous buffer")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def poll_timeout_ms(timeout_s: object) -> int:
+    """``timeout_s`` as ``poll``'s milliseconds, rounded up (-1 for ``math.inf``); shared by both backends.
+
+    Raises:
+        TypeError: not a number.
+        ValueError: NaN or negative.
+    """
+    seconds = check_timeout(timeout_s)
+    if seconds < 0:
+        raise ValueError(f"timeout_s={seconds} is negative: pass the seconds of silence to allow")
+    if math.isinf(seconds):
+        return -1
+    return min(math.ceil(seconds * 1000.0), 2**31 - 1)
+
+
+def receive_timed_out(received: int, wanted: int, timeout_s: float) -> RequestTimeoutError:
+    """The error for a socket silent for ``timeout_s`` (shared by both backends, so messages match).
+
+    ``range`` is the part of the destination that was filled before it: ``(0, received)``.
+    """
+    return RequestTimeoutError(
+        f"no byte arrived for {timeout_s:g} s after {received} of {wanted} bytes",
+        code=CODE_TIMEOUT,
+        range=(0, received),
+    )
+
+
+def receive_failed(number: int, received: int, wanted: int) -> RequestError:
+    """The error for a failed ``recv`` (reset, ...) with ``errno`` ``number`` (shared by both backends).
+
+    ``range`` is the part of the destination that was filled before it: ``(0, received)``; the cause is the
+    matching ``OSError`` (``ConnectionResetError``...).
+    """
+    error = RequestError(
+        f"the connection failed after {received} of {wanted} bytes: [Errno {number}] {os.strerror(number)}",
+        code=CODE_CONNECTION,
+        range=(0, received),
+    )
+    error.__cause__ = OSError(number, os.strerror(number))
+    return error
+
+
+def recv_into(fd: int, dest: Buffer, timeout_s: float, crc: int = 0) -> tuple[int, int]:
+    """Receive from the connected socket ``fd`` until ``dest`` is full or the peer ends the stream.
+
+    Args:
+        fd: a connected stream socket's descriptor, blocking or not (it is polled before each read).
+        dest: the writable, C-contiguous buffer to fill, from its first byte.
+        timeout_s: seconds without any byte arriving before giving up (``math.inf``: no limit).
+        crc: the CRC-64 of the bytes that precede ``dest`` (0 for none).
+
+    Returns:
+        ``(count, crc)``: bytes received (fewer than ``len(dest)`` only when the peer closed the stream)
+        and the CRC-64 continued over them.
+
+    Raises:
+        RequestTimeoutError: ``timeout_s`` passed without a byte (``range=(0, received)``).
+        RequestError: the socket failed (code ``ConnectionError``, ``range=(0, received)``, an
+            ``OSError`` as cause).
+        TypeError, ValueError: invalid arguments (as the kernel's).
+    """
+    number = check_fd(fd)
+    view = check_receive_dest(dest)
+    wait_ms = poll_timeout_ms(timeout_s)
+    crc = check_crc("crc", crc)
+    wanted = len(view)
+    got = 0
+    poller = select.poll()
+    poller.register(number, select.POLLIN)
+    with view:
+        while got < wanted:
+            piece = view[got : got + RECEIVE_PIECE_BYTES]
+            try:
+                # poll then read: the descriptor may be blocking; PEP 475 retries both on EINTR.
+                ready = poller.poll(wait_ms)
+                count = os.readv(number, [piece]) if ready else None
+            except BlockingIOError:
+                continue  # readable but nothing there after all (another reader took it): poll again
+            except OSError as exc:
+                raise receive_failed(exc.errno or errno.EIO, got, wanted) from exc
+            if count is None:
+                raise receive_timed_out(got, wanted, float(timeout_s))
+            if not count:
+                break
+            crc = crc64(piece[:count], crc)
+            got += count
+    return got, crc

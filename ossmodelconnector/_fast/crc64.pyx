@@ -189,6 +189,11 @@ cdef uint64_t _update(uint64_t reg, const unsigned char *p, size_t n, bint table
     return _update_tables(reg, p, n)
 
 
+cdef uint64_t crc64_update(uint64_t crc, const unsigned char *p, size_t n) noexcept nogil:
+    # For other kernels (crc64.pxd): the CRC-64 continued over n bytes, final values in and out.
+    return _update(crc ^ _MASK64, p, n, False) ^ _MASK64
+
+
 cdef inline uint64_t _as_crc(str name, object value) except? 0:
     if type(value) is int:
         try:

@@ -136,6 +136,9 @@ class Exchange:
     request_id: str | None = None
     nbytes: int = 0
     ok: bool = False
+    cleartext: bool = False
+    """Whether the body's bytes are on the socket as sent (plain HTTP; not TLS): the receive kernel's
+    condition (``oss/body.py``)."""
 
 
 class Exchanger:
@@ -262,6 +265,7 @@ class Exchanger:
                 conn.endheaders()
                 resp = conn.getresponse()
                 exchange.response = resp
+                exchange.cleartext = not isinstance(conn, http.client.HTTPSConnection)
                 exchange.status = resp.status
                 exchange.request_id = resp.getheader("x-oss-request-id")
                 if resp.status not in (200, 206):

@@ -25,6 +25,8 @@ from xml.etree.ElementTree import Element, XMLParser
 from defusedxml import ElementTree
 
 from ossmodelconnector.errors import (
+    CODE_CONNECTION,
+    CODE_TIMEOUT,
     AccessDeniedError,
     CredentialsError,
     ObjectChangedError,
@@ -59,10 +61,9 @@ Headers = Mapping[str, str] | Message
 """Response headers: a case-insensitive ``http.client`` message, or any mapping (tests)."""
 
 # Failures below HTTP (resets, timeouts, short bodies) get codes of our own, in the ``code`` attribute
-# like the server's codes, so that retry decisions never parse a message.
-CODE_CONNECTION = "ConnectionError"
+# like the server's codes, so that retry decisions never parse a message. The socket ones live in
+# errors.py, because the receive kernel (_fast) raises them too.
 CODE_INCOMPLETE = "IncompleteBody"
-CODE_TIMEOUT = "RequestTimeout"
 CODE_INVALID_RESPONSE = "InvalidResponse"
 CODE_TLS = "TLSError"
 CODE_UNKNOWN_HOST = "UnknownHost"  # the endpoint's name does not resolve: a typo, not worth retrying

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from localoss_harness import LocalOss, start_localoss
+from tls_harness import tls_proxy
 
 from ossmodelconnector.config import Config, load_config
 from ossmodelconnector.errors import (
@@ -550,3 +551,92 @@ def test_https_endpoint_against_a_plain_http_server_fails_cleanly(localoss: Loca
     assert caught.value.code == "ConnectionError"
     assert isinstance(caught.value.__cause__, RequestError)
     assert isinstance(caught.value.__cause__.__cause__, OSError)  # the TLS handshake's ssl.SSLError
+
+
+# -- the body receivers (oss/body.py): the receive kernel and the http.client path ---------------------
+
+
+@pytest.mark.parametrize("receiver", ["kernel", "python"])
+def test_body_receivers_read_exact_bytes_under_faults(
+    localoss_factory: Callable[..., LocalOss], blob: bytes, receiver: str
+) -> None:
+    server = localoss_factory(
+        "--fault-503", "0.2", "--fault-reset", "0.3", "--fault-short", "0.3", "--seed", "16"
+    )
+    server.put_file("fault-bucket", "blob.bin", blob)
+    rng = random.Random(16)
+    wanted = 0
+    with make_client(server, max_attempts=60, body_receiver=receiver) as c:
+        for _ in range(40):
+            start = rng.randrange(0, len(blob))
+            end = rng.randrange(start + 1, len(blob) + 1)
+            buf = bytearray(end - start)
+            assert c.get_into("fault-bucket", "blob.bin", start, end, memoryview(buf)) == oss2_crc(
+                blob[start:end]
+            )
+            assert bytes(buf) == blob[start:end]
+            wanted += end - start
+        stats = c.stats()
+    assert stats["retries"] > 0 and stats["errors"] == stats["retries"]
+    # A failed attempt keeps what it received and the retry asks only for the rest: every byte is
+    # received (and counted) once.
+    assert stats["bytes"] == wanted
+
+
+def test_kernel_resumes_after_the_bytes_a_reset_left(localoss_factory: Callable[..., LocalOss]) -> None:
+    # Most bodies are cut by a reset after some bytes: progress comes from keeping them (a retry that
+    # asked for the whole range again would fail as often).
+    server = localoss_factory("--fault-reset", "0.7", "--seed", "5")
+    data = os.urandom(4 << 20)
+    server.put_file("fault-bucket", "big.bin", data)
+    buf = bytearray(len(data))
+    step = 1 << 19
+    with make_client(server, max_attempts=100, body_receiver="kernel") as c:
+        for lo in range(0, len(data), step):
+            try:
+                crc = c.get_into("fault-bucket", "big.bin", lo, lo + step, memoryview(buf)[lo : lo + step])
+            except RetriesExhaustedError as exc:  # each reset must have kept some bytes
+                pytest.fail(f"no progress through resets: {exc}")
+            assert crc == oss2_crc(data[lo : lo + step])
+        stats = c.stats()
+    assert bytes(buf) == data
+    assert stats["bytes"] == len(data) and stats["retries"] > 0
+
+
+@pytest.mark.parametrize("receiver", ["kernel", "python"])
+def test_a_connection_is_reused_after_a_kernel_read_body(
+    localoss: LocalOss, bucket: str, receiver: str
+) -> None:
+    data = os.urandom(3 << 20)
+    localoss.put_file(bucket, "k", data)
+    with make_client(localoss, body_receiver=receiver) as c:
+        for start in range(0, len(data), 1 << 19):
+            buf = bytearray(1 << 19)
+            assert c.get_into(bucket, "k", start, start + len(buf), memoryview(buf)) == oss2_crc(
+                data[start : start + len(buf)]
+            )
+            assert bytes(buf) == data[start : start + len(buf)]
+        stats = c.stats()
+    assert stats["requests"] == 6 and stats["connections"] == 1 and stats["idle_connections"] == 1
+
+
+def test_https_bodies_take_the_http_client_path_and_arrive_exact(
+    localoss: LocalOss, bucket: str, blob: bytes, tmp_path: Path
+) -> None:
+    # On TLS the descriptor carries encrypted records: the kernel must not read them (bytes would be
+    # garbage and the CRC would say so). Through a TLS proxy in front of localoss, the default
+    # bodyReceiver ("kernel") still reads every byte exactly, on a reused connection.
+    localoss.put_file(bucket, "tls.bin", blob)
+    with tls_proxy(localoss.port, tmp_path) as (port, cert):
+        os.environ["SSL_CERT_FILE"] = str(cert)  # the default context trusts it (restored after the test)
+        provider = StaticCredentialProvider(Credentials(localoss.access_key_id, localoss.access_key_secret))
+        with OssClient(parse_endpoint(f"https://127.0.0.1:{port}"), provider, load_config(None)) as c:
+            assert c.get_object_bytes(bucket, "tls.bin") == blob
+            for start in (0, 1 << 20, len(blob) - 1000):
+                buf = bytearray(1000)
+                assert c.get_into(bucket, "tls.bin", start, start + 1000, memoryview(buf)) == oss2_crc(
+                    blob[start : start + 1000]
+                )
+                assert bytes(buf) == blob[start : start + 1000]
+            stats = c.stats()
+    assert stats["connections"] == 1 and stats["retries"] == 0

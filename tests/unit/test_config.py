@@ -117,6 +117,7 @@ def test_every_field_reads_its_environment_variable() -> None:
         "retry_max_delay_s": ("9", 9.0),
         "wait_timeout_s": ("30", 30.0),
         "owner_check_s": ("2", 2.0),
+        "body_receiver": ("python", "python"),
     }
     assert set(values) == {spec.name for spec in SPECS}
     for name, (text, _) in values.items():
@@ -173,6 +174,7 @@ def test_file_all_keys_nested(tmp_path: Path) -> None:
         "retry": {"maxAttempts": 2, "baseDelaySeconds": 0, "maxDelaySeconds": 1},
         "waitTimeoutSeconds": 20,
         "ownerCheckSeconds": 3,
+        "bodyReceiver": "python",
     }
     c = load_config(write_json(tmp_path, doc))
     assert c.prefetch_connections == 64 and c.fast_list_requests == 16
@@ -284,6 +286,7 @@ BAD_VALUES = [
     ({"logLevel": {"x": 1}}, "logLevel", "an integer from 0 to 3"),
     ({"signatureVersion": "v2"}, "signatureVersion", '"v1", "v4" or ""'),
     ({"signatureVersion": 4}, "signatureVersion", '"v1", "v4" or ""'),
+    ({"bodyReceiver": "rust"}, "bodyReceiver", '"kernel" (the default) or "python"'),
     ({"cacheDir": "relative/dir"}, "cacheDir", "an absolute directory path"),
     ({"cacheDir": ""}, "cacheDir", "an absolute directory path"),
     ({"region": "CN_Hangzhou"}, "region", "a region id"),
