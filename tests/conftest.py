@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -18,6 +19,11 @@ from localoss_harness import LocalOss, start_localoss
 from ossmodelconnector.cache.segments import ours_in_dev_shm
 
 _bucket_numbers = itertools.count()
+
+# No test asserts a duration, hypothesis' per-example deadline included: on a shared 2-core machine an
+# example that takes 200 ms instead of 20 says nothing about the code. Tests may still set their own.
+settings.register_profile("ossmodelconnector", deadline=None)
+settings.load_profile("ossmodelconnector")
 
 
 def _shm_names_held_elsewhere() -> set[str]:
