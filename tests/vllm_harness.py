@@ -9,7 +9,7 @@ This module runs on both sides, so it imports only the standard library at the t
   machine, the model (a Qwen2 with random weights and a word-level tokenizer, built here), the server's
   HTTP API, the process tree;
 - both sides: :class:`ShmSampler`, which samples what the connector holds in ``/dev/shm`` and which
-  processes map it.
+  processes map or read it.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ DTYPE = "float32"  # bfloat16 kills the worker with SIGILL on this CPU
 TENSOR_PARALLEL = 2
 MAX_MODEL_LEN = 128
 
-# The test model: ~230 MiB of float32 in 6 shards; vLLM starts it in seconds on 2 cores.
+# The test model: ~225 MiB of float32 in 5 shards ("a few hundred MiB"; more only costs CI time).
 MODEL_VOCAB = 16384
 MODEL_HIDDEN = 512
 MODEL_INTERMEDIATE = 1536

@@ -213,6 +213,7 @@ def test_llm_in_code_while_streaming(
     env = {**engine_environment(), **_credentials(server)}
     args = ["--model", str(model_dir), "--oss-uri", f"oss://{BUCKET}/{PREFIX}", "--endpoint", server.endpoint]
     report = _run_engine(engine_python, args, env)
+    print(f"in code: {report['tokens']}, reference {reference['tokens']}")
     assert report["tokens"] == reference["tokens"]
     mapped, marks, transfer = report["mapped"], report["marks"], report["transfer"]
     _check_one_copy(mapped, model_bytes)
@@ -260,6 +261,7 @@ def _tokens_then_sigterm(
         stop_tree(process)
         print(log_path.read_text(errors="replace")[-8000:])
         raise
+    print(f"/v1/completions: {tokens}, reference {reference['tokens']}; exit code after SIGTERM {code}")
     assert tokens == reference["tokens"]
     _check_one_copy(mapped, model_bytes)
     assert code == SERVER_EXIT_ON_SIGTERM, log_path.read_text(errors="replace")[-4000:]
