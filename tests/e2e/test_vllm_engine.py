@@ -5,8 +5,8 @@ runs this module) or ``$OSSMC_VLLM_PYTHON``; skipped, with that reason, when the
 
 One model for the module: a Qwen2 with random weights (~225 MiB of float32 in 5 shards, a word-level
 tokenizer), served by ``localoss`` with a bandwidth cap low enough that vLLM opens the shards while they
-are still arriving (the transfer lasts 1.5 times as long as vLLM took to reach its loader in the
-reference run). The reference
+are still arriving (in code, the transfer lasts 2.5 times as long as vLLM took to reach its loader in
+the reference run; 1.5 times for the servers). The reference
 tokens come from the same engine over a plain local copy, once. Each way of running vLLM must generate
 exactly those tokens, greedily:
 
@@ -69,7 +69,11 @@ PREFIX = "qwen2/"
 ENGINE_TIMEOUT_S = 400  # start-up is ~20 s here; a hang shows up as this, never as a passing test
 SERVER_EXIT_ON_SIGTERM = 0  # vLLM's OpenAI server shuts down cleanly on SIGTERM and exits 0
 ONE_COPY_SLACK = 1.1  # peak shared memory of the connector / model bytes, with two workers reading
-STREAM_FACTOR = 1.5  # transfer time / the time vLLM takes to reach its loader
+# Transfer time / the time vLLM took to reach its loader over the local copy. In code, where the test
+# asserts that the workers open the shards before the transfer ends, with room for a machine that slows
+# down between the two runs (seen: 14 s, then 22 s); the servers only stream, their cost counts in CI.
+STREAM_FACTOR_IN_CODE = 2.5
+STREAM_FACTOR_SERVERS = 1.5
 KILL_CAP_MIBPS = 2.0  # the owner-killed test: the transfer must still be running when the workers load
 
 
@@ -120,12 +124,17 @@ def serve(
 
 
 @pytest.fixture(scope="module")
-def stream_cap_mibps(reference: dict[str, Any], source_model: tuple[Path, int]) -> float:
-    """A cap making the transfer last 1.5 times as long as vLLM took to reach its loader over a local copy:
-    long enough for the workers to open the shards while they arrive, short enough for CI's budget."""
+def stream_cap_mibps(reference: dict[str, Any], source_model: tuple[Path, int]) -> Callable[[float], float]:
+    """The cap that makes the transfer last ``factor`` times as long as vLLM took to reach its loader."""
     _, model_bytes = source_model
-    cap = model_bytes / (1 << 20) / (STREAM_FACTOR * reference["seconds_to_loader"])
-    print(f"vLLM reached its loader {reference['seconds_to_loader']:.1f} s after LLM(): cap {cap:.1f} MiB/s")
+
+    def cap(factor: float) -> float:
+        mibps = model_bytes / (1 << 20) / (factor * reference["seconds_to_loader"])
+        print(
+            f"vLLM reached its loader {reference['seconds_to_loader']:.1f} s after LLM(): {mibps:.1f} MiB/s"
+        )
+        return mibps
+
     return cap
 
 
@@ -208,11 +217,11 @@ def test_llm_in_code_while_streaming(
     source_model: tuple[Path, int],
     reference: dict[str, Any],
     serve: Callable[[float], LocalOss],
-    stream_cap_mibps: float,
+    stream_cap_mibps: Callable[[float], float],
     tmp_path: Path,
 ) -> None:
     _, model_bytes = source_model
-    server = serve(stream_cap_mibps)
+    server = serve(stream_cap_mibps(STREAM_FACTOR_IN_CODE))
     model_dir = tmp_path / "model"
     env = {**engine_environment(), **_credentials(server)}
     args = ["--model", str(model_dir), "--oss-uri", f"oss://{BUCKET}/{PREFIX}", "--endpoint", server.endpoint]
@@ -221,7 +230,10 @@ def test_llm_in_code_while_streaming(
     assert report["tokens"] == reference["tokens"]
     mapped, marks, transfer = report["mapped"], report["marks"], report["transfer"]
     # The workers opened the shards while bytes were still arriving: the engine streamed, not waited.
-    assert mapped["first_mapped_at"] < transfer["finished_at"]
+    assert mapped["first_mapped_at"] < transfer["finished_at"], (
+        f"the transfer ended {mapped['first_mapped_at'] - transfer['finished_at']:.1f} s before the workers "
+        "opened a shard: vLLM started far slower than in the reference run (a loaded machine)"
+    )
     _check_one_copy(mapped, model_bytes, both_workers_seen=True)
     assert set(transfer["files"].values()) == {"cached"}
     assert model_bytes <= report["fetched_bytes"]
@@ -287,11 +299,11 @@ def test_run_wrapper_serves_then_sigterm(
     source_model: tuple[Path, int],
     reference: dict[str, Any],
     serve: Callable[[float], LocalOss],
-    stream_cap_mibps: float,
+    stream_cap_mibps: Callable[[float], float],
     tmp_path: Path,
 ) -> None:
     _, model_bytes = source_model
-    server = serve(stream_cap_mibps)
+    server = serve(stream_cap_mibps(STREAM_FACTOR_SERVERS))
     model_dir, port = tmp_path / "model", _free_port()
     wrapper = [str(Path(engine_python).parent / "ossmodelconnector"), "run", "--endpoint", server.endpoint]
     wrapper += [f"oss://{BUCKET}/{PREFIX}", str(model_dir), "--"]
@@ -308,11 +320,11 @@ def test_enable_connector_serves_then_sigterm(
     source_model: tuple[Path, int],
     reference: dict[str, Any],
     serve: Callable[[float], LocalOss],
-    stream_cap_mibps: float,
+    stream_cap_mibps: Callable[[float], float],
     tmp_path: Path,
 ) -> None:
     _, model_bytes = source_model
-    server = serve(stream_cap_mibps)
+    server = serve(stream_cap_mibps(STREAM_FACTOR_SERVERS))
     model_dir, port = tmp_path / "model", _free_port()
     env = {**engine_environment(), **_credentials(server)}
     env.update(
