@@ -31,7 +31,7 @@ test: setup lint
 # built (no registry), the tests are skipped and the reason is printed: how to build it.
 test-engines: setup
 	.ci/vllm_venv || echo "test-engines: building .venv-vllm failed (above); the engine tests will be skipped"
-	$(PY) -m pytest -q -rs --durations=0 $(ENGINE_TESTS)
+	$(PY) -m pytest -q -rsP --durations=0 $(ENGINE_TESTS)
 
 test-fast: setup
 	$(PY) -m pytest -q -x tests/unit

