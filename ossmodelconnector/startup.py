@@ -25,7 +25,9 @@ Both variables travel to children through the environment: ``spawn`` and ``forks
 ``subprocess`` and ``python -m`` all start a new interpreter, which runs this hook again. ``fork``
 children inherit the loaded modules instead (``cache/attaching.py`` switches their handles to the shared
 states). Failures never stop the program: they are reported on stderr (a reader without the hook still
-reads complete small files; the owner's error names the variable to fix).
+reads complete small files; the owner's error names the variable to fix). A ``MODEL_DIR`` that an earlier
+owner left (killed before it finished) is still read through the hooks then, so its unfilled bytes raise
+that owner's death instead of reading as zeros.
 """
 
 from __future__ import annotations
@@ -150,6 +152,36 @@ def run() -> None:
     except Exception as exc:
         print(f"ossmodelconnector: start-up hook failed, continuing without it: {exc}", file=sys.stderr)
         log.debug("start-up hook failed", exc_info=True)
+        if enabled():
+            _guard_what_an_owner_left()
+
+
+def _guard_what_an_owner_left() -> None:
+    """After ``ENABLE_CONNECTOR`` failed: read what an earlier owner left in ``MODEL_DIR`` through the hooks.
+
+    An owner killed before it finished (before it even reported ready) leaves entries that are symlinks to
+    segments it never filled; read without the hooks they are zeros, the one outcome worse than an error.
+    Read as an exported directory they wait for bytes and then raise that owner's death. The variable is
+    exported, so the children read it the same way instead of each starting an owner of its own.
+    """
+    try:
+        model_dir = _model_dir()
+        if read_owner(model_dir) is None:  # no owner ever prepared it: nothing of ours to misread
+            return
+        directories = exported_directories()
+        if model_dir not in directories:
+            export_directory(model_dir)
+            directories = [*directories, model_dir]
+        _become_reader(directories)
+    except Exception as exc:
+        print(f"ossmodelconnector: cannot guard {os.environ.get(MODEL_DIR_ENV)}: {exc}", file=sys.stderr)
+        log.debug("guarding what an owner left failed", exc_info=True)
+        return
+    print(
+        f"ossmodelconnector: {model_dir} holds files of an earlier owner: they are read through the cache, "
+        "and bytes it never fetched raise an error instead of reading as zeros",
+        file=sys.stderr,
+    )
 
 
 def serve_directory(uri: str, model_dir: str) -> int:

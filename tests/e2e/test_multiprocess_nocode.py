@@ -365,6 +365,77 @@ def test_owner_killed_mid_download(localoss_factory: Any, tmp_path: Path) -> Non
     assert not [path for path in old_files if os.path.exists(path)]
 
 
+def test_a_dead_owners_files_never_read_as_zeros_when_no_new_owner_starts(
+    localoss_factory: Any, tmp_path: Path
+) -> None:
+    """ENABLE_CONNECTOR whose owner process fails (here: a wrong secret) over a directory that an owner
+    killed mid-download left behind: the program reads the leftovers through the cache's checks (the dead
+    owner's error), never the zeros of its unfilled segments; its children read them the same way."""
+    source = tmp_path / "source"
+    write_sharded_model(str(source), 16, 2)
+    slow = localoss_factory("--bandwidth-mibps", "2")
+    _upload(slow, "leftover", "m/", source)
+    model_dir = tmp_path / "model"
+    env = _base_env(slow, model_dir)
+    credentials = (slow.access_key_id, slow.access_key_secret)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, slow.endpoint, *credentials, "oss://leftover/m/", str(model_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "ready"
+        old = read_manifest(manifest_path(model_dir))
+        leftovers = [entry.data_path for entry in old.files.values()] + [f"/dev/shm/{old.state_table}"]
+    finally:
+        owner.kill()
+        owner.wait(30)
+        assert owner.stdout is not None
+        owner.stdout.close()
+    user_env = child_environment(env)
+    user_env.update(
+        ENABLE_CONNECTOR="1",
+        OSS_ENDPOINT=slow.endpoint,
+        OSS_PATH="oss://leftover/m/",
+        MODEL_DIR=str(model_dir),
+        OSS_ACCESS_KEY_SECRET="not-the-secret",  # the new owner process fails before touching MODEL_DIR
+        OSSMC_OWNER_CHECK_S="0.5",
+        OSSMC_WAIT_TIMEOUT_S="120",
+    )
+    program = READER + textwrap.dedent(
+        """
+        import subprocess
+        ask = "import os; print(os.environ.get('OSSMC_PREPARED_DIRS'))"
+        child = subprocess.run([sys.executable, "-c", ask], capture_output=True, text=True)
+        print("child", child.stdout.strip())
+        """
+    )
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-c", program, str(model_dir)],
+            env=user_env,
+            capture_output=True,
+            text=True,
+            timeout=PROCESS_TIMEOUT_S,
+            check=False,
+        )
+        lines = completed.stdout.strip().splitlines()
+        assert "start-up hook failed" in completed.stderr and "SignatureDoesNotMatch" in completed.stderr, (
+            completed.stderr[-3000:]
+        )
+        kind, _, message = lines[1].split(" ", 2)
+        assert kind == "OwnerDiedError", lines  # not "loaded": the unfilled bytes were never read as zeros
+        assert "read through the cache" in completed.stderr, completed.stderr[-3000:]
+        assert "prepare the directory again" in message
+        assert lines[2] == f"child {model_dir}", lines  # exported: children read it the same way
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "ossmodelconnector.cli", "gc"], env=env, capture_output=True, timeout=120
+        )
+    assert not [path for path in leftovers if os.path.exists(path)], "the dead owner's segments remain"
+
+
 COOPERATOR = textwrap.dedent(
     """
     import json, sys
