@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 __all__ = [
     "TEMPORARY_NAME_EXTRA_BYTES",
     "atomic_output",
+    "set_times",
     "symlink_atomically",
     "temporary_name",
     "write_json_atomically",
@@ -74,10 +75,7 @@ def atomic_output(
             yield out
             out.flush()  # every write before the times: a write after them would move them again
             if mtime_ns is not None:
-                try:
-                    os.utime(out.fileno(), ns=(mtime_ns, mtime_ns))
-                except OSError as exc:  # a time is never worth a failed write: the bytes are what matter
-                    log.warning("cannot set the modification time of %s: %s", path, exc)
+                set_times(out.fileno(), mtime_ns, name=os.fspath(path))
             if fsync:
                 os.fsync(out.fileno())
         os.replace(temporary, path)
@@ -106,12 +104,39 @@ def symlink_atomically(target: str, path: str | os.PathLike[str], *, mtime_ns: i
     os.symlink(target, temporary)
     try:
         if mtime_ns is not None:
-            try:
-                os.utime(temporary, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
-            except OSError as exc:
-                log.warning("cannot set the modification time of the symlink %s: %s", path, exc)
+            set_times(temporary, mtime_ns, name=f"the symlink {os.fspath(path)}", follow_symlinks=False)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def set_times(
+    target: int | str | os.PathLike[str], mtime_ns: int, *, name: str, follow_symlinks: bool = True
+) -> bool:
+    """Set ``target``'s access and modification times to ``mtime_ns`` (an object's ``Last-Modified``).
+
+    A time is for caches keyed on it; the bytes are what a load needs: a file system that refuses it
+    gets a WARNING and False, never an error.
+
+    Args:
+        target: an open descriptor or a path.
+        mtime_ns: nanoseconds since the epoch.
+        name: what the warning calls the file.
+        follow_symlinks: False to set a symlink's own times (``target`` a path).
+
+    Returns:
+        Whether the times were set.
+    """
+    try:
+        os.utime(target, ns=(mtime_ns, mtime_ns), follow_symlinks=follow_symlinks)
+    except OSError as exc:
+        log.warning(
+            "cannot set the modification time of %s to its object's Last-Modified (%s): it shows the time "
+            "of its writes, so caches keyed on it (a web UI's hash cache) will read it again",
+            name,
+            exc,
+        )
+        return False
+    return True

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import posix_ipc
 
+from ossmodelconnector.atomic_files import set_times
 from ossmodelconnector.errors import CacheError
 from ossmodelconnector.objects import ObjectInfo
 
@@ -453,7 +454,7 @@ def create_segment(directory: str, name: str, size: int, *, mtime_ns: int | None
         if size and os.fstat(fd).st_size != size:
             os.ftruncate(fd, size)
         if mtime_ns is not None:
-            _set_times(fd, path, mtime_ns)  # after the sizing, which moves it
+            set_times(fd, mtime_ns, name=path)  # after the sizing, which moves it
         mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED) if size else None
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -465,13 +466,6 @@ def create_segment(directory: str, name: str, size: int, *, mtime_ns: int | None
     finally:
         os.close(fd)
     return Segment(name, path, size, mapping, writable=True)
-
-
-def _set_times(fd: int, path: str, mtime_ns: int) -> None:
-    try:
-        os.utime(fd, ns=(mtime_ns, mtime_ns))
-    except OSError as exc:  # a time is never worth a failed prepare
-        log.warning("cannot set the modification time of %s to its object's Last-Modified: %s", path, exc)
 
 
 def attach_segment(directory: str, name: str, *, writable: bool = False) -> Segment:

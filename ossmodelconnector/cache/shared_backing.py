@@ -26,6 +26,7 @@ import mmap
 import os
 import threading
 
+from ossmodelconnector.atomic_files import set_times
 from ossmodelconnector.cache.state_table import FileStatus, StateTable, TableStatus
 from ossmodelconnector.errors import CacheError, ClosedError
 from ossmodelconnector.objects import FetchInto
@@ -249,18 +250,6 @@ class SharedBacking:
             os.close(fd)
 
     def _set_times(self, fd: int) -> None:
-        mtime_ns = self.mtime_ns
-        if mtime_ns is None:
-            return
-        try:
-            os.utime(fd, ns=(mtime_ns, mtime_ns))
-        except OSError as exc:
-            # A time is never worth a failed chunk: said once, and not tried again for this file.
+        # A refused time is said once (a WARNING) and not tried again for this file.
+        if self.mtime_ns is not None and not set_times(fd, self.mtime_ns, name=f"{self}'s {self.path}"):
             self.mtime_ns = None
-            log.warning(
-                "%s: cannot set the modification time of %s to its Last-Modified (%s): it shows the time "
-                "of each write, so caches keyed on it (a web UI's hash cache) will read the file again",
-                self,
-                self.path,
-                exc,
-            )
