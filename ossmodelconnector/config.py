@@ -58,6 +58,15 @@ DEFAULT_RETRY_MAX_DELAY_S = 5.0
 DEFAULT_WAIT_TIMEOUT_S = 600.0
 DEFAULT_OWNER_CHECK_S = 1.0
 DEFAULT_BODY_RECEIVER = "kernel"
+DEFAULT_FLEET_ENABLED = False
+DEFAULT_FLEET_MASTER_ADDR = ""
+DEFAULT_FLEET_PORT = 0
+DEFAULT_FLEET_NODES = 0
+DEFAULT_FLEET_RANK = -1
+DEFAULT_FLEET_TIMEOUT_S = 30.0
+MAX_FLEET_NODES = 65536
+_TRUE_TEXTS = ("1", "true", "yes", "on")
+_FALSE_TEXTS = ("0", "false", "no", "off")
 
 # vcpus x workers threads each hold a connection; past this a machine spends its time switching threads.
 MAX_CONNECTIONS = 1024
@@ -114,6 +123,12 @@ def _check_signature_version(value: str) -> str | None:
 
 def _check_body_receiver(value: str) -> str | None:
     return None if value in _BODY_RECEIVERS else "it is not a known body receiver"
+
+
+def _check_host(value: str) -> str | None:
+    if value and (value != value.strip() or any(c in value for c in "\0/ ")):
+        return "it is not a host name or address"
+    return None
 
 
 def _check_region(value: str) -> str | None:
@@ -182,6 +197,24 @@ class Config:
     ``OSSMC_BODY_RECEIVER``                                              received without the GIL (plain
                                                                          HTTP with a length); "python":
                                                                          always through ``http.client``
+    ``fleet_enabled``            ``fleet.enabled``           false       true: the nodes preparing the same
+    ``OSSMC_FLEET_ENABLED``                                              directory share chunks (fleet
+                                                                         mode; ``ossmodelconnector[fleet]``)
+    ``fleet_master_addr``        ``fleet.masterAddr``        ""          rank 0's address; "" =
+    ``OSSMC_FLEET_MASTER_ADDR``                                          ``MASTER_ADDR`` (or
+                                                                         ``LWS_LEADER_ADDRESS``)
+    ``fleet_port``               ``fleet.port``              0           TCP port 0..65535 of the fleet's
+    ``OSSMC_FLEET_PORT``                                                 rendezvous; 0 = ``MASTER_PORT`` + 1
+    ``fleet_nodes``              ``fleet.nodes``             0           integer 0..65536; 0 = ``NNODES``,
+    ``OSSMC_FLEET_NODES``                                                else ``WORLD_SIZE`` (or
+                                                                         ``LWS_GROUP_SIZE``)
+    ``fleet_rank``               ``fleet.rank``              -1          this node, 0..nodes-1; -1 =
+    ``OSSMC_FLEET_RANK``                                                 ``NODE_RANK``, else ``RANK`` (or
+                                                                         ``LWS_WORKER_INDEX``)
+    ``fleet_timeout_s``          ``fleet.timeoutSeconds``    30          seconds > 0, <= 3600 the fleet waits
+    ``OSSMC_FLEET_TIMEOUT_S``                                            for a node (to form the group, to
+                                                                         send or take one chunk) before
+                                                                         the others fetch from OSS
     ============================ =========================== =========== ====================================
 
     Types are strict: an integer field refuses ``True``, ``8.0`` and ``"8"`` (the environment is the only
@@ -278,6 +311,23 @@ class Config:
             check=_check_body_receiver,
             accepted='"kernel" (the default) or "python" (the http.client path, to compare)',
         ),
+    )
+
+    fleet_enabled: bool = field(default=DEFAULT_FLEET_ENABLED, metadata=_key("fleet.enabled", bool))
+    fleet_master_addr: str = field(
+        default=DEFAULT_FLEET_MASTER_ADDR,
+        metadata=_key("fleet.masterAddr", str, check=_check_host, accepted="a host name or an IP address"),
+    )
+    fleet_port: int = field(default=DEFAULT_FLEET_PORT, metadata=_key("fleet.port", int, lo=0, hi=65535))
+    fleet_nodes: int = field(
+        default=DEFAULT_FLEET_NODES, metadata=_key("fleet.nodes", int, lo=0, hi=MAX_FLEET_NODES)
+    )
+    fleet_rank: int = field(
+        default=DEFAULT_FLEET_RANK, metadata=_key("fleet.rank", int, lo=-1, hi=MAX_FLEET_NODES - 1)
+    )
+    fleet_timeout_s: float = field(
+        default=DEFAULT_FLEET_TIMEOUT_S,
+        metadata=_key("fleet.timeoutSeconds", float, lo=0, hi=MAX_TIMEOUT_S, lo_exclusive=True),
     )
 
     def __post_init__(self) -> None:
@@ -387,6 +437,8 @@ class _Spec:
             return k.accepted
         if k.kind is str:
             return "a string"
+        if k.kind is bool:
+            return "true or false (in the environment: 1/0, true/false, yes/no, on/off)"
         noun = "an integer" if k.kind is int else "a number of seconds"
         if k.lo is None:
             return noun
@@ -467,6 +519,10 @@ def _check_value(spec: _Spec, value: Any, source: str) -> Any:
             if problem:
                 raise _invalid(spec, value, source, f"is refused: {problem}")
         return value
+    if key.kind is bool:
+        if not isinstance(value, bool):
+            raise _invalid(spec, value, source, f"is a {type(value).__name__}, not true or false")
+        return value
     # bool is an int subclass, but ``"prefetch": {"workers": true}`` is always a mistake.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _invalid(spec, value, source, f"is a {type(value).__name__}, not a number")
@@ -489,6 +545,11 @@ def _check_value(spec: _Spec, value: Any, source: str) -> Any:
 def _parse_env(spec: _Spec, text: str) -> Any:
     if spec.kind is str:
         return text
+    if spec.kind is bool:
+        word = text.strip().lower()
+        if word in _TRUE_TEXTS or word in _FALSE_TEXTS:
+            return word in _TRUE_TEXTS
+        raise _invalid(spec, text, f"environment variable {spec.env}", "is not a yes or a no")
     try:
         return int(text.strip(), 10) if spec.kind is int else float(text.strip())
     except ValueError:

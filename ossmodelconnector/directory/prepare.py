@@ -62,6 +62,9 @@ from ossmodelconnector.errors import (
     IntegrityError,
     ObjectNotFoundError,
 )
+from ossmodelconnector.fleet.exchange import FleetExchange, import_group_early
+from ossmodelconnector.fleet.plan import FleetPlan
+from ossmodelconnector.fleet.rendezvous import FleetSettings, fleet_settings
 from ossmodelconnector.objects import FetchInto, ObjectInfo
 from ossmodelconnector.oss.listing import fast_list
 from ossmodelconnector.oss.uri import parse_prefix_uri
@@ -155,6 +158,14 @@ def prepare_directory(
     bucket, prefix = parse_prefix_uri(oss_dir)
     uri = f"oss://{bucket}/{prefix}"
     idle_s = lazy_idle_seconds(uri, config, lazy=lazy, wait=wait, gc_idle_seconds=gc_idle_seconds)
+    fleet = fleet_settings(config)  # a fleet's settings are checked before anything is touched
+    if fleet is not None and lazy:
+        log.info(
+            "%s: fleet mode: a lazy directory loads alone (its files are fetched as they are opened)", uri
+        )
+        fleet = None
+    if fleet is not None:
+        import_group_early()
     refuse_overlap(normalize_model_dir(model_dir))
     check = check_model_dir(model_dir)
     entries = plan_entries(fast_list(client, bucket, prefix, config.fast_list_requests), bucket, prefix)
@@ -214,7 +225,7 @@ def prepare_directory(
                 removed = clean_model_dir(check.path)
                 log.debug("%s: removed %d entries of the previous prepare", check.path, removed)
             claim_model_dir(check, {"uri": uri, "endpoint": namespace})
-            directory._start_large(client, scheduler, namespace)
+            directory._start_large(client, scheduler, namespace, fleet)
             directory._download_small(client, pool)
             directory.progress.mark_ready()
             # Child processes (spawn, subprocess) attach, not prepare; a lazy directory's files are this
@@ -289,6 +300,8 @@ class PreparedDirectory:
         """The lazy side (``prepare_directory(..., lazy=True)``): files, ``gc_idle_seconds``, ``collect``."""
         self._demand: DemandServer | None = None
         self._peers: list[PeerSource] = []
+        self.fleet: FleetExchange | None = None
+        """This node's share of a fleet (fleet mode), or None."""
         self._pid = os.getpid()
 
     # --- public -------------------------------------------------------------------------------------
@@ -352,6 +365,8 @@ class PreparedDirectory:
         """
         summary = self.progress.summary()
         summary["placement"] = self.placement
+        if self.fleet is not None:
+            summary["fleet"] = self.fleet.stats()
         summary["states"] = self.file_states()
         return summary
 
@@ -386,6 +401,8 @@ class PreparedDirectory:
         if owner:
             steps += [(f"remove {path}", partial(_unlink_link, path, target)) for path, target in links]
         steps += [(f"stop waiting on {peer.lister.directory}", peer.close) for peer in peers]
+        if self.fleet is not None:
+            steps.append(("leave the fleet", self.fleet.close))
         if self._demand is not None:
             steps.append(("stop serving demands", self._demand.close))
         steps += [(f"close {name}", handle.close) for name, handle in handles]
@@ -420,7 +437,9 @@ class PreparedDirectory:
 
     # --- building (prepare_directory) ---------------------------------------------------------------
 
-    def _start_large(self, client: OssClient, scheduler: PrefetchScheduler, namespace: str) -> None:
+    def _start_large(
+        self, client: OssClient, scheduler: PrefetchScheduler, namespace: str, fleet: FleetSettings | None
+    ) -> None:
         large = [file for file in self.files if file.large]
         if not large:
             return
@@ -465,13 +484,17 @@ class PreparedDirectory:
         # Fetching starts once every entry exists (a framework globbing the directory sees them all), and
         # with the scheduler's lock held throughout, so that the first chunk of every file is queued
         # before any worker starts on a body: transformers opens every shard before reading a tensor.
+        order = chunk_order(
+            [file.size for file in large], [file.tensors for file in large], self._config.chunk_size
+        )
+        if fleet is not None:
+            self._join_fleet(fleet, cache, [file.info for file in large], order)
         with scheduler.lock:
             for index, file in enumerate(large):
                 self._register_large(client, scheduler, cache, index, file, eager=True)
-            order = chunk_order(
-                [file.size for file in large], [file.tensors for file in large], self._config.chunk_size
-            )
             scheduler.read_ahead_in_order([(self._handles[large[i].name], chunk) for i, chunk in order])
+        if self.fleet is not None:
+            self.fleet.start()
         for file in large:
             with self._while_open():
                 register_file(file.path, self._handles[file.name], mtime_ns=file.info.mtime_ns)
@@ -508,6 +531,8 @@ class PreparedDirectory:
                 self._peers.append(source)
             with cache.data_view(index) as own:
                 fetch = source.fetch_into(fetch, own)
+        if self.fleet is not None:  # eager only: this node's share from OSS, the rest from the peers
+            fetch = self.fleet.fetch_into(index, fetch)
         with self._while_open():
             handle = scheduler.register(
                 file.info,
@@ -521,6 +546,32 @@ class PreparedDirectory:
                 self._handles[file.name] = handle  # recorded with the registration: close() undoes both
         self.progress.set_verdict(file.name, partial(_verdict, handle))
         return handle
+
+    def _join_fleet(
+        self, fleet: FleetSettings, cache: SharedCache, infos: list[ObjectInfo], order: list[tuple[int, int]]
+    ) -> None:
+        total = sum(info.size for info in infos)
+        limit = self._config.memory_limit_bytes
+        if limit is not None and limit < total:
+            log.warning(
+                "%s: fleet mode: the large files (%d bytes) exceed memoryLimitMB (%d bytes), so chunks "
+                "may be dropped before the peers had them; this node loads alone",
+                self.model_dir,
+                total,
+                limit,
+            )
+            return
+        views = [cache.data_view(index) for index in range(len(infos))]
+        exchange = FleetExchange(
+            fleet, FleetPlan(infos, order, self._config.chunk_size, fleet.nodes), views, name=self.model_dir
+        )
+        try:
+            with self._while_open():
+                self.fleet = exchange
+        except ClosedError:
+            exchange.close()
+            raise
+        self.progress.sources = exchange.sources
 
     @contextlib.contextmanager
     def _while_open(self) -> Iterator[None]:

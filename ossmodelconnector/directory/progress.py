@@ -147,6 +147,8 @@ class DirectoryProgress:
         self._large_left = sum(1 for file in files if file.large and file.size)
         self._large_bytes = sum(file.size for file in files if file.large)
         self._bar: Any = None
+        self.sources: Callable[[], tuple[int, int]] | None = None
+        """Bytes from OSS and from the fleet's other nodes so far (fleet mode), shown beside the bar."""
         if show_bar and self._large_bytes:
             self._bar = _make_bar(model_dir, self._large_bytes)
 
@@ -318,6 +320,11 @@ class DirectoryProgress:
                 file.first_byte_at = now
                 self._first_byte = self._first_byte or self._last_progress
             if self._bar is not None:
+                if self.sources is not None:
+                    from_oss, from_peers = self.sources()
+                    self._bar.set_postfix_str(
+                        f"OSS {_mib(from_oss)}, peers {_mib(from_peers)}", refresh=False
+                    )
                 self._bar.update(end - start)
             if file.bytes_done >= file.size:
                 file.done_at = now
@@ -375,6 +382,10 @@ class DirectoryProgress:
         bar, self._bar = self._bar, None
         if bar is not None:
             bar.close()
+
+
+def _mib(count: int) -> str:
+    return f"{count / (1 << 20):.0f} MiB"
 
 
 def _make_bar(model_dir: str, total: int) -> Any:

@@ -1,0 +1,84 @@
+"""The plan every node of a fleet computes alike: which chunks, in which order, and who fetches each.
+
+Chunk ``k`` of the read order is fetched from OSS by node ``k mod nodes`` and passed from there to the
+others, so each node pulls a 1/N share spread over the whole order: the nodes' OSS fetches and the
+exchange move through the model together, in the order frameworks read it. The digest covers everything
+that must agree (object versions, chunk size, order, nodes); nodes whose digests differ do not exchange.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ossmodelconnector.objects import ObjectInfo
+
+__all__ = ["FleetPlan", "PlannedChunk"]
+
+
+@dataclass(frozen=True)
+class PlannedChunk:
+    """One chunk of the plan: bytes ``[start, end)`` of large file ``file`` (its chunk ``chunk``)."""
+
+    file: int
+    chunk: int
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+class FleetPlan:
+    """The chunks of a directory's large files in read order, each assigned to one node.
+
+    Args:
+        infos: the large files' object versions, in the cache's file order.
+        order: ``(file, chunk)`` pairs, every chunk once (``read_order.chunk_order``).
+        chunk_size: bytes per chunk.
+        nodes: how many nodes share the work.
+    """
+
+    def __init__(
+        self, infos: Sequence[ObjectInfo], order: Sequence[tuple[int, int]], chunk_size: int, nodes: int
+    ) -> None:
+        if nodes < 1:
+            raise ValueError(f"FleetPlan: nodes must be >= 1, not {nodes}")
+        self.nodes = nodes
+        self.chunk_size = chunk_size
+        self.chunks = [
+            PlannedChunk(file, chunk, chunk * chunk_size, min((chunk + 1) * chunk_size, infos[file].size))
+            for file, chunk in order
+        ]
+        self._position = {(chunk.file, chunk.chunk): k for k, chunk in enumerate(self.chunks)}
+        if len(self._position) != len(self.chunks):
+            raise ValueError("FleetPlan: the order names a chunk twice")
+        described = {
+            "version": 1,
+            "nodes": nodes,
+            "chunk_size": chunk_size,
+            "objects": [[info.bucket, info.key, info.etag, info.size] for info in infos],
+            "order": list(map(list, order)),
+        }
+        self.digest = hashlib.sha256(json.dumps(described, separators=(",", ":")).encode()).digest()
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def owner(self, position: int) -> int:
+        """The node that fetches the chunk at ``position`` of the order from OSS."""
+        return position % self.nodes
+
+    def position(self, file: int, start: int) -> int | None:
+        """The position in the order of the chunk of ``file`` starting at byte ``start``, or None when
+        ``start`` is not a chunk boundary of the plan (a range the plan does not know)."""
+        if start % self.chunk_size:
+            return None
+        return self._position.get((file, start // self.chunk_size))
+
+    def share(self, rank: int) -> int:
+        """Bytes node ``rank`` fetches from OSS."""
+        return sum(chunk.length for k, chunk in enumerate(self.chunks) if self.owner(k) == rank)

@@ -1,0 +1,99 @@
+"""One node of a simulated fleet: prepare a model directory through the connector, load it, report.
+
+Run by the fleet tests and ``benchmarks/fleet_load.py`` as ``python tests/fleet_node.py ARGS`` in each
+node's namespaces (``tests/fleet_net.py``), with the fleet's ``OSSMC_FLEET_*`` variables (or
+``MASTER_ADDR``...) and the OSS credentials in the environment. It writes one JSON report: the sha256 of
+every tensor as safetensors loaded it from the prepared directory, when the load ended, the connector's
+figures (bytes from OSS, the fleet's share), and what is left in the cache directory after ``close()``.
+
+``make_model`` writes the model the nodes load: random safetensors shards, deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def make_model(folder: Path, *, shards: int, shard_mib: int, seed: int = 0) -> dict[str, str]:
+    """Write ``shards`` safetensors files of about ``shard_mib`` MiB (and a config) into ``folder``.
+
+    Returns:
+        ``{tensor name: sha256 of its bytes}``.
+    """
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    digests: dict[str, str] = {}
+    per_tensor = 4 << 20
+    for shard in range(shards):
+        tensors = {}
+        for index in range(max(1, (shard_mib << 20) // per_tensor)):
+            name = f"layers.{shard}.w{index}"
+            tensors[name] = rng.integers(0, 256, per_tensor, dtype=np.uint8).view(np.float32).reshape(-1, 256)
+            digests[name] = hashlib.sha256(tensors[name].tobytes()).hexdigest()
+        save_file(tensors, str(folder / f"model-{shard + 1:05d}-of-{shards:05d}.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"architectures": ["Fleet"], "shards": shards}))
+    return digests
+
+
+def load_digests(model_dir: str) -> dict[str, str]:
+    """Every tensor of the directory's shards, loaded as frameworks do (``safe_open`` + ``get_tensor``)."""
+    from safetensors import safe_open
+
+    digests: dict[str, str] = {}
+    for path in sorted(glob.glob(os.path.join(model_dir, "*.safetensors"))):
+        with safe_open(path, framework="pt") as shard:
+            for name in shard.keys():  # noqa: SIM118 - safe_open has keys(), it is not a dict
+                digests[name] = hashlib.sha256(shard.get_tensor(name).numpy().tobytes()).hexdigest()
+    return digests
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--uri", required=True, help="oss://bucket/prefix/")
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--report", required=True, help="where to write the JSON report")
+    parser.add_argument("--cache-dir", default="/dev/shm")
+    parser.add_argument("--stay", type=float, default=0.0, help="seconds to keep the model after loading")
+    args = parser.parse_args(argv)
+
+    from ossmodelconnector import OssModelConnector
+
+    began = time.monotonic()
+    report: dict[str, Any] = {"pid": os.getpid()}
+    connector = OssModelConnector(args.endpoint, config_path="")
+    try:
+        directory = connector.prepare_directory(args.uri, args.model_dir, progress=False)
+        report["prepared_s"] = time.monotonic() - began
+        report["digests"] = load_digests(args.model_dir)
+        report["loaded_s"] = time.monotonic() - began
+        directory.wait()
+        report["fetched_s"] = time.monotonic() - began
+        stats = connector.stats()
+        report["oss_bytes"] = stats["bytes"]
+        report["fleet"] = directory.stats().get("fleet")
+        time.sleep(args.stay)
+    finally:
+        connector.close()
+    report["left_in_cache_dir"] = sorted(
+        name for name in os.listdir(args.cache_dir) if name.startswith("ossmc-")
+    )
+    Path(args.report).write_text(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.exit(main())
