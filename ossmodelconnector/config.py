@@ -197,7 +197,7 @@ class Config:
     ``OSSMC_BODY_RECEIVER``                                              received without the GIL (plain
                                                                          HTTP with a length); "python":
                                                                          always through ``http.client``
-    ``fleet_enabled``            ``fleet.enabled``           false       true: the nodes preparing the same
+    ``fleet_enabled``            ``fleet.enabled``           False       true: the nodes preparing the same
     ``OSSMC_FLEET_ENABLED``                                              directory share chunks (fleet
                                                                          mode; ``ossmodelconnector[fleet]``)
     ``fleet_master_addr``        ``fleet.masterAddr``        ""          rank 0's address; "" =

@@ -158,4 +158,4 @@ def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if text.startswith("[") and "] " in text:
         text = text.split("] ", 1)[1]
-    return text[:300]
+    return text.split(". This is typically", 1)[0][:300]

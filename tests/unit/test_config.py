@@ -118,6 +118,12 @@ def test_every_field_reads_its_environment_variable() -> None:
         "wait_timeout_s": ("30", 30.0),
         "owner_check_s": ("2", 2.0),
         "body_receiver": ("python", "python"),
+        "fleet_enabled": (" Yes", True),
+        "fleet_master_addr": ("10.0.0.1", "10.0.0.1"),
+        "fleet_port": ("29501", 29501),
+        "fleet_nodes": ("4", 4),
+        "fleet_rank": ("3", 3),
+        "fleet_timeout_s": ("12.5", 12.5),
     }
     assert set(values) == {spec.name for spec in SPECS}
     for name, (text, _) in values.items():
@@ -175,6 +181,14 @@ def test_file_all_keys_nested(tmp_path: Path) -> None:
         "waitTimeoutSeconds": 20,
         "ownerCheckSeconds": 3,
         "bodyReceiver": "python",
+        "fleet": {
+            "enabled": True,
+            "masterAddr": "node-0.model.svc",
+            "port": 29501,
+            "nodes": 16,
+            "rank": 15,
+            "timeoutSeconds": 10,
+        },
     }
     c = load_config(write_json(tmp_path, doc))
     assert c.prefetch_connections == 64 and c.fast_list_requests == 16
@@ -193,6 +207,7 @@ def test_file_all_keys_nested(tmp_path: Path) -> None:
         "retry": {"maxAttempts": 2, "baseDelaySeconds": 0.0, "maxDelaySeconds": 1.0},
         "waitTimeoutSeconds": 20.0,
         "ownerCheckSeconds": 3.0,
+        "fleet": doc["fleet"] | {"timeoutSeconds": 10.0},
     }
 
 
@@ -422,6 +437,7 @@ def test_every_seconds_field_has_an_upper_bound_a_wait_accepts() -> None:
         "retry_max_delay_s",
         "wait_timeout_s",
         "owner_check_s",
+        "fleet_timeout_s",
     }
     for spec in SECONDS:
         assert spec.key.hi in (MAX_TIMEOUT_S, MAX_WAIT_S), spec.name

@@ -25,7 +25,7 @@ PACKAGE = Path(ossmodelconnector.__file__).parent
 README = PACKAGE.parent / "README.md"
 
 # The documented values of the README's configuration table that are not literals.
-_WORDS = {"auto": "", "from endpoint": "", '""': ""}
+_WORDS = {"auto": "", "from endpoint": "", '""': "", "off": "0"}
 
 
 def _documented() -> dict[str, str]:
