@@ -57,7 +57,6 @@ def _start_nodes(
     *,
     present: list[int] | None = None,
     timeout_s: float = 20.0,
-    oss: Callable[[Node, int, FetchInto], FetchInto] | None = None,
 ) -> list[Node]:
     infos = [ObjectInfo("bucket", f"m/{i}", len(d), f'"{i}"', 0.0) for i, d in enumerate(data)]
     order = [(f, c) for f, d in enumerate(data) for c in range(chunk_count(len(d), CHUNK))]

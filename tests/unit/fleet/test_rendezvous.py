@@ -66,9 +66,9 @@ def test_a_missing_or_wrong_setting_is_an_error_naming_what_to_set(env: dict[str
 
 
 def test_keys_are_validated_where_they_enter() -> None:
-    with pytest.raises(ConfigError, match="fleet.rank"):
+    with pytest.raises(ConfigError, match=r"fleet\.rank"):
         Config(fleet_rank=-2)
-    with pytest.raises(ConfigError, match="fleet.masterAddr"):
+    with pytest.raises(ConfigError, match=r"fleet\.masterAddr"):
         Config(fleet_master_addr="10.0.0.1 ")
-    with pytest.raises(ConfigError, match="fleet.timeoutSeconds"):
+    with pytest.raises(ConfigError, match=r"fleet\.timeoutSeconds"):
         Config(fleet_timeout_s=0)
