@@ -81,12 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         report["loaded_s"] = time.monotonic() - began
         directory.wait()
         report["fetched_s"] = time.monotonic() - began
-        stats = connector.stats()
-        report["oss_bytes"] = stats["bytes"]
-        report["fleet"] = directory.stats().get("fleet")
         time.sleep(args.stay)
     finally:
-        connector.close()
+        connector.close()  # a node with every chunk lets the exchange end before leaving the fleet
+    report["oss_bytes"] = connector.stats()["bytes"]
+    report["fleet"] = directory.stats().get("fleet")
     report["left_in_cache_dir"] = sorted(
         name for name in os.listdir(args.cache_dir) if name.startswith("ossmc-")
     )

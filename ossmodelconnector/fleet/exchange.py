@@ -58,8 +58,7 @@ class FleetState(enum.Enum):
     EXCHANGING = "exchanging"
     DONE = "done"
     ALONE = "alone"  # the group never formed: everything from OSS
-    FAILED = "failed"  # the group broke mid-way: what was not delivered comes from OSS
-    CLOSED = "closed"
+    FAILED = "failed"  # the group broke mid-way (or was closed): what was not delivered comes from OSS
 
 
 class _Group(Protocol):
@@ -106,6 +105,7 @@ class FleetExchange:
         self._chunks = [_Chunk.PENDING] * len(plan)
         self._crcs = [0] * len(plan)
         self._state = FleetState.FORMING
+        self._closed = False
         self._reason = ""
         self._group: _Group | None = None
         self._thread = threading.Thread(
@@ -144,11 +144,15 @@ class FleetExchange:
         Waiting workers fetch from OSS, or find the cache closed. Idempotent.
         """
         with self._cond:
-            if self._state is FleetState.CLOSED:
+            if self._state is FleetState.EXCHANGING and _Chunk.PENDING not in self._chunks:
+                # Every chunk is here: the others may still be taking this node's last ones. Let the
+                # exchange end (its barrier), bounded by the timeout, rather than cut it.
+                self._cond.wait_for(lambda: self._state is not FleetState.EXCHANGING, self.settings.timeout_s)
+            if self._closed:
                 return
+            self._closed = True
             if self._state in (FleetState.FORMING, FleetState.EXCHANGING):
-                self._reason = self._reason or "closed"
-            self._state = FleetState.CLOSED
+                self._state, self._reason = FleetState.FAILED, "closed before the exchange ended"
             group = self._group
             self._cond.notify_all()
         if group is not None:
@@ -248,7 +252,7 @@ class FleetExchange:
                 self._cond.wait()
             if self._chunks[position] is _Chunk.FETCHED:
                 return self._crcs[position]
-            if self._state is FleetState.CLOSED:
+            if self._closed:
                 raise ClosedError(f"{self.name}: closed while waiting for a chunk from the fleet")
             return None
 
@@ -267,7 +271,7 @@ class FleetExchange:
             )
             return
         with self._cond:
-            if self._state is FleetState.CLOSED:
+            if self._closed:
                 group.abort()
                 return
             self._group = group
@@ -308,7 +312,7 @@ class FleetExchange:
             status, crc = group.broadcast_header(source, status, crc)
         if status == _SENT:
             with self._cond:
-                if self._state is FleetState.CLOSED:
+                if self._closed:
                     raise ClosedError("closed")
                 view = self._views[file][start:end]
             try:
@@ -333,7 +337,7 @@ class FleetExchange:
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            if self._state is FleetState.CLOSED:
+            if self._closed:
                 raise ClosedError("closed")
             if self._chunks[position] is _Chunk.FETCHED:
                 return _SENT, self._crcs[position]
@@ -347,7 +351,7 @@ class FleetExchange:
         """Settle the exchange's end: waiting workers fetch from OSS. False when already closed."""
         with self._cond:
             self._finished_s = time.monotonic() - self._started
-            if self._state is FleetState.CLOSED:
+            if self._closed:
                 return False
             self._state = state
             self._reason = reason
