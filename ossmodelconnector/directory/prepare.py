@@ -492,8 +492,11 @@ class PreparedDirectory:
         with scheduler.lock:
             for index, file in enumerate(large):
                 self._register_large(client, scheduler, cache, index, file, eager=True)
-            scheduler.read_ahead_in_order([(self._handles[large[i].name], chunk) for i, chunk in order])
+            queue = order if self.fleet is None else self.fleet.plan.own_first(self.fleet.settings.rank)
+            scheduler.read_ahead_in_order([(self._handles[large[i].name], chunk) for i, chunk in queue])
         if self.fleet is not None:
+            handles = [self._handles[file.name] for file in large]
+            self.fleet.on_delivered = lambda file, chunk: scheduler.boost(handles[file], [chunk])
             self.fleet.start()
         for file in large:
             with self._while_open():

@@ -101,6 +101,9 @@ class FleetExchange:
         self.name = name
         self._views = list(views)
         self._form_group = form_group or _form_gloo_group
+        self.on_delivered: Callable[[int, int], None] | None = None
+        """Called with (file, chunk index) once a peer's chunk is in this node's segment (from the exchange
+        thread): the prefetch scheduler queues it first, so that a worker marks it READY at once."""
         self._cond = threading.Condition()
         self._chunks = [_Chunk.PENDING] * len(plan)
         self._crcs = [0] * len(plan)
@@ -324,6 +327,9 @@ class FleetExchange:
         self._exchange_s += time.monotonic() - began
         if not mine:
             self._settle(position, _Chunk.FETCHED if status == _SENT else _Chunk.FETCH_HERE, crc)
+            if self.on_delivered is not None:  # delivered, or to be fetched here: either way, now
+                chunk = self.plan.chunks[position]
+                self.on_delivered(chunk.file, chunk.chunk)
 
     def _wait_own(self, position: int, deadline: float) -> tuple[int, int]:
         """This node's chunk ``position`` once stored (sent, with its CRC-64); not fetched when it failed

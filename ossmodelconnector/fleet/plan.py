@@ -79,6 +79,14 @@ class FleetPlan:
             return None
         return self._position.get((file, start // self.chunk_size))
 
+    def own_first(self, rank: int) -> list[tuple[int, int]]:
+        """``(file, chunk)`` pairs for node ``rank``'s fetch queue: its own chunks in the plan's order, then
+        the others' (which its workers only wait for, unless the exchange stops). Queued the other way, the
+        workers would sit waiting for peers' chunks while the OSS link idles."""
+        own = [(c.file, c.chunk) for k, c in enumerate(self.chunks) if self.owner(k) == rank]
+        others = [(c.file, c.chunk) for k, c in enumerate(self.chunks) if self.owner(k) != rank]
+        return own + others
+
     def share(self, rank: int) -> int:
         """Bytes node ``rank`` fetches from OSS."""
         return sum(chunk.length for k, chunk in enumerate(self.chunks) if self.owner(k) == rank)

@@ -1,0 +1,192 @@
+"""N nodes load one model behind one OSS cap: fleet mode against one node alone and N independent nodes.
+
+The account-wide OSS cap is what fleet mode is for: N independent nodes pull N models through it, a fleet
+pulls one. On a simulated fleet (``tests/fleet_net.py``: each node in its own network and mount
+namespace with a ``tc``-limited link, localoss behind the total cap; N loopback processes where namespaces
+cannot be made), for each N in ``--nodes`` and each repetition, in one run:
+
+- ``alone``: node 0 loads the model by itself (no fleet) behind the cap: the baseline;
+- ``independent``: all N nodes load it at once without fleet mode;
+- ``fleet``: all N nodes load it in fleet mode.
+
+A node's "loaded" is the moment every tensor is in its memory (``safe_open`` + ``get_tensor`` over the
+prepared directory, through the connector, while it streams in); the time of a run is from launching its
+node processes to the last node loaded. Every node's tensors are checked against the source (sha256)
+after that moment; a mismatch aborts the benchmark. Reported as ratios within the same run: fleet time /
+alone time, independent time / fleet time, and bytes pulled from OSS / model bytes.
+
+    python benchmarks/fleet_load.py --size-mib 512 --nodes 2 4 --oss-cap-mibps 100 --link-mibps 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _results import markdown_table, median, write_section
+from fleet_net import SimulatedFleet
+from fleet_node import make_model
+
+NODE_SCRIPT = Path(__file__).resolve().parent.parent / "tests" / "fleet_node.py"
+BUCKET = "fleet-bench"
+PREFIX = "model/"
+FLEET_PORT = 29711
+
+
+def run_nodes(
+    fleet: SimulatedFleet, ranks: list[int], work: Path, *, fleet_mode: bool, timeout_s: float
+) -> dict[str, Any]:
+    """Launch ``ranks`` at once; return the time to the last node loaded, the OSS bytes and the reports."""
+    procs = []
+    launched = time.time()
+    for rank in ranks:
+        env = {
+            "OSS_ACCESS_KEY_ID": fleet.localoss.access_key_id,
+            "OSS_ACCESS_KEY_SECRET": fleet.localoss.access_key_secret,
+            "OSSMC_CACHE_DIR": fleet.cache_dir(rank),
+        }
+        if fleet_mode:
+            env |= {
+                "OSSMC_FLEET_ENABLED": "1",
+                "OSSMC_FLEET_NODES": str(len(ranks)),
+                "OSSMC_FLEET_RANK": str(rank),
+                "OSSMC_FLEET_MASTER_ADDR": fleet.master_addr,
+                "OSSMC_FLEET_PORT": str(FLEET_PORT),
+                "OSSMC_FLEET_TIMEOUT_S": str(timeout_s),
+            }
+        argv = [
+            sys.executable,
+            str(NODE_SCRIPT),
+            "--endpoint",
+            fleet.endpoint,
+            "--uri",
+            f"oss://{BUCKET}/{PREFIX}",
+        ]
+        argv += ["--model-dir", str(work / f"model{rank}"), "--report", str(work / f"report{rank}.json")]
+        argv += ["--cache-dir", fleet.cache_dir(rank)]
+        procs.append(fleet.popen(rank, argv, env=env))
+    for rank, proc in zip(ranks, procs, strict=True):
+        if proc.wait(600) != 0:
+            raise SystemExit(f"node {rank} failed with exit code {proc.returncode}")
+    reports = [json.loads((work / f"report{rank}.json").read_text()) for rank in ranks]
+    return {
+        "seconds": max(report["loaded_at"] for report in reports) - launched,
+        "oss_bytes": sum(report["oss_bytes"] for report in reports),
+        "reports": reports,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size-mib", type=int, default=512, help="model size (default %(default)s)")
+    parser.add_argument("--nodes", type=int, nargs="+", default=[2, 4], help="fleet sizes (default 2 4)")
+    parser.add_argument(
+        "--oss-cap-mibps", type=float, default=100, help="total OSS cap (default %(default)s)"
+    )
+    parser.add_argument(
+        "--link-mibps", type=float, default=400, help="each node's link (default %(default)s)"
+    )
+    parser.add_argument("--reps", type=int, default=1, help="repetitions; the median is reported")
+    parser.add_argument("--timeout-s", type=float, default=30, help="fleet.timeoutSeconds (default 30)")
+    parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    args = parser.parse_args()
+
+    rows: list[list[str]] = []
+    summary: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="ossmc-fleet-bench-") as tmp:
+        root = Path(tmp) / "oss"
+        shards = max(1, args.size_mib // 128)
+        digests = make_model(
+            root / BUCKET / PREFIX.rstrip("/"), shards=shards, shard_mib=args.size_mib // shards
+        )
+        model_bytes = sum(p.stat().st_size for p in (root / BUCKET).rglob("*") if p.is_file())
+        isolation = ""
+        for nodes in args.nodes:
+            figures: dict[str, list[dict[str, Any]]] = {"alone": [], "independent": [], "fleet": []}
+            with SimulatedFleet(
+                nodes, root, node_link_mibps=args.link_mibps, oss_cap_mibps=args.oss_cap_mibps
+            ) as fleet:
+                isolation = "network namespaces" if fleet.isolated else f"loopback ({fleet.fallback_reason})"
+                for rep in range(args.reps):
+                    for name, ranks, fleet_mode in (
+                        ("alone", [0], False),
+                        ("independent", list(range(nodes)), False),
+                        ("fleet", list(range(nodes)), True),
+                    ):
+                        work = Path(tmp) / f"n{nodes}-{name}-{rep}"
+                        work.mkdir()
+                        result = run_nodes(
+                            fleet, ranks, work, fleet_mode=fleet_mode, timeout_s=args.timeout_s
+                        )
+                        for report in result["reports"]:
+                            if report["digests"] != digests:
+                                raise SystemExit(
+                                    f"{name}, {nodes} nodes: a node loaded other bytes than the source"
+                                )
+                            if fleet_mode and report["fleet"]["state"] != "done":
+                                print(f"warning: {name} node not done: {report['fleet']}", file=sys.stderr)
+                        figures[name].append(result)
+                        print(
+                            f"{nodes} nodes, {name:11s} rep {rep}: {result['seconds']:.2f} s, "
+                            f"{result['oss_bytes'] / model_bytes:.3f} x the model from OSS",
+                            flush=True,
+                        )
+            alone = median([r["seconds"] for r in figures["alone"]])
+            independent = median([r["seconds"] for r in figures["independent"]])
+            fleet_s = median([r["seconds"] for r in figures["fleet"]])
+            pulled = median([r["oss_bytes"] / model_bytes for r in figures["fleet"]])
+            pulled_independent = median([r["oss_bytes"] / model_bytes for r in figures["independent"]])
+            rows.append(
+                [
+                    str(nodes),
+                    f"{alone:.2f}",
+                    f"{independent:.2f}",
+                    f"{fleet_s:.2f}",
+                    f"{fleet_s / alone:.2f}",
+                    f"{independent / fleet_s:.2f}",
+                    f"{pulled:.3f}",
+                    f"{pulled_independent:.2f}",
+                ]
+            )
+            summary.append(
+                f"{nodes} nodes: fleet / alone {fleet_s / alone:.2f}, independent / fleet "
+                f"{independent / fleet_s:.2f}, OSS bytes / model {pulled:.3f}"
+            )
+    header = [
+        "nodes",
+        "alone s",
+        "independent s",
+        "fleet s",
+        "fleet / alone (<= 1.3)",
+        "independent / fleet (>= 3 at 4)",
+        "fleet OSS bytes / model (<= 1.05)",
+        "independent OSS bytes / model",
+    ]
+    table = markdown_table(header, rows)
+    print(table)
+    if not args.no_write:
+        body = (
+            f"A {model_bytes / (1 << 20):.0f} MiB model ({shards} safetensors shards), OSS capped at "
+            f"{args.oss_cap_mibps:g} MiB/s for all nodes together, each node's link at {args.link_mibps:g} MiB/s; "
+            f"nodes in {isolation}. Times are from launching the node processes to the last node with every "
+            f"tensor in memory (median of {args.reps}); every node's tensors equal the source's (sha256).\n\n"
+            f"{table}\n\n" + "\n".join(f"- {line}" for line in summary) + "\n"
+        )
+        write_section("fleet_load", body)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
