@@ -72,8 +72,15 @@ def run_nodes(
             f"oss://{BUCKET}/{PREFIX}",
         ]
         argv += ["--model-dir", str(work / f"model{rank}"), "--report", str(work / f"report{rank}.json")]
-        argv += ["--cache-dir", fleet.cache_dir(rank)]
+        argv += ["--cache-dir", fleet.cache_dir(rank), "--check-after", str(work / "check")]
         procs.append(fleet.popen(rank, argv, env=env))
+    # Every node hashes its tensors only once all are loaded: a check must not slow a node still loading.
+    deadline = time.monotonic() + 600
+    while not all((work / f"report{rank}.json.loaded").exists() for rank in ranks):
+        if any(proc.poll() not in (None, 0) for proc in procs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    (work / "check").touch()
     for rank, proc in zip(ranks, procs, strict=True):
         if proc.wait(600) != 0:
             raise SystemExit(f"node {rank} failed with exit code {proc.returncode}")
@@ -178,7 +185,8 @@ def main() -> int:
     if not args.no_write:
         body = (
             f"A {model_bytes / (1 << 20):.0f} MiB model ({shards} safetensors shards), OSS capped at "
-            f"{args.oss_cap_mibps:g} MiB/s for all nodes together, each node's link at {args.link_mibps:g} MiB/s; "
+            f"{args.oss_cap_mibps:g} MiB/s for all nodes together, each node's link at "
+            f"{args.link_mibps:g} MiB/s; "
             f"nodes in {isolation}. Times are from launching the node processes to the last node with every "
             f"tensor in memory (median of {args.reps}); every node's tensors equal the source's (sha256).\n\n"
             f"{table}\n\n" + "\n".join(f"- {line}" for line in summary) + "\n"

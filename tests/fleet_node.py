@@ -68,6 +68,14 @@ def load_digests(model_dir: str) -> dict[str, str]:
     return digests_of(load_tensors(model_dir))
 
 
+def _wait_for_file(path: Path, *, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout_s} s")
+        time.sleep(0.05)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--endpoint", required=True)
@@ -76,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", required=True, help="where to write the JSON report")
     parser.add_argument("--cache-dir", default="/dev/shm")
     parser.add_argument("--stay", type=float, default=0.0, help="seconds to keep the model after loading")
+    parser.add_argument(
+        "--check-after",
+        default="",
+        help="write REPORT.loaded once loaded, then wait for this file before hashing the tensors (so that "
+        "a node's check does not take CPU from nodes still loading)",
+    )
     args = parser.parse_args(argv)
 
     from ossmodelconnector import OssModelConnector
@@ -89,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         tensors = load_tensors(args.model_dir)
         report["loaded_s"] = time.monotonic() - began
         report["loaded_at"] = time.time()  # the model is in memory, usable: what "loaded" means here
+        if args.check_after:
+            Path(args.report + ".loaded").write_text(json.dumps(report["loaded_at"]))
+            _wait_for_file(Path(args.check_after), timeout_s=600)
         report["digests"] = digests_of(tensors)
         del tensors
         directory.wait()
