@@ -264,6 +264,14 @@ class FleetExchange:
     def _run(self) -> None:
         try:
             group = self._form_group(self.settings, self.plan.digest)
+        except ImportError as exc:
+            self._end(
+                FleetState.ALONE,
+                f"torch.distributed cannot be imported ({exc}): install the fleet extra, "
+                "pip install 'ossmodelconnector[fleet]'",
+            )
+            log.warning("%s: fleet mode: %s; this node loads alone from OSS", self.name, self._reason)
+            return
         except Exception as exc:
             self._end(FleetState.ALONE, f"{exc}")
             log.warning(
@@ -379,8 +387,9 @@ class FleetExchange:
 
     def stats(self) -> dict[str, Any]:
         """This node's figures: rank, nodes, state (and why it is alone or failed), bytes from OSS and
-        from peers, bytes sent, the chunks that fell back to OSS, CRC mismatches, and seconds spent in the
-        exchange's broadcasts."""
+        from peers, bytes sent, the chunks that fell back to OSS, CRC mismatches, the chunks this node gave
+        up sending (not stored within the timeout), and the seconds its exchange thread spent in
+        broadcasts (waits for a chunk's owner included)."""
         with self._stats_lock:
             counts = dict(self._counts)
         return {
