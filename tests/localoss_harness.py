@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -33,6 +34,7 @@ class LocalOss:
     access_key_id: str = DEFAULT_ACCESS_KEY_ID
     access_key_secret: str = DEFAULT_ACCESS_KEY_SECRET
     args: tuple[str, ...] = field(default_factory=tuple)
+    launcher: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def port(self) -> int:
@@ -64,7 +66,7 @@ class LocalOss:
         The caller stops the returned server; this one must have exited first (``kill`` or ``stop``).
         """
         assert self.proc.poll() is not None, "stop or kill the running server first"
-        return start_localoss(self.root, *(args or self.args), port=self.port)
+        return start_localoss(self.root, *(args or self.args), port=self.port, launcher=self.launcher)
 
     def stop(self) -> int:
         """SIGTERM the server and return its exit code (0 when it shut down cleanly)."""
@@ -80,13 +82,23 @@ class LocalOss:
         return self.proc.returncode
 
 
-def start_localoss(root: Path, *args: str, port: int = 0, stderr: int | IO[bytes] | None = None) -> LocalOss:
+def start_localoss(
+    root: Path,
+    *args: str,
+    port: int = 0,
+    stderr: int | IO[bytes] | None = None,
+    launcher: Sequence[str] = (),
+) -> LocalOss:
     """Start ``python -m ossmodelconnector.localoss --root ROOT --port PORT ARGS...``; wait until it serves.
 
     ``stderr`` (a file or ``subprocess.DEVNULL``) receives the server's log; by default it is inherited.
+    ``launcher`` prefixes the command, e.g. ``("nsenter", "--net=/run/netns/NS")`` to serve inside a
+    network namespace (then ``args`` give ``--host ADDR``; the server listens before it prints its
+    endpoint, so the printed line is the readiness signal there).
     """
     root.mkdir(parents=True, exist_ok=True)
     cmd = [
+        *launcher,
         sys.executable,
         "-m",
         "ossmodelconnector.localoss",
@@ -107,23 +119,34 @@ def start_localoss(root: Path, *args: str, port: int = 0, stderr: int | IO[bytes
     while not line.endswith(b"\n"):
         remaining = deadline - time.monotonic()
         ready, _, _ = select.select([proc.stdout], [], [], max(remaining, 0))
-        if not ready or (proc.poll() is not None and not line):
-            proc.kill()
+        if not ready:  # an exited server makes stdout readable (EOF): reported below with its code
+            _discard(proc)
             raise RuntimeError(f"localoss did not print its endpoint within {STARTUP_TIMEOUT_S}s: {cmd}")
         chunk = os.read(proc.stdout.fileno(), 1)
         if not chunk:
-            raise RuntimeError(f"localoss exited with {proc.wait()} before printing its endpoint: {cmd}")
+            raise RuntimeError(f"localoss exited with {_discard(proc)} before printing its endpoint: {cmd}")
         line += chunk
     endpoint = line.decode().strip()
-    if not endpoint.startswith("http://127.0.0.1:"):
-        proc.kill()
+    if not endpoint.startswith("http://127.0.0.1:" if not launcher else "http://"):
+        _discard(proc)
         raise RuntimeError(f"localoss printed {endpoint!r}, not an endpoint")
-    server = LocalOss(endpoint=endpoint, root=root, proc=proc, args=tuple(args))
+    server = LocalOss(endpoint=endpoint, root=root, proc=proc, args=tuple(args), launcher=tuple(launcher))
     for flag, attr in (("--access-key-id", "access_key_id"), ("--access-key-secret", "access_key_secret")):
         if flag in args:
             setattr(server, attr, args[args.index(flag) + 1])
-    _wait_until_accepting(server.port, deadline)
+    if not launcher:  # from here only 127.0.0.1 is reachable
+        _wait_until_accepting(server.port, deadline)
     return server
+
+
+def _discard(proc: subprocess.Popen[bytes]) -> int:
+    """Kill a server that failed to start, reap it, close its pipe; returns its exit code."""
+    if proc.poll() is None:
+        proc.kill()
+    code = proc.wait(timeout=STARTUP_TIMEOUT_S)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return code
 
 
 def _wait_until_accepting(port: int, deadline: float) -> None:

@@ -1,0 +1,626 @@
+"""A simulated fleet on one machine: N nodes, each with its own network and ``/dev/shm``, behind one OSS cap.
+
+Isolated mode (root, ``ip``/``tc``/``unshare``/``nsenter`` present)::
+
+    netns omcfleet-SFX-oss                 netns omcfleet-SFX-sw                netns omcfleet-SFX-n<r>
+    localoss on 10.213.X.2                 bridge omcSFXbr (a switch,           omcSFXn<r> 10.213.X.(10+r)
+    omcSFXos ──── tc: oss_cap_mibps ──>    no address)                          tc: node_link_mibps (egress)
+                  (toward the nodes)  omcSFXpo ─┤├─ omcSFXp<r> ── tc: node_link_mibps ──> (toward node r)
+                                                                                 mount ns: private tmpfs
+                                                                                 on /dev/shm (shm_size_mb)
+
+Every link is created inside the fleet's namespaces (``ip -n SW link add ... peer ... netns NODE``), so no
+link or address ever exists in the root namespace and there is no route out: traffic flows only between
+the fleet's namespaces. Each node's mount namespace is persisted on a file (``unshare --mount=FILE``
+under a private bind mount of ``/run/omcfleet-SFX``) and lives as long as the fleet, so several processes
+of a node share its ``/dev/shm`` and it can be inspected after they exit; its tmpfs is mounted at
+``/run/omcfleet-SFX/shm-n<r>`` in the root namespace and bound onto ``/dev/shm`` inside the node, which
+lets ``shm_entries`` read it directly. Node processes run as ``nsenter --net=/run/netns/NS
+--mount=FILE -- argv`` in a new session (their own process group). ``close()`` (also from ``__exit__`` and
+``atexit``) kills every process in the fleet's namespaces, deletes the namespaces (and with them every
+link), unmounts and removes the state directory; it works the same after a setup that failed halfway.
+``sweep_leftovers()`` removes what a SIGKILLed run left (fleets whose owner PID is gone); every new fleet
+runs it first. SFX is 6 random hex digits and X a random octet, per fleet.
+
+Fallback (``isolate=False``, or ``isolate=None`` when namespaces cannot be made): localoss on 127.0.0.1
+with ``--bandwidth-mibps oss_cap_mibps`` (the total cap, applied by the server), nodes as plain processes
+on 127.0.0.1, each with its own cache directory ``/dev/shm/omcfleet-SFX/n<r>``; node link caps are not
+applied there, and ``fallback_reason`` says so and why.
+
+torch.distributed's gloo in the namespaces: by default gloo resolves the hostname (``vm`` -> 127.0.0.1
+here) and advertises that address to its peers, who then dial their own loopback: ``init_process_group``
+hangs or fails. What works (both tested in tests/integration/test_fleet_net.py):
+
+* ``GLOO_SOCKET_IFNAME=fleet.node_interface(rank)`` in the node's environment (``"lo"`` in the fallback),
+  with ``MASTER_ADDR=fleet.master_addr``; ``fleet.node_environment(rank)`` returns exactly these plus
+  ``RANK``/``WORLD_SIZE``; or
+* in code, ``pg_options = ProcessGroupGloo._Options(); pg_options._devices =
+  [ProcessGroupGloo.create_device(hostname=fleet.node_address(rank))]`` passed as
+  ``init_process_group("gloo", ..., pg_options=pg_options)`` (also ``create_device(interface=NIC)``).
+
+Measured rates of the configured caps: ``benchmarks/fleet_links.py`` (section ``fleet_links`` of
+``benchmarks/RESULTS.md``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import random
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from localoss_harness import LocalOss, start_localoss
+
+FLEET_PREFIX = "omcfleet-"
+LINK_PREFIX = "omc"
+STATE_ROOT = Path("/run")
+FALLBACK_ROOT = Path("/dev/shm")
+SUBNET_PREFIX = "10.213"
+OSS_HOST_OCTET = 2
+FIRST_NODE_OCTET = 10
+MAX_NODES = 240
+COMMAND_TIMEOUT_S = 30.0
+PROCESS_EXIT_TIMEOUT_S = 10.0
+DEFAULT_SHM_SIZE_MB = 2048
+# A jumbo-frame MTU: fewer packets per byte through veth, bridge and tc on 2 shared cores (measured in
+# benchmarks/fleet_links.py); data-centre NICs that carry model weights commonly run 9000 too.
+LINK_MTU = 9000
+# tbf's bucket: at least this long at the configured rate (the kernel's timer granularity and a burst of
+# GSO packets must fit, else the rate falls well short of the cap at 200-400 MiB/s) ...
+TBF_BURST_S = 0.004
+# ... and never less than a few 64 KiB GSO packets.
+TBF_MIN_BURST_BYTES = 512 * 1024
+# Packets queue at most this long in tbf before being dropped (TCP then backs off to the rate).
+TBF_LATENCY_MS = 50
+_SETUP_GRACE_S = 300.0  # a state directory without an owner file younger than this is a fleet being set up
+
+
+class FleetUnavailableError(RuntimeError):
+    """Namespaces cannot be made here (not root, a tool missing, the kernel refused); the message says why."""
+
+
+def _run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
+    if check and proc.returncode != 0:
+        raise FleetUnavailableError(
+            f"`{' '.join(argv)}` exited with {proc.returncode}: {(proc.stderr or proc.stdout).strip()}"
+        )
+    return proc
+
+
+def _process_start_ticks(pid: int) -> str | None:
+    """The start time of ``pid`` (clock ticks since boot), to tell a live owner from a reused PID."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _owner_alive(state_dir: Path) -> bool:
+    try:
+        pid_text, ticks = (state_dir / "owner").read_text().split()
+    except (OSError, ValueError):
+        # No owner file yet: a fleet being set up right now, unless the directory is old.
+        try:
+            return time.time() - state_dir.stat().st_mtime < _SETUP_GRACE_S
+        except OSError:
+            return False
+    return _process_start_ticks(int(pid_text)) == ticks
+
+
+def _write_owner(state_dir: Path) -> None:
+    (state_dir / "owner").write_text(f"{os.getpid()} {_process_start_ticks(os.getpid())}\n")
+
+
+def _mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path`` in this mount namespace, deepest (last mounted) first."""
+    found = []
+    prefix = str(path)
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        for line in mountinfo:
+            target = line.split()[4].replace("\\040", " ")
+            if target == prefix or target.startswith(prefix + "/"):
+                found.append(target)
+    return found[::-1]
+
+
+def _netns_names() -> list[str]:
+    try:
+        return sorted(os.listdir("/run/netns"))
+    except OSError:
+        return []
+
+
+def _kill_pids(pids: Sequence[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _netns_pids(name: str) -> list[int]:
+    proc = _run(["ip", "netns", "pids", name], check=False)
+    return [int(word) for word in proc.stdout.split() if word.isdigit()]
+
+
+def _record_process(state_dir: Path, pid: int, *, group: bool) -> None:
+    """Note a started process in ``state_dir/pids``, so a sweep after a SIGKILLed owner can kill it too."""
+    with open(state_dir / "pids", "a", encoding="ascii") as pids:
+        pids.write(f"{pid} {_process_start_ticks(pid)} {int(group)}\n")
+
+
+def _kill_recorded(state_dir: Path) -> None:
+    try:
+        lines = (state_dir / "pids").read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        pid_text, ticks, group = line.split()
+        if _process_start_ticks(int(pid_text)) != ticks:
+            continue  # exited (and maybe the PID was reused): not ours any more
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if group == "1":
+                os.killpg(int(pid_text), signal.SIGKILL)
+            else:
+                os.kill(int(pid_text), signal.SIGKILL)
+
+
+def _remove_fleet(suffix: str) -> list[str]:
+    """Remove everything of fleet ``suffix``: processes, namespaces, mounts, files. Returns what it removed.
+
+    Safe to run on a fleet that was only half set up, or already removed.
+    """
+    removed: list[str] = []
+    for root in (STATE_ROOT, FALLBACK_ROOT):
+        _kill_recorded(root / f"{FLEET_PREFIX}{suffix}")
+    ns_prefix = f"{FLEET_PREFIX}{suffix}-"
+    namespaces = [name for name in _netns_names() if name.startswith(ns_prefix)]
+    # Kill first, in every namespace, so no process of one node keeps talking while another is deleted.
+    for _ in range(3):
+        pids = [pid for name in namespaces for pid in _netns_pids(name)]
+        if not pids:
+            break
+        _kill_pids(pids)
+        time.sleep(0.1)
+    for name in namespaces:
+        # Deleting a namespace destroys its links and their veth peers in the other namespaces.
+        _run(["ip", "netns", "delete", name], check=False)
+        removed.append(f"netns {name}")
+    state_dir = STATE_ROOT / f"{FLEET_PREFIX}{suffix}"
+    if state_dir.exists():
+        for target in _mounts_under(state_dir):
+            if _run(["umount", target], check=False).returncode != 0:
+                _run(["umount", "--lazy", target], check=False)  # busy: detach now, freed when unused
+            removed.append(f"mount {target}")
+        shutil.rmtree(state_dir, ignore_errors=True)
+        removed.append(f"dir {state_dir}")
+    fallback_dir = FALLBACK_ROOT / f"{FLEET_PREFIX}{suffix}"
+    if fallback_dir.exists():
+        shutil.rmtree(fallback_dir, ignore_errors=True)
+        removed.append(f"dir {fallback_dir}")
+    return removed
+
+
+def _fleet_suffix(name: str) -> str | None:
+    if not name.startswith(FLEET_PREFIX):
+        return None
+    return name[len(FLEET_PREFIX) :].split("-", 1)[0] or None
+
+
+def sweep_leftovers() -> list[str]:
+    """Remove the fleets that runs killed with SIGKILL left behind; fleets of live processes are kept.
+
+    A fleet belongs to the process named in ``/run/omcfleet-SFX/owner`` (fallback:
+    ``/dev/shm/omcfleet-SFX/owner``); a namespace ``omcfleet-SFX-*`` without a state directory is a
+    leftover too (the directory is made before the first namespace and removed after the last).
+
+    Returns:
+        What was removed, one ``"netns NAME"``, ``"mount PATH"`` or ``"dir PATH"`` per item.
+    """
+    suffixes: set[str] = set()
+    for root in (STATE_ROOT, FALLBACK_ROOT):
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(root):
+                suffix = _fleet_suffix(entry)
+                if suffix and not _owner_alive(root / entry):
+                    suffixes.add(suffix)
+    for name in _netns_names():
+        suffix = _fleet_suffix(name)
+        if suffix and not (STATE_ROOT / f"{FLEET_PREFIX}{suffix}").exists():
+            suffixes.add(suffix)
+    removed: list[str] = []
+    for suffix in sorted(suffixes):
+        removed += _remove_fleet(suffix)
+    return removed
+
+
+def namespaces_unavailable_reason() -> str:
+    """Why this process cannot build an isolated fleet ("" when it probably can: root with the tools)."""
+    if os.geteuid() != 0:
+        return f"not root (euid {os.geteuid()}): network and mount namespaces need CAP_SYS_ADMIN"
+    missing = [
+        tool for tool in ("ip", "tc", "unshare", "nsenter", "mount", "umount") if not shutil.which(tool)
+    ]
+    if missing:
+        return f"missing tools: {', '.join(missing)} (iproute2, util-linux)"
+    if not os.access(STATE_ROOT, os.W_OK):
+        return f"{STATE_ROOT} is not writable"
+    return ""
+
+
+def _tbf(dev: str, mibps: float) -> list[str]:
+    rate_bytes = int(mibps * (1 << 20))
+    burst = max(int(rate_bytes * TBF_BURST_S), TBF_MIN_BURST_BYTES)
+    return [
+        "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
+        "rate", f"{rate_bytes * 8}bit", "burst", str(burst), "latency", f"{TBF_LATENCY_MS}ms",
+    ]  # fmt: skip
+
+
+class SimulatedFleet:
+    """N simulated nodes and one localoss behind an account-wide cap; see the module docstring.
+
+    Args:
+        nodes: number of nodes (1..240).
+        oss_root: folder localoss serves (``ROOT/bucket/key``).
+        node_link_mibps: each node's link, both ways, MiB/s (0: uncapped). Isolated mode only.
+        oss_cap_mibps: all bodies from OSS to all nodes together, MiB/s (0: uncapped).
+        localoss_args: more flags for localoss (faults, credentials).
+        isolate: True: namespaces or raise; False: loopback; None: namespaces when they can be made.
+        shm_size_mb: size of each node's private ``/dev/shm`` (isolated mode).
+
+    Raises:
+        FleetUnavailableError: ``isolate=True`` and namespaces cannot be made (the message says why).
+        RuntimeError: localoss did not start; nothing of the fleet is left.
+
+    Example:
+        >>> with SimulatedFleet(3, tmp / "oss", oss_cap_mibps=200) as fleet:  # doctest: +SKIP
+        ...     fleet.localoss.put_file("bucket", "key", data)
+        ...     procs = [fleet.popen(r, [sys.executable, "node.py"], env=fleet.node_environment(r))
+        ...              for r in range(3)]
+    """
+
+    def __init__(
+        self,
+        nodes: int,
+        oss_root: Path,
+        *,
+        node_link_mibps: float = 0,
+        oss_cap_mibps: float = 0,
+        localoss_args: Sequence[str] = (),
+        isolate: bool | None = None,
+        shm_size_mb: int = DEFAULT_SHM_SIZE_MB,
+    ) -> None:
+        if not 1 <= nodes <= MAX_NODES:
+            raise ValueError(f"nodes={nodes}: give 1 to {MAX_NODES}")
+        if node_link_mibps < 0 or oss_cap_mibps < 0:
+            raise ValueError("link caps are MiB/s >= 0 (0: uncapped)")
+        self.nodes = nodes
+        self.node_link_mibps = float(node_link_mibps)
+        self.oss_cap_mibps = float(oss_cap_mibps)
+        self.shm_size_mb = shm_size_mb
+        self.suffix = secrets.token_hex(3)
+        self.subnet = f"{SUBNET_PREFIX}.{random.randrange(256)}"
+        self.isolated = False
+        self.fallback_reason = ""
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._closed = False
+        self._localoss: LocalOss | None = None
+        atexit.register(self.close)
+        try:
+            sweep_leftovers()
+            reason = namespaces_unavailable_reason() if isolate is not False else "isolate=False"
+            if not reason:
+                self.isolated = True  # the names and paths below are those of isolated mode
+                try:
+                    self._build_namespaces()
+                except FleetUnavailableError as exc:
+                    _remove_fleet(self.suffix)
+                    self.isolated = False
+                    reason = str(exc)
+            if not self.isolated:
+                if isolate:
+                    raise FleetUnavailableError(f"cannot build an isolated fleet: {reason}")
+                self.fallback_reason = (
+                    f"{reason}; fallback: {nodes} processes on 127.0.0.1 with separate cache directories, "
+                    f"OSS cap {self.oss_cap_mibps:g} MiB/s by localoss --bandwidth-mibps, "
+                    f"node link cap {self.node_link_mibps:g} MiB/s NOT applied"
+                )
+                self._build_fallback()
+            self._localoss = self._start_localoss(oss_root, localoss_args)
+        except BaseException:
+            self.close()
+            raise
+
+    # ----------------------------------------------------------------- names and addresses
+    @property
+    def state_dir(self) -> Path:
+        """``/run/omcfleet-SFX`` (isolated) or ``/dev/shm/omcfleet-SFX`` (fallback): all the fleet's files."""
+        return (STATE_ROOT if self.isolated else FALLBACK_ROOT) / f"{FLEET_PREFIX}{self.suffix}"
+
+    @property
+    def switch_namespace(self) -> str:
+        return f"{FLEET_PREFIX}{self.suffix}-sw"
+
+    @property
+    def oss_namespace(self) -> str:
+        return f"{FLEET_PREFIX}{self.suffix}-oss"
+
+    def node_namespace(self, rank: int) -> str:
+        """The network namespace of node ``rank`` (isolated mode)."""
+        return f"{FLEET_PREFIX}{self.suffix}-n{self._check_rank(rank)}"
+
+    @property
+    def namespaces(self) -> list[str]:
+        """Every network namespace the fleet makes (isolated mode; empty in the fallback)."""
+        if not self.isolated:
+            return []
+        return [
+            self.switch_namespace,
+            self.oss_namespace,
+            *(self.node_namespace(r) for r in range(self.nodes)),
+        ]
+
+    @property
+    def bridge(self) -> str:
+        return f"{LINK_PREFIX}{self.suffix}br"
+
+    @property
+    def oss_interface(self) -> str:
+        return f"{LINK_PREFIX}{self.suffix}os"
+
+    @property
+    def oss_port(self) -> str:
+        """The switch-side end of the OSS link."""
+        return f"{LINK_PREFIX}{self.suffix}po"
+
+    def node_port(self, rank: int) -> str:
+        """The switch-side end of node ``rank``'s link."""
+        return f"{LINK_PREFIX}{self.suffix}p{self._check_rank(rank)}"
+
+    def node_interface(self, rank: int) -> str:
+        """The node's NIC in its namespace (``"lo"`` in the fallback): the value for GLOO_SOCKET_IFNAME."""
+        return f"{LINK_PREFIX}{self.suffix}n{self._check_rank(rank)}" if self.isolated else "lo"
+
+    def node_address(self, rank: int) -> str:
+        """The node's IPv4 address (``127.0.0.1`` for every node in the fallback)."""
+        return f"{self.subnet}.{FIRST_NODE_OCTET + self._check_rank(rank)}" if self.isolated else "127.0.0.1"
+
+    @property
+    def oss_address(self) -> str:
+        return f"{self.subnet}.{OSS_HOST_OCTET}" if self.isolated else "127.0.0.1"
+
+    @property
+    def master_addr(self) -> str:
+        """Rank 0's address, for ``MASTER_ADDR``."""
+        return self.node_address(0)
+
+    @property
+    def endpoint(self) -> str:
+        """``http://ADDR:PORT`` of localoss as every node reaches it."""
+        return self.localoss.endpoint
+
+    @property
+    def localoss(self) -> LocalOss:
+        if self._localoss is None:
+            raise RuntimeError("the fleet's localoss is not running (setup failed or the fleet is closed)")
+        return self._localoss
+
+    def cache_dir(self, rank: int) -> str:
+        """Node ``rank``'s cache: its private ``/dev/shm``, or its own directory in the fallback."""
+        self._check_rank(rank)
+        return "/dev/shm" if self.isolated else str(self.state_dir / f"n{rank}")
+
+    def _node_shm(self, rank: int) -> Path:
+        """Node ``rank``'s ``/dev/shm`` as seen from the root namespace."""
+        return self.state_dir / f"shm-n{rank}" if self.isolated else Path(self.cache_dir(rank))
+
+    def _mount_ns_file(self, rank: int) -> Path:
+        return self.state_dir / f"mnt-n{rank}"
+
+    def node_environment(self, rank: int, master_port: int | None = None) -> dict[str, str]:
+        """What a node's process needs for a gloo group: GLOO_SOCKET_IFNAME, MASTER_ADDR, RANK, WORLD_SIZE."""
+        env = {
+            "GLOO_SOCKET_IFNAME": self.node_interface(rank),
+            "MASTER_ADDR": self.master_addr,
+            "RANK": str(rank),
+            "WORLD_SIZE": str(self.nodes),
+        }
+        if master_port is not None:
+            env["MASTER_PORT"] = str(master_port)
+        return env
+
+    def _check_rank(self, rank: int) -> int:
+        if not 0 <= rank < self.nodes:
+            raise IndexError(f"rank {rank} not in 0..{self.nodes - 1}")
+        return rank
+
+    # ----------------------------------------------------------------- processes
+    def launcher(self, rank: int) -> list[str]:
+        """The argv prefix that runs a command on node ``rank`` (empty in the fallback)."""
+        self._check_rank(rank)
+        if not self.isolated:
+            return []
+        return [
+            "nsenter",
+            f"--net=/run/netns/{self.node_namespace(rank)}",
+            f"--mount={self._mount_ns_file(rank)}",
+            "--",
+        ]
+
+    def popen(
+        self,
+        rank: int,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        **kwargs: object,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` on node ``rank`` in a new session; ``close()`` kills it if still running.
+
+        Args:
+            rank: the node.
+            argv: the command.
+            env: variables added to (not replacing) this process's environment.
+            **kwargs: passed to ``subprocess.Popen`` (stdout, stderr, cwd...); ``start_new_session`` is
+                always True, so the fleet can kill the process group.
+
+        Returns:
+            The process (for ``nsenter``: the command itself, nsenter execs it).
+        """
+        if self._closed:
+            raise RuntimeError("the fleet is closed")
+        kwargs["start_new_session"] = True
+        proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+            [*self.launcher(rank), *argv], env={**os.environ, **(env or {})}, **kwargs
+        )
+        self._procs.append(proc)
+        _record_process(self.state_dir, proc.pid, group=True)
+        return proc
+
+    def run(
+        self, rank: int, argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout_s: float = 60.0
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run ``argv`` on node ``rank`` to completion (output captured); killed after ``timeout_s``."""
+        proc = self.popen(rank, argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._kill_group(proc)
+            out, err = proc.communicate(timeout=PROCESS_EXIT_TIMEOUT_S)
+            raise subprocess.TimeoutExpired(proc.args, timeout_s, out, err) from None
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def restart_localoss(self, *args: str) -> LocalOss:
+        """Start localoss again on the same address, port and folder after it was killed or stopped.
+
+        ``args``: other flags (default the same ones). The fleet stops the new server at ``close()``.
+        """
+        old = self.localoss
+        if old.proc.poll() is None:
+            raise RuntimeError("stop or kill the fleet's localoss first (fleet.localoss.kill())")
+        if args and self.isolated:
+            args = ("--host", self.oss_address, *args)
+        self._localoss = old.restart(*args)
+        _record_process(self.state_dir, self._localoss.proc.pid, group=False)
+        return self._localoss
+
+    def shm_entries(self, rank: int) -> list[str]:
+        """Names now in node ``rank``'s ``/dev/shm`` (fallback: its cache directory), sorted."""
+        self._check_rank(rank)
+        return sorted(os.listdir(self._node_shm(rank)))
+
+    def in_namespace(self, namespace: str, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        """Run a short command (``tc qdisc show``...) in one of the fleet's network namespaces."""
+        if namespace not in self.namespaces:
+            raise ValueError(f"{namespace} is not a namespace of this fleet")
+        return _run(["ip", "netns", "exec", namespace, *argv], check=False)
+
+    # ----------------------------------------------------------------- set-up
+    def _build_namespaces(self) -> None:
+        state = self.state_dir
+        state.mkdir(mode=0o700)
+        _write_owner(state)
+        for name in self.namespaces:
+            _run(["ip", "netns", "add", name])
+            _run(["ip", "-n", name, "link", "set", "lo", "up"])
+        sw = self.switch_namespace
+        _run(["ip", "-n", sw, "link", "add", self.bridge, "type", "bridge"])
+        _run(["ip", "-n", sw, "link", "set", self.bridge, "mtu", str(LINK_MTU), "up"])
+        links = [(self.oss_port, self.oss_namespace, self.oss_interface, self.oss_address)]
+        links += [
+            (self.node_port(r), self.node_namespace(r), self.node_interface(r), self.node_address(r))
+            for r in range(self.nodes)
+        ]
+        for port, namespace, nic, address in links:
+            # Both ends are born in the fleet's namespaces: nothing ever appears in the root namespace.
+            _run(["ip", "-n", sw, "link", "add", port, "mtu", str(LINK_MTU), "type", "veth",
+                  "peer", "name", nic, "mtu", str(LINK_MTU), "netns", namespace])  # fmt: skip
+            _run(["ip", "-n", sw, "link", "set", port, "master", self.bridge, "up"])
+            _run(["ip", "-n", namespace, "addr", "add", f"{address}/24", "dev", nic])
+            _run(["ip", "-n", namespace, "link", "set", nic, "up"])
+        if self.oss_cap_mibps:
+            _run(["ip", "netns", "exec", self.oss_namespace, *_tbf(self.oss_interface, self.oss_cap_mibps)])
+        if self.node_link_mibps:
+            for r in range(self.nodes):
+                _run(["ip", "netns", "exec", self.node_namespace(r),
+                      *_tbf(self.node_interface(r), self.node_link_mibps)])  # fmt: skip
+                _run(["ip", "netns", "exec", sw, *_tbf(self.node_port(r), self.node_link_mibps)])
+        # Mount namespaces: the files that hold them must sit on a private mount, else the kernel refuses
+        # (a namespace file bound inside a mount that propagates into that namespace would be a loop).
+        _run(["mount", "--bind", str(state), str(state)])
+        _run(["mount", "--make-private", str(state)])
+        for r in range(self.nodes):
+            shm = self._node_shm(r)
+            shm.mkdir()
+            _run(["mount", "-t", "tmpfs", "-o", f"size={self.shm_size_mb}m,mode=1777",
+                  f"{FLEET_PREFIX}{self.suffix}-n{r}", str(shm)])  # fmt: skip
+            ns_file = self._mount_ns_file(r)
+            ns_file.touch()
+            _run(["unshare", f"--mount={ns_file}", "--propagation", "private",
+                  "mount", "--bind", str(shm), "/dev/shm"])  # fmt: skip
+
+    def _build_fallback(self) -> None:
+        state = self.state_dir
+        state.mkdir(mode=0o700)
+        _write_owner(state)
+        for r in range(self.nodes):
+            (state / f"n{r}").mkdir()
+
+    def _start_localoss(self, oss_root: Path, localoss_args: Sequence[str]) -> LocalOss:
+        if self.isolated:
+            args = ["--host", self.oss_address, *localoss_args]
+            launcher = ["nsenter", f"--net=/run/netns/{self.oss_namespace}", "--"]
+        else:
+            args = [*localoss_args]
+            if self.oss_cap_mibps:
+                args = ["--bandwidth-mibps", f"{self.oss_cap_mibps:g}", *args]
+            launcher = []
+        server = start_localoss(oss_root, *args, launcher=launcher)
+        _record_process(self.state_dir, server.proc.pid, group=False)
+        return server
+
+    # ----------------------------------------------------------------- teardown
+    def _kill_group(self, proc: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=PROCESS_EXIT_TIMEOUT_S)
+
+    def close(self) -> None:
+        """Kill every process of the fleet, stop localoss, remove namespaces, links, mounts and files.
+
+        Idempotent; also runs from ``__exit__`` and at interpreter exit.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        for proc in self._procs:
+            if proc.poll() is None:
+                self._kill_group(proc)
+            for stream in (proc.stdout, proc.stderr, proc.stdin):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+        if self._localoss is not None:
+            self._localoss.stop()
+            self._localoss = None
+        _remove_fleet(self.suffix)
+
+    def __enter__(self) -> SimulatedFleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "isolated" if self.isolated else "fallback"
+        return f"SimulatedFleet({self.nodes} nodes, {mode}, suffix={self.suffix}, closed={self._closed})"

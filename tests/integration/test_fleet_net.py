@@ -1,0 +1,414 @@
+"""The simulated fleet (tests/fleet_net.py): 3 nodes reach localoss and each other, form a gloo group, keep
+their ``/dev/shm`` to themselves, carry the configured ``tc`` caps, and leave nothing behind.
+
+Each test runs in both modes: ``isolated`` (network and mount namespaces; skipped, with the reason, where
+they cannot be made) and ``loopback`` (the fallback CI always has). No test asserts a duration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fleet_net import (
+    FALLBACK_ROOT,
+    FLEET_PREFIX,
+    STATE_ROOT,
+    SimulatedFleet,
+    namespaces_unavailable_reason,
+    sweep_leftovers,
+)
+
+pytestmark = pytest.mark.timeout(300)  # a hang guard only
+
+NODES = 3
+NODE_LINK_MIBPS = 400
+OSS_CAP_MIBPS = 200
+NODE_PROGRAM = str(Path(__file__).resolve().parent.parent / "fleet_node_programs.py")
+WAIT_S = 120.0
+MIB = 1 << 20
+BROADCAST_MIB = 64
+
+
+def _start_fleet(mode: str, oss_root: Path, nodes: int = NODES, **kwargs: object) -> SimulatedFleet:
+    fleet = SimulatedFleet(
+        nodes,
+        oss_root,
+        node_link_mibps=NODE_LINK_MIBPS,
+        oss_cap_mibps=OSS_CAP_MIBPS,
+        isolate=None if mode == "isolated" else False,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    if mode == "isolated" and not fleet.isolated:
+        reason = fleet.fallback_reason
+        fleet.close()
+        pytest.skip(f"network namespaces cannot be made here: {reason}")
+    print(f"fleet {fleet!r}: {fleet.fallback_reason or 'isolated'}")
+    return fleet
+
+
+@pytest.fixture(scope="module", params=["isolated", "loopback"])
+def fleet(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SimulatedFleet]:
+    """One fleet of 3 nodes per mode for the tests that only use it (they clean up what they start)."""
+    with _start_fleet(request.param, tmp_path_factory.mktemp("fleet-oss")) as simulated:
+        yield simulated
+
+
+def _outputs(procs: list[subprocess.Popen[bytes]]) -> list[dict[str, object]]:
+    results = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=WAIT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, f"{proc.args} exited {proc.returncode}: {err.decode()[-3000:]}"
+        results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    return results
+
+
+def _on_every_node(
+    fleet: SimulatedFleet, argv_for: object, env_for: object = None
+) -> list[dict[str, object]]:
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    procs = [
+        fleet.popen(
+            rank,
+            [sys.executable, NODE_PROGRAM, *argv_for(rank)],  # type: ignore[operator]
+            env=env_for(rank) if env_for else None,  # type: ignore[operator]
+            **pipes,
+        )
+        for rank in range(fleet.nodes)
+    ]
+    return _outputs(procs)
+
+
+def test_every_node_gets_an_object_from_localoss(fleet: SimulatedFleet) -> None:
+    data = os.urandom(3 * MIB + 17)
+    fleet.localoss.put_file("fleet-bucket", "weights/object.bin", data)
+    env = {
+        "OSS_ACCESS_KEY_ID": fleet.localoss.access_key_id,
+        "OSS_ACCESS_KEY_SECRET": fleet.localoss.access_key_secret,
+    }
+    results = _on_every_node(
+        fleet, lambda rank: ["get", fleet.endpoint, "fleet-bucket", "weights/object.bin"], lambda rank: env
+    )
+    assert [r["status"] for r in results] == [200] * NODES
+    assert [r["bytes"] for r in results] == [len(data)] * NODES
+    assert {r["sha256"] for r in results} == {hashlib.sha256(data).hexdigest()}
+    if fleet.isolated:
+        assert fleet.endpoint.startswith(f"http://{fleet.oss_address}:")
+        assert not fleet.oss_address.startswith("127.")
+
+
+def test_every_node_reaches_every_other_node_over_tcp(fleet: SimulatedFleet) -> None:
+    port = 29300 + os.getpid() % 500  # one port per node in the fallback, where all share 127.0.0.1
+    peers = {rank: f"{fleet.node_address(rank)}:{port + rank}" for rank in range(NODES)}
+
+    def argv(rank: int) -> list[str]:
+        others = [peer for other, peer in peers.items() if other != rank]
+        return ["mesh", fleet.node_address(rank), str(port + rank), *others]
+
+    results = _on_every_node(fleet, argv)
+    for rank, result in enumerate(results):
+        expected = {peer: fleet.node_address(other) for other, peer in peers.items() if other != rank}
+        assert result["answers"] == expected
+        assert result["served_all"] is True
+    assert len({fleet.node_address(r) for r in range(NODES)}) == (NODES if fleet.isolated else 1)
+
+
+def _expected_broadcast_digest() -> str:
+    import numpy as np
+
+    data = np.random.default_rng(1234).integers(0, 256, BROADCAST_MIB * MIB, dtype=np.uint8)
+    return hashlib.sha256(data.tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("how", ["GLOO_SOCKET_IFNAME", "create_device"])
+def test_gloo_group_forms_over_master_addr(fleet: SimulatedFleet, how: str) -> None:
+    """The two ways documented in fleet_net's docstring: the env variable, or an explicit gloo device."""
+    pytest.importorskip("torch")
+    master_port = 29900 + os.getpid() % 50 + (50 if how == "create_device" else 0)
+
+    def env(rank: int) -> dict[str, str]:
+        variables = fleet.node_environment(rank, master_port)
+        variables["NODE_ADDRESS"] = fleet.node_address(rank)
+        if how == "create_device":
+            variables.pop("GLOO_SOCKET_IFNAME")
+        return variables
+
+    mode = "env" if how == "GLOO_SOCKET_IFNAME" else "device"
+    results = _on_every_node(fleet, lambda rank: ["gloo", mode, str(BROADCAST_MIB)], env)
+    assert [r["sum"] for r in results] == [sum(range(1, NODES + 1))] * NODES
+    assert {r["sha256"] for r in results} == {_expected_broadcast_digest()}
+    rates = [f"{BROADCAST_MIB / float(r['seconds']):.0f}" for r in results]  # type: ignore[arg-type]
+    print(f"{how}: {BROADCAST_MIB} MiB broadcast, MiB/s per rank: {rates}")
+
+
+def test_a_file_in_one_nodes_shm_is_seen_by_no_other_node(fleet: SimulatedFleet) -> None:
+    name = f"fleet-private-{os.getpid()}"
+    written = fleet.run(0, ["sh", "-c", f'printf hello > "$0/{name}" && ls "$0"', fleet.cache_dir(0)])
+    assert written.returncode == 0, written.stderr
+    assert name in written.stdout.decode().split()
+    assert name in fleet.shm_entries(0)
+    for rank in range(1, NODES):
+        listed = fleet.run(rank, ["ls", "-a", fleet.cache_dir(rank)])
+        assert listed.returncode == 0, listed.stderr
+        assert name not in listed.stdout.decode().split()
+        assert name not in fleet.shm_entries(rank)
+    assert name not in os.listdir("/dev/shm")
+    if fleet.isolated:
+        assert fleet.cache_dir(0) == fleet.cache_dir(1) == "/dev/shm"  # the same path, different tmpfs
+    else:
+        assert len({fleet.cache_dir(r) for r in range(NODES)}) == NODES
+    os.unlink(Path(fleet._node_shm(0)) / name)
+
+
+def _tbf_rate_bits(qdiscs: str, device: str) -> int:
+    match = re.search(rf"qdisc tbf \S+ dev {re.escape(device)} root .*?rate (\d+)(\w?)bit", qdiscs)
+    assert match, f"no tbf on {device} in:\n{qdiscs}"
+    return int(match.group(1)) * {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}[match.group(2)]
+
+
+def test_links_carry_the_configured_caps(fleet: SimulatedFleet) -> None:
+    if not fleet.isolated:
+        # Loopback: only the account cap exists, enforced by localoss; the reason says the rest is not.
+        assert fleet.localoss.args[:2] == ("--bandwidth-mibps", f"{OSS_CAP_MIBPS:g}")
+        assert "NOT applied" in fleet.fallback_reason
+        return
+    node_bits, oss_bits = NODE_LINK_MIBPS * MIB * 8, OSS_CAP_MIBPS * MIB * 8
+    switch = fleet.in_namespace(fleet.switch_namespace, ["tc", "qdisc", "show"]).stdout
+    for rank in range(NODES):
+        node = fleet.run(rank, ["tc", "qdisc", "show"]).stdout.decode()
+        assert _tbf_rate_bits(node, fleet.node_interface(rank)) == pytest.approx(node_bits, rel=0.01)
+        assert _tbf_rate_bits(switch, fleet.node_port(rank)) == pytest.approx(node_bits, rel=0.01)
+    oss = fleet.in_namespace(fleet.oss_namespace, ["tc", "qdisc", "show"]).stdout
+    assert _tbf_rate_bits(oss, fleet.oss_interface) == pytest.approx(oss_bits, rel=0.01)
+    assert (
+        "tbf"
+        not in fleet.in_namespace(
+            fleet.switch_namespace, ["tc", "qdisc", "show", "dev", fleet.oss_port]
+        ).stdout
+    )
+
+
+def test_no_route_leaves_the_fleet(fleet: SimulatedFleet) -> None:
+    if not fleet.isolated:
+        pytest.skip("loopback fallback: the nodes are ordinary processes of this machine")
+    for rank in range(NODES):
+        routes = fleet.run(rank, ["ip", "-4", "route", "show"]).stdout.decode()
+        assert "default" not in routes
+        assert routes.split() == [
+            f"{fleet.subnet}.0/24", "dev", fleet.node_interface(rank), "proto", "kernel", "scope", "link",
+            "src", fleet.node_address(rank),
+        ]  # fmt: skip
+    root_links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, timeout=30).stdout
+    root_addresses = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, timeout=30).stdout
+    assert fleet.suffix not in root_links
+    assert f"{fleet.subnet}." not in root_addresses
+
+
+# ---------------------------------------------------------------------------------------------- teardown
+
+
+def _traces(suffix: str) -> list[str]:
+    """Everything of fleet ``suffix`` still visible from here: namespaces, links, mounts, files."""
+    found = (
+        [f"netns {name}" for name in os.listdir("/run/netns") if suffix in name]
+        if Path("/run/netns").exists()
+        else []
+    )
+    if namespaces_unavailable_reason() == "":
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, timeout=30).stdout
+        found += [f"link {line}" for line in links.splitlines() if suffix in line]
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        found += [f"mount {line.strip()}" for line in mountinfo if suffix in line]
+    found += [
+        f"dir {root}/{FLEET_PREFIX}{suffix}"
+        for root in (STATE_ROOT, FALLBACK_ROOT)
+        if (root / f"{FLEET_PREFIX}{suffix}").exists()
+    ]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# A node process that also leaves a grandchild in a session of its own (escaping the process group).
+ESCAPING_NODE = r"""
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+open(sys.argv[1] + "/leftover", "w").write("x")
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("mode", ["isolated", "loopback"])
+def test_close_leaves_no_namespace_link_mount_file_or_process(mode: str, tmp_path: Path) -> None:
+    fleet = _start_fleet(mode, tmp_path / "oss")
+    procs = [
+        fleet.popen(r, [sys.executable, "-c", ESCAPING_NODE, fleet.cache_dir(r)], stdout=subprocess.PIPE)
+        for r in range(NODES)
+    ]
+    pids = [proc.pid for proc in procs] + [fleet.localoss.proc.pid]
+    for proc in procs:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip().isdigit(), line
+        if fleet.isolated:  # the escaped grandchild is still in the node's network namespace
+            pids.append(int(line))
+        else:  # loopback: an escaped grandchild is the program's business; end it here
+            os.kill(int(line), signal.SIGKILL)
+    assert all(_alive(pid) for pid in pids)
+    assert _traces(fleet.suffix)
+    fleet.close()
+    fleet.close()  # idempotent
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [pid for pid in pids if _alive(pid)] == []
+    assert _traces(fleet.suffix) == []
+    with pytest.raises(RuntimeError, match="closed"):
+        fleet.popen(0, ["true"])
+
+
+def _all_fleet_traces() -> set[str]:
+    """Every fleet item on the machine, whichever its suffix (to diff around a failed setup)."""
+    found = (
+        {f"netns {n}" for n in os.listdir("/run/netns") if n.startswith(FLEET_PREFIX)}
+        if Path("/run/netns").exists()
+        else set()
+    )
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        found |= {f"mount {line.split()[4]}" for line in mountinfo if FLEET_PREFIX in line}
+    for root in (STATE_ROOT, FALLBACK_ROOT):
+        found |= {f"dir {root / n}" for n in os.listdir(root) if n.startswith(FLEET_PREFIX)}
+    return found
+
+
+@pytest.mark.parametrize("mode", ["isolated", "loopback"])
+def test_setup_failing_halfway_leaves_nothing(mode: str, tmp_path: Path) -> None:
+    """localoss refuses its arguments after the namespaces, links, qdiscs and mounts exist."""
+    if mode == "isolated" and namespaces_unavailable_reason():
+        pytest.skip(f"network namespaces cannot be made here: {namespaces_unavailable_reason()}")
+    before = _all_fleet_traces()
+    with pytest.raises(RuntimeError, match="localoss exited"):
+        SimulatedFleet(
+            NODES,
+            tmp_path / "oss",
+            node_link_mibps=NODE_LINK_MIBPS,
+            oss_cap_mibps=OSS_CAP_MIBPS,
+            localoss_args=["--no-such-flag"],
+            isolate=mode == "isolated",
+        )
+    assert _all_fleet_traces() - before == set()
+
+
+SIGKILLED_OWNER = r"""
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from fleet_net import SimulatedFleet
+fleet = SimulatedFleet(2, Path(sys.argv[2]), isolate=sys.argv[3] == "isolated")
+fleet.popen(1, [sys.executable, "-c", "import time; time.sleep(600)"])
+print(fleet.suffix, fleet.localoss.proc.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("mode", ["isolated", "loopback"])
+def test_sweep_removes_what_a_sigkilled_owner_left(mode: str, tmp_path: Path) -> None:
+    if mode == "isolated" and namespaces_unavailable_reason():
+        pytest.skip(f"network namespaces cannot be made here: {namespaces_unavailable_reason()}")
+    owner = subprocess.Popen(
+        [sys.executable, "-c", SIGKILLED_OWNER, str(Path(NODE_PROGRAM).parent), str(tmp_path / "oss"), mode],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert owner.stdout is not None
+        suffix, server_pid = owner.stdout.readline().decode().split()
+    finally:
+        owner.kill()  # SIGKILL: no close(), no atexit
+        owner.wait(timeout=30)
+        assert owner.stdout is not None
+        owner.stdout.close()
+    assert _traces(suffix)
+    assert _alive(int(server_pid))
+    removed = sweep_leftovers()
+    assert any(suffix in item for item in removed)
+    deadline = time.monotonic() + 10
+    while _alive(int(server_pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(int(server_pid))
+    assert _traces(suffix) == []
+
+
+def test_a_live_fleet_survives_a_sweep(fleet: SimulatedFleet) -> None:
+    sweep_leftovers()
+    assert fleet.run(0, ["true"]).returncode == 0
+    assert fleet.localoss.proc.poll() is None
+    assert _traces(fleet.suffix)
+
+
+def test_isolate_true_says_why_namespaces_cannot_be_made(tmp_path: Path) -> None:
+    """Unprivileged (a user namespace of its own: euid 65534, no capability over the machine's network),
+    isolate=True raises with the reason and isolate=None falls back to loopback, saying why."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare to make an unprivileged user namespace")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path\n"
+        "from fleet_net import SimulatedFleet, FleetUnavailableError\n"
+        "try:\n    SimulatedFleet(2, Path(sys.argv[2]), isolate=True)\n"
+        "except FleetUnavailableError as exc:\n    print('raised:', exc)\n"
+        "with SimulatedFleet(2, Path(sys.argv[2])) as fleet:\n"
+        "    print('isolated:', fleet.isolated); print('reason:', fleet.fallback_reason)\n"
+    )
+    argv = [
+        "unshare",
+        "--user",
+        sys.executable,
+        "-c",
+        code,
+        str(Path(NODE_PROGRAM).parent),
+        str(tmp_path / "oss"),
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT_S)
+    if proc.returncode != 0 and "unshare failed" in proc.stderr:
+        pytest.skip(f"user namespaces are not allowed here: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("raised: cannot build an isolated fleet: not root (euid 65534)")
+    assert lines[1] == "isolated: False"
+    assert lines[2].startswith("reason: not root (euid 65534)") and "NOT applied" in lines[2]
+
+
+def test_localoss_killed_and_restarted_serves_every_node_again(fleet: SimulatedFleet) -> None:
+    data = os.urandom(MIB)
+    fleet.localoss.put_file("fleet-bucket", "restart.bin", data)
+    endpoint = fleet.endpoint
+    fleet.localoss.kill()
+    server = fleet.restart_localoss()
+    assert fleet.localoss is server and fleet.endpoint == endpoint
+    env = {"OSS_ACCESS_KEY_ID": server.access_key_id, "OSS_ACCESS_KEY_SECRET": server.access_key_secret}
+    results = _on_every_node(
+        fleet, lambda rank: ["get", endpoint, "fleet-bucket", "restart.bin"], lambda rank: env
+    )
+    assert {(r["status"], r["sha256"]) for r in results} == {(200, hashlib.sha256(data).hexdigest())}
