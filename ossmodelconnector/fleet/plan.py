@@ -1,14 +1,16 @@
 """The plan every node of a fleet computes alike: which chunks, in which order, and who fetches each.
 
-Chunk ``k`` of the read order is fetched from OSS by node ``k mod nodes`` and passed from there to the
-others, so each node pulls a 1/N share spread over the whole order: the nodes' OSS fetches and the
-exchange move through the model together, in the order frameworks read it. The digest covers everything
+Chunks are dealt out in the read order, each to the node that has the fewest bytes so far (the lowest
+rank on a tie: round robin when chunks are equal, balanced when the tail chunks of files are short). Each
+node pulls a 1/N share spread over the whole order, so the nodes' OSS fetches and the exchange move
+through the model together, in the order frameworks read it. The digest covers everything
 that must agree (object versions, chunk size, order, nodes); nodes whose digests differ do not exchange.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,6 +56,12 @@ class FleetPlan:
             for file, chunk in order
         ]
         self._position = {(chunk.file, chunk.chunk): k for k, chunk in enumerate(self.chunks)}
+        self._owners: list[int] = []
+        loads = [(0, rank) for rank in range(nodes)]  # (bytes dealt so far, rank): a heap
+        for chunk in self.chunks:
+            load, rank = heapq.heappop(loads)
+            self._owners.append(rank)
+            heapq.heappush(loads, (load + chunk.length, rank))
         if len(self._position) != len(self.chunks):
             raise ValueError("FleetPlan: the order names a chunk twice")
         described = {
@@ -70,7 +78,7 @@ class FleetPlan:
 
     def owner(self, position: int) -> int:
         """The node that fetches the chunk at ``position`` of the order from OSS."""
-        return position % self.nodes
+        return self._owners[position]
 
     def position(self, file: int, start: int) -> int | None:
         """The position in the order of the chunk of ``file`` starting at byte ``start``, or None when

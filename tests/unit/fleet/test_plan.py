@@ -43,9 +43,17 @@ def test_every_byte_is_owned_once_and_the_shares_add_up(sizes: list[int], chunk_
     assert all(all(c) for c in covered)
     shares = [plan.share(rank) for rank in range(nodes)]
     assert sum(shares) == sum(sizes)
-    # Round robin over the order: no node owns more than one chunk more than another.
-    counts = [sum(1 for k in range(len(plan)) if plan.owner(k) == rank) for rank in range(nodes)]
-    assert max(counts) - min(counts) <= 1
+    # Dealt by bytes: no node pulls more than one chunk more than another.
+    assert max(shares) - min(shares) <= chunk_size
+
+
+def test_equal_chunks_are_dealt_round_robin_and_short_ones_balance_the_bytes() -> None:
+    plan = FleetPlan(_infos([6 * MIB]), _order([6 * MIB], MIB), MIB, 3)
+    assert [plan.owner(k) for k in range(6)] == [0, 1, 2, 0, 1, 2]
+    # Two files of 2.25 chunks: the short tails go to the nodes that have pulled less.
+    sizes = [2 * MIB + MIB // 4, 2 * MIB + MIB // 4]
+    plan = FleetPlan(_infos(sizes), _order(sizes, MIB), MIB, 2)
+    assert [plan.share(rank) for rank in range(2)] == [sum(sizes) // 2, sum(sizes) // 2]
 
 
 def test_a_range_that_is_not_a_chunk_of_the_plan_has_no_position() -> None:
