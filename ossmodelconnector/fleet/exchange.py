@@ -40,7 +40,7 @@ import numpy as np
 
 from ossmodelconnector import _fast
 from ossmodelconnector.errors import ClosedError
-from ossmodelconnector.fleet.plan import FleetPlan
+from ossmodelconnector.fleet.plan import FleetPlan, Step
 from ossmodelconnector.fleet.rendezvous import FleetSettings
 from ossmodelconnector.objects import FetchInto
 
@@ -64,6 +64,8 @@ class FleetState(enum.Enum):
 class _Group(Protocol):
     def broadcast_header(self, source: int, status: int, crc: int) -> tuple[int, int]: ...
     def broadcast(self, source: int, view: memoryview) -> None: ...
+    def allgather_headers(self, status: int, crc: int) -> list[tuple[int, int]]: ...
+    def allgather(self, views: list[memoryview]) -> None: ...
     def barrier(self) -> None: ...
     def abort(self) -> None: ...
 
@@ -296,8 +298,11 @@ class FleetExchange:
             len(self.plan),
         )
         try:
-            for position, chunk in enumerate(self.plan.chunks):
-                self._exchange(group, position, chunk.file, chunk.start, chunk.end)
+            for step in self.plan.steps:
+                if self.plan.is_round(step):
+                    self._exchange_round(group, step)
+                else:
+                    self._exchange_single(group, step[0])
             group.barrier()
         except Exception as exc:
             group.abort()
@@ -311,7 +316,36 @@ class FleetExchange:
         group.abort()  # every node is past the barrier: nothing more goes over the group's connections
         self._end(FleetState.DONE, "")
 
-    def _exchange(self, group: _Group, position: int, file: int, start: int, end: int) -> None:
+    def _exchange_round(self, group: _Group, positions: Step) -> None:
+        """N chunks, the ``r``-th from node ``r``, to every node by one all-gather (after their headers)."""
+        rank = self.settings.rank
+        deadline = time.monotonic() + self.settings.timeout_s
+        began = time.monotonic()
+        mine = (_KEEP_WAITING, 0)
+        headers = [mine]
+        while any(status == _KEEP_WAITING for status, _ in headers):
+            if mine[0] == _KEEP_WAITING:  # a node's answer, once given, stands for the whole round
+                mine = self._wait_own(positions[rank], deadline)
+            headers = group.allgather_headers(*mine)
+        if any(status == _SENT for status, _ in headers):
+            with self._cond:
+                if self._closed:
+                    raise ClosedError("closed")
+                views = [self._chunk_view(position) for position in positions]
+            try:
+                group.allgather(views)
+            finally:
+                for view in views:
+                    view.release()
+            if mine[0] == _SENT:
+                self._count(bytes_sent=self.plan.chunks[positions[rank]].length)
+        self._exchange_s += time.monotonic() - began
+        for source, (position, (status, crc)) in enumerate(zip(positions, headers, strict=True)):
+            if source != rank:
+                self._delivered(position, status, crc)
+
+    def _exchange_single(self, group: _Group, position: int) -> None:
+        """One chunk from its owner to every node by one broadcast (after its header)."""
         source = self.plan.owner(position)
         mine = source == self.settings.rank
         deadline = time.monotonic() + self.settings.timeout_s
@@ -325,19 +359,27 @@ class FleetExchange:
             with self._cond:
                 if self._closed:
                     raise ClosedError("closed")
-                view = self._views[file][start:end]
+                view = self._chunk_view(position)
             try:
                 group.broadcast(source, view)
             finally:
                 view.release()
             if mine:
-                self._count(bytes_sent=end - start)
+                self._count(bytes_sent=self.plan.chunks[position].length)
         self._exchange_s += time.monotonic() - began
         if not mine:
-            self._settle(position, _Chunk.FETCHED if status == _SENT else _Chunk.FETCH_HERE, crc)
-            if self.on_delivered is not None:  # delivered, or to be fetched here: either way, now
-                chunk = self.plan.chunks[position]
-                self.on_delivered(chunk.file, chunk.chunk)
+            self._delivered(position, status, crc)
+
+    def _chunk_view(self, position: int) -> memoryview:
+        chunk = self.plan.chunks[position]
+        return self._views[chunk.file][chunk.start : chunk.end]
+
+    def _delivered(self, position: int, status: int, crc: int) -> None:
+        """A peer's chunk is in the segment (sent), or will not come (fetch it here): either way, now."""
+        self._settle(position, _Chunk.FETCHED if status == _SENT else _Chunk.FETCH_HERE, crc)
+        if self.on_delivered is not None:
+            chunk = self.plan.chunks[position]
+            self.on_delivered(chunk.file, chunk.chunk)
 
     def _wait_own(self, position: int, deadline: float) -> tuple[int, int]:
         """This node's chunk ``position`` once stored (sent, with its CRC-64); not fetched when it failed

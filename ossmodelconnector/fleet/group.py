@@ -102,10 +102,25 @@ class FleetGroup:
         """Send (from ``source``) or take a chunk's status and CRC-64; returns them on every node."""
         if self.settings.rank == source:
             self._header[0] = status
-            self._header[1] = crc - (1 << 64) if crc >= 1 << 63 else crc  # int64 holds the 64 bits
+            self._header[1] = _signed(crc)
         self._call(self._group.broadcast, [self._header], _root(source))
         status_out, signed = (int(value) for value in self._header)
-        return status_out, signed & ((1 << 64) - 1)
+        return status_out, signed & _MASK64
+
+    def allgather_headers(self, status: int, crc: int) -> list[tuple[int, int]]:
+        """Every node's status and CRC-64 for its chunk of a round, by rank."""
+        mine = torch.tensor([status, _signed(crc)], dtype=torch.int64)
+        everyone = [torch.empty_like(mine) for _ in range(self.settings.nodes)]
+        self._call(self._group.allgather, [everyone], [mine])
+        return [(int(header[0]), int(header[1]) & _MASK64) for header in everyone]
+
+    def allgather(self, views: list[memoryview]) -> None:
+        """A round: ``views[r]`` (equal sizes) ends on every node with node ``r``'s bytes, in place."""
+        tensors = [torch.frombuffer(view, dtype=torch.uint8) for view in views]
+        try:
+            self._call(self._group.allgather, [tensors], [tensors[self.settings.rank]])
+        finally:
+            del tensors  # the caller releases ``views``: no export of them may outlive this call
 
     def broadcast(self, source: int, view: memoryview) -> None:
         """Send ``view`` (on ``source``) or receive into it (elsewhere), in place: no copy of the bytes."""
@@ -129,6 +144,14 @@ class FleetGroup:
         except RuntimeError as exc:
             self.abort()
             raise GroupError(_short(exc)) from exc
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _signed(crc: int) -> int:
+    """A CRC-64 as the int64 a tensor holds (the same 64 bits)."""
+    return crc - (1 << 64) if crc >= 1 << 63 else crc
 
 
 def _root(source: int) -> Any:

@@ -1,23 +1,31 @@
 """The plan every node of a fleet computes alike: which chunks, in which order, and who fetches each.
 
-Chunks are dealt out in the read order, each to the node that has the fewest bytes so far (the lowest
-rank on a tie: round robin when chunks are equal, balanced when the tail chunks of files are short). Each
-node pulls a 1/N share spread over the whole order, so the nodes' OSS fetches and the exchange move
-through the model together, in the order frameworks read it. The digest covers everything
-that must agree (object versions, chunk size, order, nodes); nodes whose digests differ do not exchange.
+The exchange moves chunks in *steps*, in the read order:
+
+- a **round**: N full-size chunks that come next in the order, the ``r``-th fetched from OSS by node ``r``,
+  passed to every node at once by one all-gather (every node's link busy at the same time;
+  ``benchmarks/fleet_exchange.py`` measured it at twice the rate of a broadcast per chunk);
+- a **single**: a file's short last chunk (an all-gather needs equal sizes), fetched by the node with the
+  fewest bytes so far, and passed on by one broadcast; so are the full chunks left over at the end.
+
+Each node pulls a 1/N share spread over the whole order, so the nodes' OSS fetches and the exchange move
+through the model together, in the order frameworks read it. The digest covers everything that must
+agree (object versions, chunk size, order, nodes); nodes whose digests differ do not exchange.
 """
 
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ossmodelconnector.objects import ObjectInfo
 
-__all__ = ["FleetPlan", "PlannedChunk"]
+__all__ = ["FleetPlan", "PlannedChunk", "Step"]
+
+Step = tuple[int, ...]
+"""Positions in the order moved together: N (a round: the ``r``-th owned by node ``r``) or one (a single)."""
 
 
 @dataclass(frozen=True)
@@ -56,12 +64,7 @@ class FleetPlan:
             for file, chunk in order
         ]
         self._position = {(chunk.file, chunk.chunk): k for k, chunk in enumerate(self.chunks)}
-        self._owners: list[int] = []
-        loads = [(0, rank) for rank in range(nodes)]  # (bytes dealt so far, rank): a heap
-        for chunk in self.chunks:
-            load, rank = heapq.heappop(loads)
-            self._owners.append(rank)
-            heapq.heappush(loads, (load + chunk.length, rank))
+        self._owners, self.steps = _deal(self.chunks, chunk_size, nodes)
         if len(self._position) != len(self.chunks):
             raise ValueError("FleetPlan: the order names a chunk twice")
         described = {
@@ -95,6 +98,35 @@ class FleetPlan:
         others = [(c.file, c.chunk) for k, c in enumerate(self.chunks) if self.owner(k) != rank]
         return own + others
 
+    def is_round(self, step: Step) -> bool:
+        return len(step) > 1
+
     def share(self, rank: int) -> int:
         """Bytes node ``rank`` fetches from OSS."""
         return sum(chunk.length for k, chunk in enumerate(self.chunks) if self.owner(k) == rank)
+
+
+def _deal(chunks: Sequence[PlannedChunk], chunk_size: int, nodes: int) -> tuple[list[int], list[Step]]:
+    """Each chunk's owner, and the steps that move them (see the module's docstring)."""
+    owners = [0] * len(chunks)
+    loads = [0] * nodes
+    steps: list[Step] = []
+    forming: list[int] = []  # the next round's positions, slot r owned by node r
+
+    def single(position: int, owner: int) -> None:
+        owners[position] = owner
+        loads[owner] += chunks[position].length
+        steps.append((position,))
+
+    for position, chunk in enumerate(chunks):
+        if nodes > 1 and chunk.length == chunk_size:
+            owners[position] = len(forming)
+            loads[len(forming)] += chunk.length
+            forming.append(position)
+            if len(forming) == nodes:
+                steps.append(tuple(forming))
+                forming = []
+        else:
+            single(position, min(range(nodes), key=lambda rank: (loads[rank], rank)))
+    steps.extend((position,) for position in forming)  # owners already dealt: slots 0..m-1
+    return owners, steps

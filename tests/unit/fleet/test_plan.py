@@ -43,13 +43,22 @@ def test_every_byte_is_owned_once_and_the_shares_add_up(sizes: list[int], chunk_
     assert all(all(c) for c in covered)
     shares = [plan.share(rank) for rank in range(nodes)]
     assert sum(shares) == sum(sizes)
-    # Dealt by bytes: no node pulls more than one chunk more than another.
-    assert max(shares) - min(shares) <= chunk_size
+    # Rounds deal full chunks one per node, short ones go to the node with the fewest bytes: no node
+    # pulls more than two chunks more than another.
+    assert max(shares) - min(shares) <= 2 * chunk_size
+    # Every chunk is moved by exactly one step; a round holds one full chunk of each node.
+    moved = sorted(position for step in plan.steps for position in step)
+    assert moved == list(range(len(plan)))
+    for step in plan.steps:
+        if plan.is_round(step):
+            assert [plan.owner(p) for p in step] == list(range(nodes))
+            assert all(plan.chunks[p].length == chunk_size for p in step)
 
 
 def test_equal_chunks_are_dealt_round_robin_and_short_ones_balance_the_bytes() -> None:
-    plan = FleetPlan(_infos([6 * MIB]), _order([6 * MIB], MIB), MIB, 3)
-    assert [plan.owner(k) for k in range(6)] == [0, 1, 2, 0, 1, 2]
+    plan = FleetPlan(_infos([7 * MIB]), _order([7 * MIB], MIB), MIB, 3)
+    assert [plan.owner(k) for k in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+    assert plan.steps == [(0, 1, 2), (3, 4, 5), (6,)]  # two all-gather rounds, then one broadcast
     # Two files of 2.25 chunks: the short tails go to the nodes that have pulled less.
     sizes = [2 * MIB + MIB // 4, 2 * MIB + MIB // 4]
     plan = FleetPlan(_infos(sizes), _order(sizes, MIB), MIB, 2)
