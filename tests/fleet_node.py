@@ -16,6 +16,7 @@ import glob
 import hashlib
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         tensors = load_tensors(args.model_dir)
         report["loaded_s"] = time.monotonic() - began
         report["loaded_at"] = time.time()  # the model is in memory, usable: what "loaded" means here
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        report["cpu_s_at_loaded"] = usage.ru_utime + usage.ru_stime
         if args.check_after:
             Path(args.report + ".loaded").write_text(json.dumps(report["loaded_at"]))
             _wait_for_file(Path(args.check_after), timeout_s=600)
