@@ -79,6 +79,12 @@ TBF_BURST_S = 0.004
 TBF_MIN_BURST_BYTES = 512 * 1024
 # Packets queue at most this long in tbf before being dropped (TCP then backs off to the rate).
 TBF_LATENCY_MS = 50
+# Run inside a new node mount namespace: detach (deepest first) its copies of /run/netns/* and of every
+# /run/omcfleet-* mount.
+_DETACH_FLEET_MOUNTS = (
+    "awk '$5 ~ \"^/run/(netns/|" + FLEET_PREFIX + ")\" {print $5}' /proc/self/mountinfo | sort -r | "
+    'while read -r target; do umount --lazy "$target"; done'
+)
 _SETUP_GRACE_S = 300.0  # a state directory without an owner file younger than this is a fleet being set up
 
 
@@ -335,8 +341,9 @@ class SimulatedFleet:
                 )
                 self._build_fallback()
             self._localoss = self._start_localoss(oss_root, localoss_args)
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            exc.add_note(f"SimulatedFleet {self.suffix}: set-up failed; everything it had made was removed")
             raise
 
     # ----------------------------------------------------------------- names and addresses
@@ -564,8 +571,11 @@ class SimulatedFleet:
                   f"{FLEET_PREFIX}{self.suffix}-n{r}", str(shm)])  # fmt: skip
             ns_file = self._mount_ns_file(r)
             ns_file.touch()
-            _run(["unshare", f"--mount={ns_file}", "--propagation", "private",
-                  "mount", "--bind", str(shm), "/dev/shm"])  # fmt: skip
+            # Inside the node: its tmpfs on /dev/shm, then away with the copies of every fleet's netns and
+            # state mounts (this one's included): a copy would keep another fleet's namespaces and
+            # tmpfs alive after that fleet's close(), until this node's mount namespace ends.
+            _run(["unshare", f"--mount={ns_file}", "--propagation", "private", "sh", "-c",
+                  f"mount --bind {shm} /dev/shm && {_DETACH_FLEET_MOUNTS}"])  # fmt: skip
 
     def _build_fallback(self) -> None:
         state = self.state_dir

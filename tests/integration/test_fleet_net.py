@@ -290,27 +290,12 @@ def test_close_leaves_no_namespace_link_mount_file_or_process(mode: str, tmp_pat
         fleet.popen(0, ["true"])
 
 
-def _all_fleet_traces() -> set[str]:
-    """Every fleet item on the machine, whichever its suffix (to diff around a failed setup)."""
-    found = (
-        {f"netns {n}" for n in os.listdir("/run/netns") if n.startswith(FLEET_PREFIX)}
-        if Path("/run/netns").exists()
-        else set()
-    )
-    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
-        found |= {f"mount {line.split()[4]}" for line in mountinfo if FLEET_PREFIX in line}
-    for root in (STATE_ROOT, FALLBACK_ROOT):
-        found |= {f"dir {root / n}" for n in os.listdir(root) if n.startswith(FLEET_PREFIX)}
-    return found
-
-
 @pytest.mark.parametrize("mode", ["isolated", "loopback"])
 def test_setup_failing_halfway_leaves_nothing(mode: str, tmp_path: Path) -> None:
     """localoss refuses its arguments after the namespaces, links, qdiscs and mounts exist."""
     if mode == "isolated" and namespaces_unavailable_reason():
         pytest.skip(f"network namespaces cannot be made here: {namespaces_unavailable_reason()}")
-    before = _all_fleet_traces()
-    with pytest.raises(RuntimeError, match="localoss exited"):
+    with pytest.raises(RuntimeError, match="localoss exited") as raised:
         SimulatedFleet(
             NODES,
             tmp_path / "oss",
@@ -319,7 +304,22 @@ def test_setup_failing_halfway_leaves_nothing(mode: str, tmp_path: Path) -> None
             localoss_args=["--no-such-flag"],
             isolate=mode == "isolated",
         )
-    assert _all_fleet_traces() - before == set()
+    note = re.fullmatch(r"SimulatedFleet (\w+): set-up failed; .*", raised.value.__notes__[-1])
+    assert note, raised.value.__notes__
+    assert _traces(note.group(1)) == []
+
+
+def test_a_node_holds_no_copy_of_any_fleets_mounts(fleet: SimulatedFleet, tmp_path: Path) -> None:
+    """A node's mount namespace is a copy of the root's: without care it would pin every fleet's namespace
+    files and tmpfs that existed when it was made, keeping them alive after their fleet's close()."""
+    if not fleet.isolated:
+        pytest.skip("loopback fallback: no mount namespaces")
+    with _start_fleet("isolated", tmp_path / "oss", nodes=2) as later:
+        for node_fleet, rank in ((fleet, 0), (later, 1)):
+            mounts = node_fleet.run(rank, ["cat", "/proc/self/mountinfo"]).stdout.decode().splitlines()
+            targets = [line.split()[4] for line in mounts]
+            assert [t for t in targets if t.startswith("/run/netns/") or FLEET_PREFIX in t] == []
+            assert "/dev/shm" in targets
 
 
 SIGKILLED_OWNER = r"""
