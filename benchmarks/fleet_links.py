@@ -11,7 +11,7 @@ and the same three in a fleet without any cap, the ceiling of the simulation on 
 bridge and the programs share the cores).
 
 Every transfer is checked by sha256; rates are MiB/s, medians of ``--reps`` (min-max). Writes section
-``fleet_links`` of RESULTS.md.
+``fleet_links`` of RESULTS.md (``fleet_links_loopback`` in the fallback, e.g. with ``--loopback``).
 
     python benchmarks/fleet_links.py [--oss-cap-mibps 200] [--node-link-mibps 400] [--size-mib 256]
 """
@@ -38,7 +38,6 @@ from fleet_node_programs import payload
 NODE_PROGRAM = str(Path(__file__).resolve().parent.parent / "tests" / "fleet_node_programs.py")
 BUCKET = "fleet-links"
 KEY = "object.bin"
-TRANSFER_PORT = 29400
 WAIT_S = 300.0
 MIB = 1 << 20
 
@@ -71,11 +70,11 @@ def pull(fleet: SimulatedFleet, ranks: list[int], digest: str, size: int) -> flo
 def node_to_node(fleet: SimulatedFleet, size_mib: int) -> float:
     """Node 0 sends ``size_mib`` MiB to node 1 over one TCP stream; returns MiB/s (sender's clock)."""
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-    address = fleet.node_address(1)
-    receiver = fleet.popen(1, [sys.executable, NODE_PROGRAM, "receive", address, str(TRANSFER_PORT)], **pipes)
+    address, port = fleet.node_address(1), str(fleet.free_port())
+    receiver = fleet.popen(1, [sys.executable, NODE_PROGRAM, "receive", address, port], **pipes)
     assert receiver.stdout is not None
     receiver.stdout.readline()  # {"listening": true}
-    send_argv = [sys.executable, NODE_PROGRAM, "send", address, str(TRANSFER_PORT), str(size_mib)]
+    send_argv = [sys.executable, NODE_PROGRAM, "send", address, port, str(size_mib)]
     sender = fleet.popen(0, send_argv, **pipes)
     sent, received = _results([sender, receiver])
     assert received["bytes"] == size_mib * MIB, received
@@ -114,6 +113,7 @@ def main() -> None:
     isolate = False if args.loopback else None
     load_before = os.getloadavg()[0]
     measured: dict[str, dict[str, list[float]]] = {}
+    isolated = False
     with tempfile.TemporaryDirectory(prefix="fleet-links-") as tmp:
         for name, cap, link in (("capped", args.oss_cap_mibps, args.node_link_mibps), ("uncapped", 0, 0)):
             with SimulatedFleet(
@@ -124,9 +124,12 @@ def main() -> None:
                     if fleet.isolated
                     else f"loopback: {fleet.fallback_reason}"
                 )
+                isolated = fleet.isolated
                 print(f"{name}: {mode}", flush=True)
                 measured[name] = measure(fleet, args.size_mib, args.reps)
     cap, link = args.oss_cap_mibps, args.node_link_mibps
+    if not isolated:
+        link = 0  # loopback: node links are not capped (the fleet said so)
     rows = []
     for label, key, configured in (
         (f"one node pulls {args.size_mib} MiB from localoss", "one", cap),
@@ -135,15 +138,23 @@ def main() -> None:
     ):
         capped, ceiling = measured["capped"][key], measured["uncapped"][key]
         ratio = f"{median(capped) / configured:.2f}" if configured else "-"
-        rows.append([label, f"{configured:g}", _figure(capped), ratio, _figure(ceiling)])
+        rows.append(
+            [label, f"{configured:g}" if configured else "none", _figure(capped), ratio, _figure(ceiling)]
+        )
     table = markdown_table(
         ["transfer", "configured MiB/s", "measured MiB/s", "measured / configured", "uncapped MiB/s"], rows
     )
     print(table)
     if not args.no_write:
         body = (
-            f"Mode: {mode}. {args.nodes} nodes; OSS cap {cap:g} MiB/s (tc tbf on the OSS veth, toward the "
-            f"nodes), node links {link:g} MiB/s (tbf on both ends of each node's veth). Medians of "
+            f"Mode: {mode}. {args.nodes} nodes; OSS cap {cap:g} MiB/s "
+            + (
+                "(tc tbf on the OSS veth, toward the nodes), "
+                f"node links {link:g} MiB/s (tbf on both ends of each node's veth). "
+                if isolated
+                else "(localoss --bandwidth-mibps). "
+            )
+            + "Medians of "
             f"{args.reps} (min-max); every transfer checked by sha256. 'uncapped' is the same fleet "
             "without tc: the ceiling of the simulation on this machine (veth, bridge, tc, server and "
             f"clients share its {os.cpu_count()} cores; load average {load_before:.1f} before, "
@@ -151,7 +162,7 @@ def main() -> None:
             "fresh 256 MiB one (a page fault per 4 KiB) the same GET got 0.81-0.90 of a 200 MiB/s cap here."
             "\n\n" + table
         )
-        write_section("fleet_links", body)
+        write_section("fleet_links" if isolated else "fleet_links_loopback", body)
 
 
 if __name__ == "__main__":

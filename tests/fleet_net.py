@@ -51,6 +51,7 @@ import random
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -66,6 +67,7 @@ SUBNET_PREFIX = "10.213"
 OSS_HOST_OCTET = 2
 FIRST_NODE_OCTET = 10
 MAX_NODES = 240
+FIRST_FREE_PORT = 20000  # isolated mode: below the ephemeral range (32768-60999), handed out one by one
 COMMAND_TIMEOUT_S = 30.0
 PROCESS_EXIT_TIMEOUT_S = 10.0
 DEFAULT_SHM_SIZE_MB = 2048
@@ -318,6 +320,7 @@ class SimulatedFleet:
         self.fallback_reason = ""
         self._procs: list[subprocess.Popen[bytes]] = []
         self._closed = False
+        self._next_port = FIRST_FREE_PORT - 1
         self._localoss: LocalOss | None = None
         atexit.register(self.close)
         try:
@@ -443,6 +446,20 @@ class SimulatedFleet:
         if master_port is not None:
             env["MASTER_PORT"] = str(master_port)
         return env
+
+    def free_port(self) -> int:
+        """A TCP port no process of the fleet listens on yet (for MASTER_PORT, a test's listener).
+
+        Isolated: the nodes' namespaces hold only the fleet's processes, so the fleet hands out ports
+        below the kernel's ephemeral range, each once. Fallback: the kernel picks a free one on
+        127.0.0.1 (another program may still take it before it is used, as with any such port).
+        """
+        if self.isolated:
+            self._next_port += 1
+            return self._next_port
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return int(probe.getsockname()[1])
 
     def _check_rank(self, rank: int) -> int:
         if not 0 <= rank < self.nodes:

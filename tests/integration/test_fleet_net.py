@@ -114,12 +114,13 @@ def test_every_node_gets_an_object_from_localoss(fleet: SimulatedFleet) -> None:
 
 
 def test_every_node_reaches_every_other_node_over_tcp(fleet: SimulatedFleet) -> None:
-    port = 29300 + os.getpid() % 500  # one port per node in the fallback, where all share 127.0.0.1
-    peers = {rank: f"{fleet.node_address(rank)}:{port + rank}" for rank in range(NODES)}
+    ports = [fleet.free_port() for _ in range(NODES)]  # one per node: in the fallback all share 127.0.0.1
+    assert len(set(ports)) == NODES
+    peers = {rank: f"{fleet.node_address(rank)}:{ports[rank]}" for rank in range(NODES)}
 
     def argv(rank: int) -> list[str]:
         others = [peer for other, peer in peers.items() if other != rank]
-        return ["mesh", fleet.node_address(rank), str(port + rank), *others]
+        return ["mesh", fleet.node_address(rank), str(ports[rank]), *others]
 
     results = _on_every_node(fleet, argv)
     for rank, result in enumerate(results):
@@ -140,7 +141,7 @@ def _expected_broadcast_digest() -> str:
 def test_gloo_group_forms_over_master_addr(fleet: SimulatedFleet, how: str) -> None:
     """The two ways documented in fleet_net's docstring: the env variable, or an explicit gloo device."""
     pytest.importorskip("torch")
-    master_port = 29900 + os.getpid() % 50 + (50 if how == "create_device" else 0)
+    master_port = fleet.free_port()
 
     def env(rank: int) -> dict[str, str]:
         variables = fleet.node_environment(rank, master_port)
