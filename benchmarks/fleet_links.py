@@ -7,19 +7,23 @@ made, else the loopback fallback, said in the output):
 (a) one node pulls a ``--size-mib`` object from localoss through the OSS cap (one GET, ``readinto``);
 (b) every node pulls it at once: the cap is account-wide, so together they get about the cap;
 (c) node 0 sends ``--size-mib`` over one TCP stream to node 1 through both node links;
+(d) a torch.distributed gloo group of all nodes (GLOO_SOCKET_IFNAME) broadcasts ``--size-mib`` from node 0
+    (when torch is installed): what the exchange's engine gets through node 0's link;
 and the same three in a fleet without any cap, the ceiling of the simulation on this machine (veth,
 bridge and the programs share the cores).
 
 Every transfer is checked by sha256; rates are MiB/s, medians of ``--reps`` (min-max). Writes section
 ``fleet_links`` of RESULTS.md (``fleet_links_loopback`` in the fallback, e.g. with ``--loopback``).
 
-    python benchmarks/fleet_links.py [--oss-cap-mibps 200] [--node-link-mibps 400] [--size-mib 256]
+    python benchmarks/fleet_links.py [--nodes 4] [--oss-cap-mibps 200] [--node-link-mibps 400]
+                                     [--size-mib 256] [--reps 3] [--loopback]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -40,6 +44,7 @@ BUCKET = "fleet-links"
 KEY = "object.bin"
 WAIT_S = 300.0
 MIB = 1 << 20
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 
 def _results(procs: list[subprocess.Popen[bytes]]) -> list[dict[str, Any]]:
@@ -82,17 +87,37 @@ def node_to_node(fleet: SimulatedFleet, size_mib: int) -> float:
     return size_mib / float(sent["seconds"])
 
 
+def gloo_broadcast(fleet: SimulatedFleet, size_mib: int) -> float:
+    """A gloo group of every node; node 0 broadcasts ``size_mib`` MiB; MiB/s by the slowest rank's clock."""
+    port = fleet.free_port()
+    procs = [
+        fleet.popen(
+            rank,
+            [sys.executable, NODE_PROGRAM, "gloo", "env", str(size_mib)],
+            env=fleet.node_environment(rank, port),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for rank in range(fleet.nodes)
+    ]
+    results = _results(procs)
+    assert len({r["sha256"] for r in results}) == 1, results
+    return size_mib / max(float(r["seconds"]) for r in results)
+
+
 def measure(fleet: SimulatedFleet, size_mib: int, reps: int) -> dict[str, list[float]]:
     data = os.urandom(size_mib * MIB)
     fleet.localoss.put_file(BUCKET, KEY, data)
     digest = hashlib.sha256(data).hexdigest()
     del data
-    rates: dict[str, list[float]] = {"one": [], "all": [], "peer": []}
+    rates: dict[str, list[float]] = {"one": [], "all": [], "peer": [], "gloo": []}
     pull(fleet, [0], digest, size_mib * MIB)  # warm-up: the server indexes the object, caches warm
     for _ in range(reps):
         rates["one"].append(pull(fleet, [0], digest, size_mib * MIB))
         rates["all"].append(pull(fleet, list(range(fleet.nodes)), digest, size_mib * MIB))
         rates["peer"].append(node_to_node(fleet, size_mib))
+        if HAVE_TORCH:
+            rates["gloo"].append(gloo_broadcast(fleet, size_mib))
     return rates
 
 
@@ -102,7 +127,7 @@ def _figure(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", type=int, default=2, help="nodes in the fleet (>= 2; default 2)")
+    parser.add_argument("--nodes", type=int, default=4, help="nodes in the fleet (>= 2; default 4)")
     parser.add_argument("--oss-cap-mibps", type=float, default=200.0)
     parser.add_argument("--node-link-mibps", type=float, default=400.0)
     parser.add_argument("--size-mib", type=int, default=256)
@@ -135,7 +160,10 @@ def main() -> None:
         (f"one node pulls {args.size_mib} MiB from localoss", "one", cap),
         (f"{args.nodes} nodes pull it at once (sum)", "all", cap),
         (f"node 0 -> node 1, one TCP stream, {args.size_mib} MiB", "peer", link),
+        (f"gloo broadcast of {args.size_mib} MiB, node 0 -> {args.nodes - 1} others", "gloo", link),
     ):
+        if not measured["capped"][key]:
+            continue  # no torch here
         capped, ceiling = measured["capped"][key], measured["uncapped"][key]
         ratio = f"{median(capped) / configured:.2f}" if configured else "-"
         rows.append(
@@ -158,8 +186,10 @@ def main() -> None:
             f"{args.reps} (min-max); every transfer checked by sha256. 'uncapped' is the same fleet "
             "without tc: the ceiling of the simulation on this machine (veth, bridge, tc, server and "
             f"clients share its {os.cpu_count()} cores; load average {load_before:.1f} before, "
-            f"{os.getloadavg()[0]:.1f} after). The GET client reads into one reused 4 MiB buffer: into a "
-            "fresh 256 MiB one (a page fault per 4 KiB) the same GET got 0.81-0.90 of a 200 MiB/s cap here."
+            f"{os.getloadavg()[0]:.1f} after). gloo's broadcast sends the whole tensor from the root to "
+            "each receiver, so each gets about the root's link / (nodes - 1). The GET client reads into "
+            "one reused 4 MiB buffer: into a fresh 256 MiB one (a page fault per 4 KiB) the same GET "
+            "got 0.81-0.90 of a 200 MiB/s cap here."
             "\n\n" + table
         )
         write_section("fleet_links" if isolated else "fleet_links_loopback", body)
