@@ -38,8 +38,22 @@ hangs or fails. What works (both tested in tests/integration/test_fleet_net.py):
   [ProcessGroupGloo.create_device(hostname=fleet.node_address(rank))]`` passed as
   ``init_process_group("gloo", ..., pg_options=pg_options)`` (also ``create_device(interface=NIC)``).
 
-Measured rates of the configured caps: ``benchmarks/fleet_links.py`` (section ``fleet_links`` of
-``benchmarks/RESULTS.md``).
+Caps: ``tc qdisc replace dev NIC root tbf rate R burst B latency 50ms`` with B = max(4 ms at R, 512 KiB)
+(1.6 MiB at 400 MiB/s) on veths of MTU 9000. Measured by ``benchmarks/fleet_links.py`` (sections
+``fleet_links`` and ``fleet_links_loopback`` of ``benchmarks/RESULTS.md``), 4 nodes, a loaded 2-core
+machine: one GET through a 200 MiB/s OSS cap 0.97-0.99 of it, 4 nodes at once 0.98 together, one TCP
+stream node to node through 400 MiB/s links 0.95-1.00; uncapped, the simulation itself carries 400-1100
+MiB/s per stream (the cores are shared by veth, bridge, tc, server and clients). A receiver writing
+into fresh pages (a page fault per 4 KiB) got only 0.81-0.90 of the OSS cap.
+
+Usage::
+
+    with SimulatedFleet(4, tmp / "oss", node_link_mibps=400, oss_cap_mibps=200) as fleet:
+        fleet.localoss.put_file("bucket", "model/x.safetensors", data)
+        port = fleet.free_port()
+        procs = [fleet.popen(r, [sys.executable, "node.py", fleet.endpoint, fleet.cache_dir(r)],
+                             env=fleet.node_environment(r, port)) for r in range(4)]
+        ...  # wait with timeouts; fleet.shm_entries(r) lists node r's /dev/shm
 """
 
 from __future__ import annotations

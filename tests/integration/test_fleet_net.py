@@ -362,6 +362,29 @@ def test_sweep_removes_what_a_sigkilled_owner_left(mode: str, tmp_path: Path) ->
     assert _traces(suffix) == []
 
 
+EXITING_OWNER = r"""
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from fleet_net import SimulatedFleet
+fleet = SimulatedFleet(2, Path(sys.argv[2]), isolate=sys.argv[3] == "isolated")
+node = fleet.popen(0, [sys.executable, "-c", "import time; time.sleep(600)"])
+print(fleet.suffix, node.pid, fleet.localoss.proc.pid, flush=True)
+"""  # and exits without close(): atexit closes the fleet
+
+
+@pytest.mark.parametrize("mode", ["isolated", "loopback"])
+def test_an_owner_exiting_without_close_leaves_nothing(mode: str, tmp_path: Path) -> None:
+    if mode == "isolated" and namespaces_unavailable_reason():
+        pytest.skip(f"network namespaces cannot be made here: {namespaces_unavailable_reason()}")
+    argv = [sys.executable, "-c", EXITING_OWNER, str(Path(NODE_PROGRAM).parent), str(tmp_path / "oss"), mode]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT_S)
+    assert proc.returncode == 0, proc.stderr
+    suffix, *pids = proc.stdout.split()
+    assert _traces(suffix) == []
+    assert [pid for pid in pids if _alive(int(pid))] == []
+
+
 def test_a_live_fleet_survives_a_sweep(fleet: SimulatedFleet) -> None:
     sweep_leftovers()
     assert fleet.run(0, ["true"]).returncode == 0
