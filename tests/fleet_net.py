@@ -450,8 +450,12 @@ class SimulatedFleet:
         return self.state_dir / f"mnt-n{rank}"
 
     def node_environment(self, rank: int, master_port: int | None = None) -> dict[str, str]:
-        """What a node's process needs for a gloo group: GLOO_SOCKET_IFNAME, MASTER_ADDR, RANK, WORLD_SIZE."""
+        """A node's environment: its gloo NIC, the rendezvous variables and its cache directory.
+
+        GLOO_SOCKET_IFNAME, MASTER_ADDR, RANK, WORLD_SIZE, OSSMC_CACHE_DIR (and MASTER_PORT if given).
+        """
         env = {
+            "OSSMC_CACHE_DIR": self.cache_dir(rank),
             "GLOO_SOCKET_IFNAME": self.node_interface(rank),
             "MASTER_ADDR": self.master_addr,
             "RANK": str(rank),

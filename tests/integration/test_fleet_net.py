@@ -29,6 +29,8 @@ from fleet_net import (
     sweep_leftovers,
 )
 
+from ossmodelconnector.cache.segments import state_table_name
+
 pytestmark = pytest.mark.timeout(300)  # a hang guard only
 
 NODES = 3
@@ -436,3 +438,71 @@ def test_localoss_killed_and_restarted_serves_every_node_again(fleet: SimulatedF
         fleet, lambda rank: ["get", endpoint, "fleet-bucket", "restart.bin"], lambda rank: env
     )
     assert {(r["status"], r["sha256"]) for r in results} == {(200, hashlib.sha256(data).hexdigest())}
+
+
+PREPARING_NODE = r"""
+import os, sys
+from ossmodelconnector import OssModelConnector
+from ossmodelconnector.oss.credentials import Credentials
+
+endpoint, key_id, secret, uri, model_dir = sys.argv[1:]
+connector = OssModelConnector(endpoint, cred_provider=Credentials(key_id, secret), small_file_mb=1)
+directory = connector.prepare_directory(uri, model_dir, wait=True)
+with open(os.path.join(model_dir, "model.safetensors"), "rb") as weights:
+    print(__import__("hashlib").sha256(weights.read()).hexdigest(), flush=True)
+sys.stdin.read()  # hold the cache until the test closes stdin
+connector.close()
+"""
+
+
+def test_each_node_prepares_a_model_into_its_own_shm(fleet: SimulatedFleet, tmp_path: Path) -> None:
+    """The connector on every node at once, each with its own copy in its own cache; nothing left after."""
+    weights = os.urandom(3 * MIB)
+    fleet.localoss.put_file("fleet-bucket", "model/model.safetensors", weights)
+    fleet.localoss.put_file("fleet-bucket", "model/config.json", b"{}")
+    server = fleet.localoss
+    # Nodes share the machine's file system (only /dev/shm is private): one model directory per node.
+    model_dirs = [tmp_path / f"node{rank}" / "model" for rank in range(NODES)]
+    procs = [
+        fleet.popen(
+            rank,
+            [
+                sys.executable,
+                "-c",
+                PREPARING_NODE,
+                fleet.endpoint,
+                server.access_key_id,
+                server.access_key_secret,
+                "oss://fleet-bucket/model/",
+                str(model_dirs[rank]),
+            ],
+            env=fleet.node_environment(rank),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for rank in range(NODES)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stderr is not None
+            line = proc.stdout.readline().decode().strip()
+            assert line == hashlib.sha256(weights).hexdigest(), proc.stderr.read().decode()[-3000:]
+        held = [fleet.shm_entries(rank) for rank in range(NODES)]
+        # The same object gives the same segment name on every node: one copy in each node's cache.
+        data_segments = [{name for name in names if name.startswith("ossmc-d-")} for names in held]
+        assert len(data_segments[0]) == 1 and data_segments == [data_segments[0]] * NODES
+        if fleet.isolated:
+            tables = [state_table_name(model_dir) for model_dir in model_dirs]
+            for rank in range(NODES):
+                assert [tables[r] in held[rank] for r in range(NODES)] == [r == rank for r in range(NODES)]
+            assert set(os.listdir("/dev/shm")).isdisjoint([*tables, *data_segments[0]])
+    finally:
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.close()
+        for proc in procs:
+            proc.wait(timeout=WAIT_S)
+    errors = [proc.stderr.read().decode()[-2000:] for proc in procs if proc.stderr is not None]
+    assert [proc.returncode for proc in procs] == [0] * NODES, errors
+    assert [fleet.shm_entries(rank) for rank in range(NODES)] == [[]] * NODES
