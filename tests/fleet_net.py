@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import random
 import secrets
@@ -263,8 +264,7 @@ def sweep_leftovers() -> list[str]:
     return removed
 
 
-def namespaces_unavailable_reason() -> str:
-    """Why this process cannot build an isolated fleet ("" when it probably can: root with the tools)."""
+def _tools_missing_reason() -> str:
     if os.geteuid() != 0:
         return f"not root (euid {os.geteuid()}): network and mount namespaces need CAP_SYS_ADMIN"
     missing = [
@@ -274,6 +274,37 @@ def namespaces_unavailable_reason() -> str:
         return f"missing tools: {', '.join(missing)} (iproute2, util-linux)"
     if not os.access(STATE_ROOT, os.W_OK):
         return f"{STATE_ROOT} is not writable"
+    return ""
+
+
+@functools.cache
+def namespaces_unavailable_reason() -> str:
+    """Why this process cannot build an isolated fleet, "" when it can (checked once, then remembered).
+
+    Root with the tools is not enough in every container (no CAP_NET_ADMIN, no veth or tbf in the
+    kernel): a probe makes a namespace with a veth pair under a tbf qdisc and a persisted mount
+    namespace, then removes them.
+    """
+    reason = _tools_missing_reason()
+    if reason:
+        return reason
+    suffix = secrets.token_hex(3)
+    state = STATE_ROOT / f"{FLEET_PREFIX}{suffix}"
+    namespace = f"{FLEET_PREFIX}{suffix}-probe"
+    try:
+        state.mkdir(mode=0o700)
+        _write_owner(state)
+        _run(["ip", "netns", "add", namespace])
+        _run(["ip", "-n", namespace, "link", "add", "probe0", "type", "veth", "peer", "name", "probe1"])
+        _run(["ip", "netns", "exec", namespace, *_tbf("probe0", 100)])
+        _run(["mount", "--bind", str(state), str(state)])
+        _run(["mount", "--make-private", str(state)])
+        (state / "mnt").touch()
+        _run(["unshare", f"--mount={state / 'mnt'}", "--propagation", "private", "true"])
+    except (FleetUnavailableError, OSError) as exc:
+        return f"namespaces cannot be made here: {exc}"
+    finally:
+        _remove_fleet(suffix)
     return ""
 
 
@@ -339,7 +370,7 @@ class SimulatedFleet:
         atexit.register(self.close)
         try:
             sweep_leftovers()
-            reason = namespaces_unavailable_reason() if isolate is not False else "isolate=False"
+            reason = _tools_missing_reason() if isolate is not False else "isolate=False"
             if not reason:
                 self.isolated = True  # the names and paths below are those of isolated mode
                 try:

@@ -394,9 +394,19 @@ def test_a_live_fleet_survives_a_sweep(fleet: SimulatedFleet) -> None:
     assert _traces(fleet.suffix)
 
 
-def test_isolate_true_says_why_namespaces_cannot_be_made(tmp_path: Path) -> None:
-    """Unprivileged (a user namespace of its own: euid 65534, no capability over the machine's network),
-    isolate=True raises with the reason and isolate=None falls back to loopback, saying why."""
+@pytest.mark.parametrize(
+    ("user", "reason"),
+    [
+        (["--user"], "not root (euid 65534)"),  # an ordinary user
+        (["--user", "--map-root-user"], "`ip netns add "),  # root in a container without the powers
+    ],
+    ids=["unprivileged", "root-without-capabilities"],
+)
+def test_isolate_true_says_why_namespaces_cannot_be_made(
+    user: list[str], reason: str, tmp_path: Path
+) -> None:
+    """In a user namespace of its own (no capability over the machine's network and mounts), isolate=True
+    raises with the reason and isolate=None falls back to loopback, saying why; both leave nothing."""
     if os.geteuid() != 0 or not shutil.which("unshare"):
         pytest.skip("needs root and unshare to make an unprivileged user namespace")
     code = (
@@ -409,21 +419,37 @@ def test_isolate_true_says_why_namespaces_cannot_be_made(tmp_path: Path) -> None
     )
     argv = [
         "unshare",
-        "--user",
+        *user,
         sys.executable,
         "-c",
         code,
         str(Path(NODE_PROGRAM).parent),
         str(tmp_path / "oss"),
     ]
+    before = _all_fleet_traces()
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT_S)
     if proc.returncode != 0 and "unshare failed" in proc.stderr:
         pytest.skip(f"user namespaces are not allowed here: {proc.stderr.strip()}")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("raised: cannot build an isolated fleet: not root (euid 65534)")
+    assert lines[0].startswith(f"raised: cannot build an isolated fleet: {reason}")
     assert lines[1] == "isolated: False"
-    assert lines[2].startswith("reason: not root (euid 65534)") and "NOT applied" in lines[2]
+    assert lines[2].startswith(f"reason: {reason}") and "NOT applied" in lines[2]
+    assert _all_fleet_traces() <= before
+
+
+def _all_fleet_traces() -> set[str]:
+    """Every fleet's namespaces, mounts and directories on the machine (a parallel run's included)."""
+    found = {f"netns {name}" for name in _netns_list() if name.startswith(FLEET_PREFIX)}
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        found |= {f"mount {line.split()[4]}" for line in mountinfo if FLEET_PREFIX in line}
+    for root in (STATE_ROOT, FALLBACK_ROOT):
+        found |= {f"dir {root / name}" for name in os.listdir(root) if name.startswith(FLEET_PREFIX)}
+    return found
+
+
+def _netns_list() -> list[str]:
+    return os.listdir("/run/netns") if Path("/run/netns").exists() else []
 
 
 def test_localoss_killed_and_restarted_serves_every_node_again(fleet: SimulatedFleet) -> None:
