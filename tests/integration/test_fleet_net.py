@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -42,14 +42,13 @@ MIB = 1 << 20
 BROADCAST_MIB = 64
 
 
-def _start_fleet(mode: str, oss_root: Path, nodes: int = NODES, **kwargs: object) -> SimulatedFleet:
+def _start_fleet(mode: str, oss_root: Path, nodes: int = NODES) -> SimulatedFleet:
     fleet = SimulatedFleet(
         nodes,
         oss_root,
         node_link_mibps=NODE_LINK_MIBPS,
         oss_cap_mibps=OSS_CAP_MIBPS,
         isolate=None if mode == "isolated" else False,
-        **kwargs,  # type: ignore[arg-type]
     )
     if mode == "isolated" and not fleet.isolated:
         reason = fleet.fallback_reason
@@ -76,21 +75,24 @@ def _outputs(procs: list[subprocess.Popen[bytes]]) -> list[dict[str, object]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate(timeout=10)
-        assert proc.returncode == 0, f"{proc.args} exited {proc.returncode}: {err.decode()[-3000:]}"
+        assert proc.returncode == 0, f"{proc.args!r} exited {proc.returncode}: {err.decode()[-3000:]}"
         results.append(json.loads(out.decode().strip().splitlines()[-1]))
     return results
 
 
 def _on_every_node(
-    fleet: SimulatedFleet, argv_for: object, env_for: object = None
+    fleet: SimulatedFleet,
+    argv_for: Callable[[int], list[str]],
+    env_for: Callable[[int], dict[str, str]] | None = None,
 ) -> list[dict[str, object]]:
-    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    """Run fleet_node_programs.py on every node at once; their JSON results, by rank."""
     procs = [
         fleet.popen(
             rank,
-            [sys.executable, NODE_PROGRAM, *argv_for(rank)],  # type: ignore[operator]
-            env=env_for(rank) if env_for else None,  # type: ignore[operator]
-            **pipes,
+            [sys.executable, NODE_PROGRAM, *argv_for(rank)],
+            env=env_for(rank) if env_for else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         for rank in range(fleet.nodes)
     ]
