@@ -29,14 +29,24 @@ applied there, and ``fallback_reason`` says so and why.
 
 torch.distributed's gloo in the namespaces: by default gloo resolves the hostname (``vm`` -> 127.0.0.1
 here) and advertises that address to its peers, who then dial their own loopback: ``init_process_group``
-hangs or fails. What works (both tested in tests/integration/test_fleet_net.py):
+fails after its timeout ("connectFullMesh failed ... Connection refused, remote=[127.0.0.1]").
+What works (torch 2.13, both tested in tests/integration/test_fleet_net.py):
 
-* ``GLOO_SOCKET_IFNAME=fleet.node_interface(rank)`` in the node's environment (``"lo"`` in the fallback),
-  with ``MASTER_ADDR=fleet.master_addr``; ``fleet.node_environment(rank)`` returns exactly these plus
-  ``RANK``/``WORLD_SIZE``; or
-* in code, ``pg_options = ProcessGroupGloo._Options(); pg_options._devices =
-  [ProcessGroupGloo.create_device(hostname=fleet.node_address(rank))]`` passed as
-  ``init_process_group("gloo", ..., pg_options=pg_options)`` (also ``create_device(interface=NIC)``).
+* ``GLOO_SOCKET_IFNAME=fleet.node_interface(rank)`` in the node's environment (``"lo"`` in the
+  fallback; set in ``os.environ`` before ``init_process_group`` works as well), with
+  ``MASTER_ADDR=fleet.master_addr``: ``fleet.node_environment(rank, master_port)`` returns these with
+  ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE`` and ``OSSMC_CACHE_DIR``; or
+* in code, a group object with an explicit device: ``store = TCPStore(master_addr, port, world,
+  rank == 0, timeout=t)``; ``options = ProcessGroupGloo._Options(); options._timeout = t;
+  options._devices = [ProcessGroupGloo.create_device(hostname=node_address)]``; ``group =
+  ProcessGroupGloo(store, rank, world, options)``; then ``group.allreduce([t]).wait(timeout)``,
+  ``group.broadcast([t], opts).wait(timeout)``. Note: ``init_process_group("gloo", pg_options=...)``
+  ignores the options for gloo (torch 2.13 builds ``ProcessGroupGloo(store, rank, size, timeout=)``).
+The node's address has no reverse DNS: c10d warns "The hostname of the client socket cannot be
+retrieved. err=-3" once per connection; harmless.
+
+Nodes share the machine's file system: only ``/dev/shm`` is private, so give each node its own model
+directory (the connector's symlinks there point into the node's ``/dev/shm``).
 
 Caps: ``tc qdisc replace dev NIC root tbf rate R burst B latency 50ms`` with B = max(4 ms at R, 512 KiB)
 (1.6 MiB at 400 MiB/s) on veths of MTU 9000. Measured by ``benchmarks/fleet_links.py`` (sections
@@ -86,8 +96,8 @@ FIRST_FREE_PORT = 20000  # isolated mode: below the ephemeral range (32768-60999
 COMMAND_TIMEOUT_S = 30.0
 PROCESS_EXIT_TIMEOUT_S = 10.0
 DEFAULT_SHM_SIZE_MB = 2048
-# A jumbo-frame MTU: fewer packets per byte through veth, bridge and tc on 2 shared cores (measured in
-# benchmarks/fleet_links.py); data-centre NICs that carry model weights commonly run 9000 too.
+# A jumbo-frame MTU, as data-centre NICs that carry model weights commonly run: fewer packets per byte
+# through veth, bridge and tc (1500, 9000 and 65000 measured alike within this machine's noise).
 LINK_MTU = 9000
 # tbf's bucket: at least this long at the configured rate (the kernel's timer granularity and a burst of
 # GSO packets must fit, else the rate falls well short of the cap at 200-400 MiB/s) ...
