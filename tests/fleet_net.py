@@ -595,6 +595,56 @@ class SimulatedFleet:
         _record_process(self.state_dir, self._localoss.proc.pid, group=False)
         return self._localoss
 
+    def set_node_link_mibps(self, rank: int, mibps: float) -> None:
+        """Change node ``rank``'s link cap (both ways) while the fleet runs: a slow node; 0 removes the cap.
+
+        Raises:
+            FleetUnavailableError: in the loopback fallback, where node links have no cap to change.
+        """
+        self._require_isolated("a node link cap")
+        if mibps < 0:
+            raise ValueError("a link cap is MiB/s >= 0 (0: uncapped)")
+        self._cap_node_link(self._check_rank(rank), mibps)
+
+    def disconnect_node(self, rank: int) -> None:
+        """Take node ``rank``'s switch port down: its packets are lost both ways (a network partition;
+        open TCP connections stall instead of failing), until ``reconnect_node``.
+
+        Raises:
+            FleetUnavailableError: in the loopback fallback (nodes share 127.0.0.1).
+        """
+        self._require_isolated("a network partition")
+        _run(
+            ["ip", "-n", self.switch_namespace, "link", "set", self.node_port(self._check_rank(rank)), "down"]
+        )
+
+    def reconnect_node(self, rank: int) -> None:
+        """Bring node ``rank``'s switch port up again after ``disconnect_node``."""
+        self._require_isolated("a network partition")
+        _run(["ip", "-n", self.switch_namespace, "link", "set", self.node_port(self._check_rank(rank)), "up"])
+
+    def _require_isolated(self, what: str) -> None:
+        if self._closed:
+            raise RuntimeError("the fleet is closed")
+        if not self.isolated:
+            raise FleetUnavailableError(
+                f"{what} needs the isolated fleet; this one is loopback: {self.fallback_reason}"
+            )
+
+    def _cap_node_link(self, rank: int, mibps: float) -> None:
+        ends = (
+            (self.node_namespace(rank), self.node_interface(rank)),
+            (self.switch_namespace, self.node_port(rank)),
+        )
+        for namespace, device in ends:
+            if mibps:
+                _run(["ip", "netns", "exec", namespace, *_tbf(device, mibps)])
+            else:
+                _run(
+                    ["ip", "netns", "exec", namespace, "tc", "qdisc", "del", "dev", device, "root"],
+                    check=False,
+                )
+
     def shm_entries(self, rank: int) -> list[str]:
         """Names now in node ``rank``'s ``/dev/shm`` (fallback: its cache directory), sorted."""
         self._check_rank(rank)
@@ -633,9 +683,7 @@ class SimulatedFleet:
             _run(["ip", "netns", "exec", self.oss_namespace, *_tbf(self.oss_interface, self.oss_cap_mibps)])
         if self.node_link_mibps:
             for r in range(self.nodes):
-                _run(["ip", "netns", "exec", self.node_namespace(r),
-                      *_tbf(self.node_interface(r), self.node_link_mibps)])  # fmt: skip
-                _run(["ip", "netns", "exec", sw, *_tbf(self.node_port(r), self.node_link_mibps)])
+                self._cap_node_link(r, self.node_link_mibps)
         # Mount namespaces: the files that hold them must sit on a private mount, else the kernel refuses
         # (a namespace file bound inside a mount that propagates into that namespace would be a loop).
         _run(["mount", "--bind", str(state), str(state)])

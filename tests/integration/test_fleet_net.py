@@ -24,10 +24,12 @@ from fleet_net import (
     FALLBACK_ROOT,
     FLEET_PREFIX,
     STATE_ROOT,
+    FleetUnavailableError,
     SimulatedFleet,
     namespaces_unavailable_reason,
     sweep_leftovers,
 )
+from fleet_node_programs import payload
 
 from ossmodelconnector.cache.segments import state_table_name
 
@@ -534,3 +536,52 @@ def test_each_node_prepares_a_model_into_its_own_shm(fleet: SimulatedFleet, tmp_
     errors = [proc.stderr.read().decode()[-2000:] for proc in procs if proc.stderr is not None]
     assert [proc.returncode for proc in procs] == [0] * NODES, errors
     assert [fleet.shm_entries(rank) for rank in range(NODES)] == [[]] * NODES
+
+
+def test_a_node_link_cap_changes_while_the_fleet_runs(fleet: SimulatedFleet) -> None:
+    if not fleet.isolated:
+        with pytest.raises(FleetUnavailableError, match="needs the isolated fleet"):
+            fleet.set_node_link_mibps(1, 50)
+        return
+    try:
+        fleet.set_node_link_mibps(1, 50)  # a slow node
+        node = fleet.run(1, ["tc", "qdisc", "show"]).stdout.decode()
+        switch = fleet.in_namespace(fleet.switch_namespace, ["tc", "qdisc", "show"]).stdout
+        assert _tbf_rate_bits(node, fleet.node_interface(1)) == pytest.approx(50 * MIB * 8, rel=0.01)
+        assert _tbf_rate_bits(switch, fleet.node_port(1)) == pytest.approx(50 * MIB * 8, rel=0.01)
+        assert _tbf_rate_bits(switch, fleet.node_port(0)) == pytest.approx(
+            NODE_LINK_MIBPS * MIB * 8, rel=0.01
+        )
+        fleet.set_node_link_mibps(1, 0)
+        assert "tbf" not in fleet.run(1, ["tc", "qdisc", "show"]).stdout.decode()
+    finally:
+        fleet.set_node_link_mibps(1, NODE_LINK_MIBPS)
+
+
+def test_a_disconnected_node_is_unreachable_until_reconnected(fleet: SimulatedFleet) -> None:
+    if not fleet.isolated:
+        with pytest.raises(FleetUnavailableError, match="needs the isolated fleet"):
+            fleet.disconnect_node(1)
+        return
+    address, port = fleet.node_address(1), str(fleet.free_port())
+    receiver = fleet.popen(
+        1,
+        [sys.executable, NODE_PROGRAM, "receive", address, port],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert receiver.stdout is not None
+    assert json.loads(receiver.stdout.readline()) == {"listening": True}
+    send = [sys.executable, NODE_PROGRAM, "send", address, port, "1"]
+    try:
+        fleet.disconnect_node(1)
+        cut = fleet.run(0, send, env={"FLEET_NODE_TIMEOUT_S": "2"})
+        # Lost packets: the connect times out (or finds no route once the ARP entry expired), never refused.
+        assert cut.returncode != 0 and re.search(rb"TimeoutError|timed out|No route to host", cut.stderr)
+    finally:
+        fleet.reconnect_node(1)
+    sent = fleet.run(0, send)
+    assert sent.returncode == 0, sent.stderr
+    (received,) = _outputs([receiver])
+    assert received["bytes"] == MIB
+    assert received["sha256"] == hashlib.sha256(payload(1)).hexdigest()
