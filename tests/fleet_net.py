@@ -120,7 +120,14 @@ class FleetUnavailableError(RuntimeError):
 
 
 def _run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
+    try:
+        proc = subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        if not check:
+            return subprocess.CompletedProcess(list(argv), -1, "", str(exc))
+        raise FleetUnavailableError(f"`{' '.join(argv)}` failed: {exc}") from exc
     if check and proc.returncode != 0:
         raise FleetUnavailableError(
             f"`{' '.join(argv)}` exited with {proc.returncode}: {(proc.stderr or proc.stdout).strip()}"
@@ -385,7 +392,7 @@ class SimulatedFleet:
                 self.isolated = True  # the names and paths below are those of isolated mode
                 try:
                     self._build_namespaces()
-                except FleetUnavailableError as exc:
+                except (FleetUnavailableError, OSError) as exc:
                     _remove_fleet(self.suffix)
                     self.isolated = False
                     reason = str(exc)

@@ -180,7 +180,8 @@ def test_a_file_in_one_nodes_shm_is_seen_by_no_other_node(fleet: SimulatedFleet)
         assert fleet.cache_dir(0) == fleet.cache_dir(1) == "/dev/shm"  # the same path, different tmpfs
     else:
         assert len({fleet.cache_dir(r) for r in range(NODES)}) == NODES
-    os.unlink(Path(fleet._node_shm(0)) / name)
+    assert fleet.run(0, ["rm", f"{fleet.cache_dir(0)}/{name}"]).returncode == 0
+    assert name not in fleet.shm_entries(0)
 
 
 def _tbf_rate_bits(qdiscs: str, device: str) -> int:
