@@ -138,19 +138,17 @@ def main() -> None:
     isolate = False if args.loopback else None
     load_before = os.getloadavg()[0]
     measured: dict[str, dict[str, list[float]]] = {}
-    isolated = False
+    isolated, mode = False, ""
     with tempfile.TemporaryDirectory(prefix="fleet-links-") as tmp:
         for name, cap, link in (("capped", args.oss_cap_mibps, args.node_link_mibps), ("uncapped", 0, 0)):
             with SimulatedFleet(
                 args.nodes, Path(tmp) / name, oss_cap_mibps=cap, node_link_mibps=link, isolate=isolate
             ) as fleet:
-                mode = (
-                    "isolated (network namespaces, tc)"
-                    if fleet.isolated
-                    else f"loopback: {fleet.fallback_reason}"
-                )
-                isolated = fleet.isolated
-                print(f"{name}: {mode}", flush=True)
+                label = "isolated (network namespaces, tc)" if fleet.isolated else "loopback fallback"
+                print(f"{name}: {label} {fleet.fallback_reason}", flush=True)
+                if name == "capped":
+                    mode = label + (f" ({fleet.fallback_reason})" if fleet.fallback_reason else "")
+                    isolated = fleet.isolated
                 measured[name] = measure(fleet, args.size_mib, args.reps)
     cap, link = args.oss_cap_mibps, args.node_link_mibps
     if not isolated:
@@ -184,7 +182,8 @@ def main() -> None:
             )
             + "Medians of "
             f"{args.reps} (min-max); every transfer checked by sha256. 'uncapped' is the same fleet "
-            "without tc: the ceiling of the simulation on this machine (veth, bridge, tc, server and "
+            f"without {'tc' if isolated else 'the localoss cap'}: the ceiling of the simulation on this "
+            "machine (veth, bridge, tc, server and "
             f"clients share its {os.cpu_count()} cores; load average {load_before:.1f} before, "
             f"{os.getloadavg()[0]:.1f} after). gloo's broadcast sends the whole tensor from the root to "
             "each receiver, so each gets about the root's link / (nodes - 1). The GET client reads into "
