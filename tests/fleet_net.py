@@ -54,8 +54,10 @@ Caps: ``tc qdisc replace dev NIC root tbf rate R burst B latency 50ms`` with B =
 ``fleet_links`` and ``fleet_links_loopback`` of ``benchmarks/RESULTS.md``), 4 nodes, a loaded 2-core
 machine: one GET through a 200 MiB/s OSS cap 0.97-0.99 of it, 4 nodes at once 0.98 together, one TCP
 stream node to node through 400 MiB/s links 0.95-1.00; uncapped, the simulation itself carries 400-1100
-MiB/s per stream (the cores are shared by veth, bridge, tc, server and clients). A receiver writing
-into fresh pages (a page fault per 4 KiB) got only 0.81-0.90 of the OSS cap.
+MiB/s per stream (the cores are shared by veth, bridge, tc, server and clients). The machine, not the
+links, is the limit once several streams run: 4 nodes each sending to the next at once get 0.5-0.6
+of 4 x 400 MiB/s together (800-1000 MiB/s; 1000-1200 uncapped). A receiver writing into fresh pages (a page
+fault per 4 KiB) got only 0.81-0.90 of the OSS cap.
 
 Usage::
 

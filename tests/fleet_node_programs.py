@@ -162,12 +162,15 @@ def send(host: str, port: int, mib: int) -> None:
     deadline = time.monotonic() + TIMEOUT_S
     with _connect(host, port, deadline) as sock:
         sock.settimeout(TIMEOUT_S)
+        start_wall = time.time()  # one clock for every node of the machine: to measure streams together
         start = time.perf_counter()
         sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)
         sock.recv(1)  # the receiver closes after reading everything
         seconds = time.perf_counter() - start
-    _emit({"bytes": len(data), "seconds": seconds})
+    _emit(
+        {"bytes": len(data), "seconds": seconds, "start_wall": start_wall, "end_wall": start_wall + seconds}
+    )
 
 
 def gloo(mode: str, broadcast_mib: int) -> None:
