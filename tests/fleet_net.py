@@ -20,7 +20,8 @@ lets ``shm_entries`` read it directly. Node processes run as ``nsenter --net=/ru
 ``atexit``) kills every process in the fleet's namespaces, deletes the namespaces (and with them every
 link), unmounts and removes the state directory; it works the same after a setup that failed halfway.
 ``sweep_leftovers()`` removes what a SIGKILLed run left (fleets whose owner PID is gone); every new fleet
-runs it first. SFX is 6 random hex digits and X a random octet, per fleet.
+runs it first (tests/fleet_host.py holds the commands, owner files, removal, sweep and capability
+probe). SFX is 6 random hex digits and X a random octet, per fleet.
 
 Fallback (``isolate=False``, or ``isolate=None`` when namespaces cannot be made): localoss on 127.0.0.1
 with ``--bandwidth-mibps oss_cap_mibps`` (the total cap, applied by the server), nodes as plain processes
@@ -29,17 +30,43 @@ applied there, and ``fallback_reason`` says so and why.
 
 torch.distributed's gloo in the namespaces: by default gloo resolves the hostname (``vm`` -> 127.0.0.1
 here) and advertises that address to its peers, who then dial their own loopback: ``init_process_group``
-hangs or fails. What works (both tested in tests/integration/test_fleet_net.py):
+fails after its timeout ("connectFullMesh failed ... Connection refused, remote=[127.0.0.1]").
+What works (torch 2.13, both tested in tests/integration/test_fleet_net.py):
 
-* ``GLOO_SOCKET_IFNAME=fleet.node_interface(rank)`` in the node's environment (``"lo"`` in the fallback),
-  with ``MASTER_ADDR=fleet.master_addr``; ``fleet.node_environment(rank)`` returns exactly these plus
-  ``RANK``/``WORLD_SIZE``; or
-* in code, ``pg_options = ProcessGroupGloo._Options(); pg_options._devices =
-  [ProcessGroupGloo.create_device(hostname=fleet.node_address(rank))]`` passed as
-  ``init_process_group("gloo", ..., pg_options=pg_options)`` (also ``create_device(interface=NIC)``).
+* ``GLOO_SOCKET_IFNAME=fleet.node_interface(rank)`` in the node's environment (``"lo"`` in the
+  fallback; set in ``os.environ`` before ``init_process_group`` works as well), with
+  ``MASTER_ADDR=fleet.master_addr``: ``fleet.node_environment(rank, master_port)`` returns these with
+  ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE`` and ``OSSMC_CACHE_DIR``; or
+* in code, a group object with an explicit device: ``store = TCPStore(master_addr, port, world,
+  rank == 0, timeout=t)``; ``options = ProcessGroupGloo._Options(); options._timeout = t;
+  options._devices = [ProcessGroupGloo.create_device(hostname=node_address)]``; ``group =
+  ProcessGroupGloo(store, rank, world, options)``; then ``group.allreduce([t]).wait(timeout)``,
+  ``group.broadcast([t], opts).wait(timeout)``. Note: ``init_process_group("gloo", pg_options=...)``
+  ignores the options for gloo (torch 2.13 builds ``ProcessGroupGloo(store, rank, size, timeout=)``).
+The node's address has no reverse DNS: c10d warns "The hostname of the client socket cannot be
+retrieved. err=-3" once per connection; harmless.
 
-Measured rates of the configured caps: ``benchmarks/fleet_links.py`` (section ``fleet_links`` of
-``benchmarks/RESULTS.md``).
+Nodes share the machine's file system: only ``/dev/shm`` is private, so give each node its own model
+directory (the connector's symlinks there point into the node's ``/dev/shm``).
+
+Caps: ``tc qdisc replace dev NIC root tbf rate R burst B latency 50ms`` with B = max(4 ms at R, 512 KiB)
+(1.6 MiB at 400 MiB/s) on veths of MTU 9000. Measured by ``benchmarks/fleet_links.py`` (sections
+``fleet_links`` and ``fleet_links_loopback`` of ``benchmarks/RESULTS.md``), 4 nodes, a loaded 2-core
+machine: one GET through a 200 MiB/s OSS cap 0.97-0.99 of it, 4 nodes at once 0.98 together, one TCP
+stream node to node through 400 MiB/s links 0.95-1.00; uncapped, the simulation itself carries 400-1100
+MiB/s per stream (the cores are shared by veth, bridge, tc, server and clients). The machine, not the
+links, is the limit once several streams run: 4 nodes each sending to the next at once get 0.5-0.6
+of 4 x 400 MiB/s together (800-1000 MiB/s; 1000-1200 uncapped). A receiver writing into fresh pages (a page
+fault per 4 KiB) got only 0.81-0.90 of the OSS cap.
+
+Usage::
+
+    with SimulatedFleet(4, tmp / "oss", node_link_mibps=400, oss_cap_mibps=200) as fleet:
+        fleet.localoss.put_file("bucket", "model/x.safetensors", data)
+        port = fleet.free_port()
+        procs = [fleet.popen(r, [sys.executable, "node.py", fleet.endpoint, fleet.cache_dir(r)],
+                             env=fleet.node_environment(r, port)) for r in range(4)]
+        ...  # wait with timeouts; fleet.shm_entries(r) lists node r's /dev/shm
 """
 
 from __future__ import annotations
@@ -49,219 +76,55 @@ import contextlib
 import os
 import random
 import secrets
-import shutil
 import signal
+import socket
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from fleet_host import (
+    FALLBACK_ROOT,
+    FLEET_PREFIX,
+    STATE_ROOT,
+    FleetUnavailableError,
+    namespaces_unavailable_reason,
+    record_process,
+    remove_fleet,
+    run_command,
+    sweep_leftovers,
+    tbf_command,
+    tools_missing_reason,
+    write_owner,
+)
 from localoss_harness import LocalOss, start_localoss
 
-FLEET_PREFIX = "omcfleet-"
+__all__ = [
+    "FALLBACK_ROOT",
+    "FLEET_PREFIX",
+    "STATE_ROOT",
+    "FleetUnavailableError",
+    "SimulatedFleet",
+    "namespaces_unavailable_reason",
+    "sweep_leftovers",
+]
+
 LINK_PREFIX = "omc"
-STATE_ROOT = Path("/run")
-FALLBACK_ROOT = Path("/dev/shm")
 SUBNET_PREFIX = "10.213"
 OSS_HOST_OCTET = 2
 FIRST_NODE_OCTET = 10
 MAX_NODES = 240
-COMMAND_TIMEOUT_S = 30.0
+FIRST_FREE_PORT = 20000  # isolated mode: below the ephemeral range (32768-60999), handed out one by one
 PROCESS_EXIT_TIMEOUT_S = 10.0
 DEFAULT_SHM_SIZE_MB = 2048
-# A jumbo-frame MTU: fewer packets per byte through veth, bridge and tc on 2 shared cores (measured in
-# benchmarks/fleet_links.py); data-centre NICs that carry model weights commonly run 9000 too.
+# A jumbo-frame MTU, as data-centre NICs that carry model weights commonly run: fewer packets per byte
+# through veth, bridge and tc (1500, 9000 and 65000 measured alike within this machine's noise).
 LINK_MTU = 9000
-# tbf's bucket: at least this long at the configured rate (the kernel's timer granularity and a burst of
-# GSO packets must fit, else the rate falls well short of the cap at 200-400 MiB/s) ...
-TBF_BURST_S = 0.004
-# ... and never less than a few 64 KiB GSO packets.
-TBF_MIN_BURST_BYTES = 512 * 1024
-# Packets queue at most this long in tbf before being dropped (TCP then backs off to the rate).
-TBF_LATENCY_MS = 50
-_SETUP_GRACE_S = 300.0  # a state directory without an owner file younger than this is a fleet being set up
-
-
-class FleetUnavailableError(RuntimeError):
-    """Namespaces cannot be made here (not root, a tool missing, the kernel refused); the message says why."""
-
-
-def _run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
-    if check and proc.returncode != 0:
-        raise FleetUnavailableError(
-            f"`{' '.join(argv)}` exited with {proc.returncode}: {(proc.stderr or proc.stdout).strip()}"
-        )
-    return proc
-
-
-def _process_start_ticks(pid: int) -> str | None:
-    """The start time of ``pid`` (clock ticks since boot), to tell a live owner from a reused PID."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _owner_alive(state_dir: Path) -> bool:
-    try:
-        pid_text, ticks = (state_dir / "owner").read_text().split()
-    except (OSError, ValueError):
-        # No owner file yet: a fleet being set up right now, unless the directory is old.
-        try:
-            return time.time() - state_dir.stat().st_mtime < _SETUP_GRACE_S
-        except OSError:
-            return False
-    return _process_start_ticks(int(pid_text)) == ticks
-
-
-def _write_owner(state_dir: Path) -> None:
-    (state_dir / "owner").write_text(f"{os.getpid()} {_process_start_ticks(os.getpid())}\n")
-
-
-def _mounts_under(path: Path) -> list[str]:
-    """Mount points at or below ``path`` in this mount namespace, deepest (last mounted) first."""
-    found = []
-    prefix = str(path)
-    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
-        for line in mountinfo:
-            target = line.split()[4].replace("\\040", " ")
-            if target == prefix or target.startswith(prefix + "/"):
-                found.append(target)
-    return found[::-1]
-
-
-def _netns_names() -> list[str]:
-    try:
-        return sorted(os.listdir("/run/netns"))
-    except OSError:
-        return []
-
-
-def _kill_pids(pids: Sequence[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _netns_pids(name: str) -> list[int]:
-    proc = _run(["ip", "netns", "pids", name], check=False)
-    return [int(word) for word in proc.stdout.split() if word.isdigit()]
-
-
-def _record_process(state_dir: Path, pid: int, *, group: bool) -> None:
-    """Note a started process in ``state_dir/pids``, so a sweep after a SIGKILLed owner can kill it too."""
-    with open(state_dir / "pids", "a", encoding="ascii") as pids:
-        pids.write(f"{pid} {_process_start_ticks(pid)} {int(group)}\n")
-
-
-def _kill_recorded(state_dir: Path) -> None:
-    try:
-        lines = (state_dir / "pids").read_text().splitlines()
-    except OSError:
-        return
-    for line in lines:
-        pid_text, ticks, group = line.split()
-        if _process_start_ticks(int(pid_text)) != ticks:
-            continue  # exited (and maybe the PID was reused): not ours any more
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if group == "1":
-                os.killpg(int(pid_text), signal.SIGKILL)
-            else:
-                os.kill(int(pid_text), signal.SIGKILL)
-
-
-def _remove_fleet(suffix: str) -> list[str]:
-    """Remove everything of fleet ``suffix``: processes, namespaces, mounts, files. Returns what it removed.
-
-    Safe to run on a fleet that was only half set up, or already removed.
-    """
-    removed: list[str] = []
-    for root in (STATE_ROOT, FALLBACK_ROOT):
-        _kill_recorded(root / f"{FLEET_PREFIX}{suffix}")
-    ns_prefix = f"{FLEET_PREFIX}{suffix}-"
-    namespaces = [name for name in _netns_names() if name.startswith(ns_prefix)]
-    # Kill first, in every namespace, so no process of one node keeps talking while another is deleted.
-    for _ in range(3):
-        pids = [pid for name in namespaces for pid in _netns_pids(name)]
-        if not pids:
-            break
-        _kill_pids(pids)
-        time.sleep(0.1)
-    for name in namespaces:
-        # Deleting a namespace destroys its links and their veth peers in the other namespaces.
-        _run(["ip", "netns", "delete", name], check=False)
-        removed.append(f"netns {name}")
-    state_dir = STATE_ROOT / f"{FLEET_PREFIX}{suffix}"
-    if state_dir.exists():
-        for target in _mounts_under(state_dir):
-            if _run(["umount", target], check=False).returncode != 0:
-                _run(["umount", "--lazy", target], check=False)  # busy: detach now, freed when unused
-            removed.append(f"mount {target}")
-        shutil.rmtree(state_dir, ignore_errors=True)
-        removed.append(f"dir {state_dir}")
-    fallback_dir = FALLBACK_ROOT / f"{FLEET_PREFIX}{suffix}"
-    if fallback_dir.exists():
-        shutil.rmtree(fallback_dir, ignore_errors=True)
-        removed.append(f"dir {fallback_dir}")
-    return removed
-
-
-def _fleet_suffix(name: str) -> str | None:
-    if not name.startswith(FLEET_PREFIX):
-        return None
-    return name[len(FLEET_PREFIX) :].split("-", 1)[0] or None
-
-
-def sweep_leftovers() -> list[str]:
-    """Remove the fleets that runs killed with SIGKILL left behind; fleets of live processes are kept.
-
-    A fleet belongs to the process named in ``/run/omcfleet-SFX/owner`` (fallback:
-    ``/dev/shm/omcfleet-SFX/owner``); a namespace ``omcfleet-SFX-*`` without a state directory is a
-    leftover too (the directory is made before the first namespace and removed after the last).
-
-    Returns:
-        What was removed, one ``"netns NAME"``, ``"mount PATH"`` or ``"dir PATH"`` per item.
-    """
-    suffixes: set[str] = set()
-    for root in (STATE_ROOT, FALLBACK_ROOT):
-        with contextlib.suppress(OSError):
-            for entry in os.listdir(root):
-                suffix = _fleet_suffix(entry)
-                if suffix and not _owner_alive(root / entry):
-                    suffixes.add(suffix)
-    for name in _netns_names():
-        suffix = _fleet_suffix(name)
-        if suffix and not (STATE_ROOT / f"{FLEET_PREFIX}{suffix}").exists():
-            suffixes.add(suffix)
-    removed: list[str] = []
-    for suffix in sorted(suffixes):
-        removed += _remove_fleet(suffix)
-    return removed
-
-
-def namespaces_unavailable_reason() -> str:
-    """Why this process cannot build an isolated fleet ("" when it probably can: root with the tools)."""
-    if os.geteuid() != 0:
-        return f"not root (euid {os.geteuid()}): network and mount namespaces need CAP_SYS_ADMIN"
-    missing = [
-        tool for tool in ("ip", "tc", "unshare", "nsenter", "mount", "umount") if not shutil.which(tool)
-    ]
-    if missing:
-        return f"missing tools: {', '.join(missing)} (iproute2, util-linux)"
-    if not os.access(STATE_ROOT, os.W_OK):
-        return f"{STATE_ROOT} is not writable"
-    return ""
-
-
-def _tbf(dev: str, mibps: float) -> list[str]:
-    rate_bytes = int(mibps * (1 << 20))
-    burst = max(int(rate_bytes * TBF_BURST_S), TBF_MIN_BURST_BYTES)
-    return [
-        "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
-        "rate", f"{rate_bytes * 8}bit", "burst", str(burst), "latency", f"{TBF_LATENCY_MS}ms",
-    ]  # fmt: skip
+# Run inside a new node mount namespace: detach (deepest first) its copies of /run/netns/* and of every
+# /run/omcfleet-* mount.
+_DETACH_FLEET_MOUNTS = (
+    "awk '$5 ~ \"^/run/(netns/|" + FLEET_PREFIX + ")\" {print $5}' /proc/self/mountinfo | sort -r | "
+    'while read -r target; do umount --lazy "$target"; done'
+)
 
 
 class SimulatedFleet:
@@ -312,17 +175,18 @@ class SimulatedFleet:
         self.fallback_reason = ""
         self._procs: list[subprocess.Popen[bytes]] = []
         self._closed = False
+        self._next_port = FIRST_FREE_PORT - 1
         self._localoss: LocalOss | None = None
         atexit.register(self.close)
         try:
             sweep_leftovers()
-            reason = namespaces_unavailable_reason() if isolate is not False else "isolate=False"
+            reason = tools_missing_reason() if isolate is not False else "isolate=False"
             if not reason:
                 self.isolated = True  # the names and paths below are those of isolated mode
                 try:
                     self._build_namespaces()
-                except FleetUnavailableError as exc:
-                    _remove_fleet(self.suffix)
+                except (FleetUnavailableError, OSError) as exc:
+                    remove_fleet(self.suffix)
                     self.isolated = False
                     reason = str(exc)
             if not self.isolated:
@@ -335,8 +199,9 @@ class SimulatedFleet:
                 )
                 self._build_fallback()
             self._localoss = self._start_localoss(oss_root, localoss_args)
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            exc.add_note(f"SimulatedFleet {self.suffix}: set-up failed; everything it had made was removed")
             raise
 
     # ----------------------------------------------------------------- names and addresses
@@ -426,8 +291,12 @@ class SimulatedFleet:
         return self.state_dir / f"mnt-n{rank}"
 
     def node_environment(self, rank: int, master_port: int | None = None) -> dict[str, str]:
-        """What a node's process needs for a gloo group: GLOO_SOCKET_IFNAME, MASTER_ADDR, RANK, WORLD_SIZE."""
+        """A node's environment: its gloo NIC, the rendezvous variables and its cache directory.
+
+        GLOO_SOCKET_IFNAME, MASTER_ADDR, RANK, WORLD_SIZE, OSSMC_CACHE_DIR (and MASTER_PORT if given).
+        """
         env = {
+            "OSSMC_CACHE_DIR": self.cache_dir(rank),
             "GLOO_SOCKET_IFNAME": self.node_interface(rank),
             "MASTER_ADDR": self.master_addr,
             "RANK": str(rank),
@@ -436,6 +305,20 @@ class SimulatedFleet:
         if master_port is not None:
             env["MASTER_PORT"] = str(master_port)
         return env
+
+    def free_port(self) -> int:
+        """A TCP port no process of the fleet listens on yet (for MASTER_PORT, a test's listener).
+
+        Isolated: the nodes' namespaces hold only the fleet's processes, so the fleet hands out ports
+        below the kernel's ephemeral range, each once. Fallback: the kernel picks a free one on
+        127.0.0.1 (another program may still take it before it is used, as with any such port).
+        """
+        if self.isolated:
+            self._next_port += 1
+            return self._next_port
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return int(probe.getsockname()[1])
 
     def _check_rank(self, rank: int) -> int:
         if not 0 <= rank < self.nodes:
@@ -482,7 +365,7 @@ class SimulatedFleet:
             [*self.launcher(rank), *argv], env={**os.environ, **(env or {})}, **kwargs
         )
         self._procs.append(proc)
-        _record_process(self.state_dir, proc.pid, group=True)
+        record_process(self.state_dir, proc.pid, group=True)
         return proc
 
     def run(
@@ -509,8 +392,60 @@ class SimulatedFleet:
         if args and self.isolated:
             args = ("--host", self.oss_address, *args)
         self._localoss = old.restart(*args)
-        _record_process(self.state_dir, self._localoss.proc.pid, group=False)
+        record_process(self.state_dir, self._localoss.proc.pid, group=False)
         return self._localoss
+
+    def set_node_link_mibps(self, rank: int, mibps: float) -> None:
+        """Change node ``rank``'s link cap (both ways) while the fleet runs: a slow node; 0 removes the cap.
+
+        Raises:
+            FleetUnavailableError: in the loopback fallback, where node links have no cap to change.
+        """
+        self._require_isolated("a node link cap")
+        if mibps < 0:
+            raise ValueError("a link cap is MiB/s >= 0 (0: uncapped)")
+        self._cap_node_link(self._check_rank(rank), mibps)
+
+    def disconnect_node(self, rank: int) -> None:
+        """Take node ``rank``'s switch port down: its packets are lost both ways (a network partition;
+        open TCP connections stall instead of failing), until ``reconnect_node``.
+
+        Raises:
+            FleetUnavailableError: in the loopback fallback (nodes share 127.0.0.1).
+        """
+        self._require_isolated("a network partition")
+        run_command(
+            ["ip", "-n", self.switch_namespace, "link", "set", self.node_port(self._check_rank(rank)), "down"]
+        )
+
+    def reconnect_node(self, rank: int) -> None:
+        """Bring node ``rank``'s switch port up again after ``disconnect_node``."""
+        self._require_isolated("a network partition")
+        run_command(
+            ["ip", "-n", self.switch_namespace, "link", "set", self.node_port(self._check_rank(rank)), "up"]
+        )
+
+    def _require_isolated(self, what: str) -> None:
+        if self._closed:
+            raise RuntimeError("the fleet is closed")
+        if not self.isolated:
+            raise FleetUnavailableError(
+                f"{what} needs the isolated fleet; this one is loopback: {self.fallback_reason}"
+            )
+
+    def _cap_node_link(self, rank: int, mibps: float) -> None:
+        ends = (
+            (self.node_namespace(rank), self.node_interface(rank)),
+            (self.switch_namespace, self.node_port(rank)),
+        )
+        for namespace, device in ends:
+            if mibps:
+                run_command(["ip", "netns", "exec", namespace, *tbf_command(device, mibps)])
+            else:
+                run_command(
+                    ["ip", "netns", "exec", namespace, "tc", "qdisc", "del", "dev", device, "root"],
+                    check=False,
+                )
 
     def shm_entries(self, rank: int) -> list[str]:
         """Names now in node ``rank``'s ``/dev/shm`` (fallback: its cache directory), sorted."""
@@ -521,19 +456,19 @@ class SimulatedFleet:
         """Run a short command (``tc qdisc show``...) in one of the fleet's network namespaces."""
         if namespace not in self.namespaces:
             raise ValueError(f"{namespace} is not a namespace of this fleet")
-        return _run(["ip", "netns", "exec", namespace, *argv], check=False)
+        return run_command(["ip", "netns", "exec", namespace, *argv], check=False)
 
     # ----------------------------------------------------------------- set-up
     def _build_namespaces(self) -> None:
         state = self.state_dir
         state.mkdir(mode=0o700)
-        _write_owner(state)
+        write_owner(state)
         for name in self.namespaces:
-            _run(["ip", "netns", "add", name])
-            _run(["ip", "-n", name, "link", "set", "lo", "up"])
+            run_command(["ip", "netns", "add", name])
+            run_command(["ip", "-n", name, "link", "set", "lo", "up"])
         sw = self.switch_namespace
-        _run(["ip", "-n", sw, "link", "add", self.bridge, "type", "bridge"])
-        _run(["ip", "-n", sw, "link", "set", self.bridge, "mtu", str(LINK_MTU), "up"])
+        run_command(["ip", "-n", sw, "link", "add", self.bridge, "type", "bridge"])
+        run_command(["ip", "-n", sw, "link", "set", self.bridge, "mtu", str(LINK_MTU), "up"])
         links = [(self.oss_port, self.oss_namespace, self.oss_interface, self.oss_address)]
         links += [
             (self.node_port(r), self.node_namespace(r), self.node_interface(r), self.node_address(r))
@@ -541,36 +476,38 @@ class SimulatedFleet:
         ]
         for port, namespace, nic, address in links:
             # Both ends are born in the fleet's namespaces: nothing ever appears in the root namespace.
-            _run(["ip", "-n", sw, "link", "add", port, "mtu", str(LINK_MTU), "type", "veth",
-                  "peer", "name", nic, "mtu", str(LINK_MTU), "netns", namespace])  # fmt: skip
-            _run(["ip", "-n", sw, "link", "set", port, "master", self.bridge, "up"])
-            _run(["ip", "-n", namespace, "addr", "add", f"{address}/24", "dev", nic])
-            _run(["ip", "-n", namespace, "link", "set", nic, "up"])
+            run_command(["ip", "-n", sw, "link", "add", port, "mtu", str(LINK_MTU), "type", "veth",
+                         "peer", "name", nic, "mtu", str(LINK_MTU), "netns", namespace])  # fmt: skip
+            run_command(["ip", "-n", sw, "link", "set", port, "master", self.bridge, "up"])
+            run_command(["ip", "-n", namespace, "addr", "add", f"{address}/24", "dev", nic])
+            run_command(["ip", "-n", namespace, "link", "set", nic, "up"])
         if self.oss_cap_mibps:
-            _run(["ip", "netns", "exec", self.oss_namespace, *_tbf(self.oss_interface, self.oss_cap_mibps)])
+            oss_cap = tbf_command(self.oss_interface, self.oss_cap_mibps)
+            run_command(["ip", "netns", "exec", self.oss_namespace, *oss_cap])
         if self.node_link_mibps:
             for r in range(self.nodes):
-                _run(["ip", "netns", "exec", self.node_namespace(r),
-                      *_tbf(self.node_interface(r), self.node_link_mibps)])  # fmt: skip
-                _run(["ip", "netns", "exec", sw, *_tbf(self.node_port(r), self.node_link_mibps)])
+                self._cap_node_link(r, self.node_link_mibps)
         # Mount namespaces: the files that hold them must sit on a private mount, else the kernel refuses
         # (a namespace file bound inside a mount that propagates into that namespace would be a loop).
-        _run(["mount", "--bind", str(state), str(state)])
-        _run(["mount", "--make-private", str(state)])
+        run_command(["mount", "--bind", str(state), str(state)])
+        run_command(["mount", "--make-private", str(state)])
         for r in range(self.nodes):
             shm = self._node_shm(r)
             shm.mkdir()
-            _run(["mount", "-t", "tmpfs", "-o", f"size={self.shm_size_mb}m,mode=1777",
-                  f"{FLEET_PREFIX}{self.suffix}-n{r}", str(shm)])  # fmt: skip
+            run_command(["mount", "-t", "tmpfs", "-o", f"size={self.shm_size_mb}m,mode=1777",
+                         f"{FLEET_PREFIX}{self.suffix}-n{r}", str(shm)])  # fmt: skip
             ns_file = self._mount_ns_file(r)
             ns_file.touch()
-            _run(["unshare", f"--mount={ns_file}", "--propagation", "private",
-                  "mount", "--bind", str(shm), "/dev/shm"])  # fmt: skip
+            # Inside the node: its tmpfs on /dev/shm, then away with the copies of every fleet's netns and
+            # state mounts (this one's included): a copy would keep another fleet's namespaces and
+            # tmpfs alive after that fleet's close(), until this node's mount namespace ends.
+            run_command(["unshare", f"--mount={ns_file}", "--propagation", "private", "sh", "-c",
+                         f"mount --bind {shm} /dev/shm && {_DETACH_FLEET_MOUNTS}"])  # fmt: skip
 
     def _build_fallback(self) -> None:
         state = self.state_dir
         state.mkdir(mode=0o700)
-        _write_owner(state)
+        write_owner(state)
         for r in range(self.nodes):
             (state / f"n{r}").mkdir()
 
@@ -584,7 +521,7 @@ class SimulatedFleet:
                 args = ["--bandwidth-mibps", f"{self.oss_cap_mibps:g}", *args]
             launcher = []
         server = start_localoss(oss_root, *args, launcher=launcher)
-        _record_process(self.state_dir, server.proc.pid, group=False)
+        record_process(self.state_dir, server.proc.pid, group=False)
         return server
 
     # ----------------------------------------------------------------- teardown
@@ -613,7 +550,7 @@ class SimulatedFleet:
         if self._localoss is not None:
             self._localoss.stop()
             self._localoss = None
-        _remove_fleet(self.suffix)
+        remove_fleet(self.suffix)
 
     def __enter__(self) -> SimulatedFleet:
         return self

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,10 +24,14 @@ from fleet_net import (
     FALLBACK_ROOT,
     FLEET_PREFIX,
     STATE_ROOT,
+    FleetUnavailableError,
     SimulatedFleet,
     namespaces_unavailable_reason,
     sweep_leftovers,
 )
+from fleet_node_programs import payload
+
+from ossmodelconnector.cache.segments import state_table_name
 
 pytestmark = pytest.mark.timeout(300)  # a hang guard only
 
@@ -40,14 +44,13 @@ MIB = 1 << 20
 BROADCAST_MIB = 64
 
 
-def _start_fleet(mode: str, oss_root: Path, nodes: int = NODES, **kwargs: object) -> SimulatedFleet:
+def _start_fleet(mode: str, oss_root: Path, nodes: int = NODES) -> SimulatedFleet:
     fleet = SimulatedFleet(
         nodes,
         oss_root,
         node_link_mibps=NODE_LINK_MIBPS,
         oss_cap_mibps=OSS_CAP_MIBPS,
         isolate=None if mode == "isolated" else False,
-        **kwargs,  # type: ignore[arg-type]
     )
     if mode == "isolated" and not fleet.isolated:
         reason = fleet.fallback_reason
@@ -74,21 +77,24 @@ def _outputs(procs: list[subprocess.Popen[bytes]]) -> list[dict[str, object]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate(timeout=10)
-        assert proc.returncode == 0, f"{proc.args} exited {proc.returncode}: {err.decode()[-3000:]}"
+        assert proc.returncode == 0, f"{proc.args!r} exited {proc.returncode}: {err.decode()[-3000:]}"
         results.append(json.loads(out.decode().strip().splitlines()[-1]))
     return results
 
 
 def _on_every_node(
-    fleet: SimulatedFleet, argv_for: object, env_for: object = None
+    fleet: SimulatedFleet,
+    argv_for: Callable[[int], list[str]],
+    env_for: Callable[[int], dict[str, str]] | None = None,
 ) -> list[dict[str, object]]:
-    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    """Run fleet_node_programs.py on every node at once; their JSON results, by rank."""
     procs = [
         fleet.popen(
             rank,
-            [sys.executable, NODE_PROGRAM, *argv_for(rank)],  # type: ignore[operator]
-            env=env_for(rank) if env_for else None,  # type: ignore[operator]
-            **pipes,
+            [sys.executable, NODE_PROGRAM, *argv_for(rank)],
+            env=env_for(rank) if env_for else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         for rank in range(fleet.nodes)
     ]
@@ -114,12 +120,13 @@ def test_every_node_gets_an_object_from_localoss(fleet: SimulatedFleet) -> None:
 
 
 def test_every_node_reaches_every_other_node_over_tcp(fleet: SimulatedFleet) -> None:
-    port = 29300 + os.getpid() % 500  # one port per node in the fallback, where all share 127.0.0.1
-    peers = {rank: f"{fleet.node_address(rank)}:{port + rank}" for rank in range(NODES)}
+    ports = [fleet.free_port() for _ in range(NODES)]  # one per node: in the fallback all share 127.0.0.1
+    assert len(set(ports)) == NODES
+    peers = {rank: f"{fleet.node_address(rank)}:{ports[rank]}" for rank in range(NODES)}
 
     def argv(rank: int) -> list[str]:
         others = [peer for other, peer in peers.items() if other != rank]
-        return ["mesh", fleet.node_address(rank), str(port + rank), *others]
+        return ["mesh", fleet.node_address(rank), str(ports[rank]), *others]
 
     results = _on_every_node(fleet, argv)
     for rank, result in enumerate(results):
@@ -140,7 +147,7 @@ def _expected_broadcast_digest() -> str:
 def test_gloo_group_forms_over_master_addr(fleet: SimulatedFleet, how: str) -> None:
     """The two ways documented in fleet_net's docstring: the env variable, or an explicit gloo device."""
     pytest.importorskip("torch")
-    master_port = 29900 + os.getpid() % 50 + (50 if how == "create_device" else 0)
+    master_port = fleet.free_port()
 
     def env(rank: int) -> dict[str, str]:
         variables = fleet.node_environment(rank, master_port)
@@ -173,7 +180,8 @@ def test_a_file_in_one_nodes_shm_is_seen_by_no_other_node(fleet: SimulatedFleet)
         assert fleet.cache_dir(0) == fleet.cache_dir(1) == "/dev/shm"  # the same path, different tmpfs
     else:
         assert len({fleet.cache_dir(r) for r in range(NODES)}) == NODES
-    os.unlink(Path(fleet._node_shm(0)) / name)
+    assert fleet.run(0, ["rm", f"{fleet.cache_dir(0)}/{name}"]).returncode == 0
+    assert name not in fleet.shm_entries(0)
 
 
 def _tbf_rate_bits(qdiscs: str, device: str) -> int:
@@ -290,27 +298,12 @@ def test_close_leaves_no_namespace_link_mount_file_or_process(mode: str, tmp_pat
         fleet.popen(0, ["true"])
 
 
-def _all_fleet_traces() -> set[str]:
-    """Every fleet item on the machine, whichever its suffix (to diff around a failed setup)."""
-    found = (
-        {f"netns {n}" for n in os.listdir("/run/netns") if n.startswith(FLEET_PREFIX)}
-        if Path("/run/netns").exists()
-        else set()
-    )
-    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
-        found |= {f"mount {line.split()[4]}" for line in mountinfo if FLEET_PREFIX in line}
-    for root in (STATE_ROOT, FALLBACK_ROOT):
-        found |= {f"dir {root / n}" for n in os.listdir(root) if n.startswith(FLEET_PREFIX)}
-    return found
-
-
 @pytest.mark.parametrize("mode", ["isolated", "loopback"])
 def test_setup_failing_halfway_leaves_nothing(mode: str, tmp_path: Path) -> None:
     """localoss refuses its arguments after the namespaces, links, qdiscs and mounts exist."""
     if mode == "isolated" and namespaces_unavailable_reason():
         pytest.skip(f"network namespaces cannot be made here: {namespaces_unavailable_reason()}")
-    before = _all_fleet_traces()
-    with pytest.raises(RuntimeError, match="localoss exited"):
+    with pytest.raises(RuntimeError, match="localoss exited") as raised:
         SimulatedFleet(
             NODES,
             tmp_path / "oss",
@@ -319,7 +312,22 @@ def test_setup_failing_halfway_leaves_nothing(mode: str, tmp_path: Path) -> None
             localoss_args=["--no-such-flag"],
             isolate=mode == "isolated",
         )
-    assert _all_fleet_traces() - before == set()
+    note = re.fullmatch(r"SimulatedFleet (\w+): set-up failed; .*", raised.value.__notes__[-1])
+    assert note, raised.value.__notes__
+    assert _traces(note.group(1)) == []
+
+
+def test_a_node_holds_no_copy_of_any_fleets_mounts(fleet: SimulatedFleet, tmp_path: Path) -> None:
+    """A node's mount namespace is a copy of the root's: without care it would pin every fleet's namespace
+    files and tmpfs that existed when it was made, keeping them alive after their fleet's close()."""
+    if not fleet.isolated:
+        pytest.skip("loopback fallback: no mount namespaces")
+    with _start_fleet("isolated", tmp_path / "oss", nodes=2) as later:
+        for node_fleet, rank in ((fleet, 0), (later, 1)):
+            mounts = node_fleet.run(rank, ["cat", "/proc/self/mountinfo"]).stdout.decode().splitlines()
+            targets = [line.split()[4] for line in mounts]
+            assert [t for t in targets if t.startswith("/run/netns/") or FLEET_PREFIX in t] == []
+            assert "/dev/shm" in targets
 
 
 SIGKILLED_OWNER = r"""
@@ -361,6 +369,29 @@ def test_sweep_removes_what_a_sigkilled_owner_left(mode: str, tmp_path: Path) ->
     assert _traces(suffix) == []
 
 
+EXITING_OWNER = r"""
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from fleet_net import SimulatedFleet
+fleet = SimulatedFleet(2, Path(sys.argv[2]), isolate=sys.argv[3] == "isolated")
+node = fleet.popen(0, [sys.executable, "-c", "import time; time.sleep(600)"])
+print(fleet.suffix, node.pid, fleet.localoss.proc.pid, flush=True)
+"""  # and exits without close(): atexit closes the fleet
+
+
+@pytest.mark.parametrize("mode", ["isolated", "loopback"])
+def test_an_owner_exiting_without_close_leaves_nothing(mode: str, tmp_path: Path) -> None:
+    if mode == "isolated" and namespaces_unavailable_reason():
+        pytest.skip(f"network namespaces cannot be made here: {namespaces_unavailable_reason()}")
+    argv = [sys.executable, "-c", EXITING_OWNER, str(Path(NODE_PROGRAM).parent), str(tmp_path / "oss"), mode]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT_S)
+    assert proc.returncode == 0, proc.stderr
+    suffix, *pids = proc.stdout.split()
+    assert _traces(suffix) == []
+    assert [pid for pid in pids if _alive(int(pid))] == []
+
+
 def test_a_live_fleet_survives_a_sweep(fleet: SimulatedFleet) -> None:
     sweep_leftovers()
     assert fleet.run(0, ["true"]).returncode == 0
@@ -368,9 +399,19 @@ def test_a_live_fleet_survives_a_sweep(fleet: SimulatedFleet) -> None:
     assert _traces(fleet.suffix)
 
 
-def test_isolate_true_says_why_namespaces_cannot_be_made(tmp_path: Path) -> None:
-    """Unprivileged (a user namespace of its own: euid 65534, no capability over the machine's network),
-    isolate=True raises with the reason and isolate=None falls back to loopback, saying why."""
+@pytest.mark.parametrize(
+    ("user", "reason"),
+    [
+        (["--user"], "not root (euid 65534)"),  # an ordinary user
+        (["--user", "--map-root-user"], "`ip netns add "),  # root in a container without the powers
+    ],
+    ids=["unprivileged", "root-without-capabilities"],
+)
+def test_isolate_true_says_why_namespaces_cannot_be_made(
+    user: list[str], reason: str, tmp_path: Path
+) -> None:
+    """In a user namespace of its own (no capability over the machine's network and mounts), isolate=True
+    raises with the reason and isolate=None falls back to loopback, saying why; both leave nothing."""
     if os.geteuid() != 0 or not shutil.which("unshare"):
         pytest.skip("needs root and unshare to make an unprivileged user namespace")
     code = (
@@ -383,21 +424,37 @@ def test_isolate_true_says_why_namespaces_cannot_be_made(tmp_path: Path) -> None
     )
     argv = [
         "unshare",
-        "--user",
+        *user,
         sys.executable,
         "-c",
         code,
         str(Path(NODE_PROGRAM).parent),
         str(tmp_path / "oss"),
     ]
+    before = _all_fleet_traces()
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT_S)
     if proc.returncode != 0 and "unshare failed" in proc.stderr:
         pytest.skip(f"user namespaces are not allowed here: {proc.stderr.strip()}")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("raised: cannot build an isolated fleet: not root (euid 65534)")
+    assert lines[0].startswith(f"raised: cannot build an isolated fleet: {reason}")
     assert lines[1] == "isolated: False"
-    assert lines[2].startswith("reason: not root (euid 65534)") and "NOT applied" in lines[2]
+    assert lines[2].startswith(f"reason: {reason}") and "NOT applied" in lines[2]
+    assert _all_fleet_traces() <= before
+
+
+def _all_fleet_traces() -> set[str]:
+    """Every fleet's namespaces, mounts and directories on the machine (a parallel run's included)."""
+    found = {f"netns {name}" for name in _netns_list() if name.startswith(FLEET_PREFIX)}
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        found |= {f"mount {line.split()[4]}" for line in mountinfo if FLEET_PREFIX in line}
+    for root in (STATE_ROOT, FALLBACK_ROOT):
+        found |= {f"dir {root / name}" for name in os.listdir(root) if name.startswith(FLEET_PREFIX)}
+    return found
+
+
+def _netns_list() -> list[str]:
+    return os.listdir("/run/netns") if Path("/run/netns").exists() else []
 
 
 def test_localoss_killed_and_restarted_serves_every_node_again(fleet: SimulatedFleet) -> None:
@@ -412,3 +469,120 @@ def test_localoss_killed_and_restarted_serves_every_node_again(fleet: SimulatedF
         fleet, lambda rank: ["get", endpoint, "fleet-bucket", "restart.bin"], lambda rank: env
     )
     assert {(r["status"], r["sha256"]) for r in results} == {(200, hashlib.sha256(data).hexdigest())}
+
+
+PREPARING_NODE = r"""
+import os, sys
+from ossmodelconnector import OssModelConnector
+from ossmodelconnector.oss.credentials import Credentials
+
+endpoint, key_id, secret, uri, model_dir = sys.argv[1:]
+connector = OssModelConnector(endpoint, cred_provider=Credentials(key_id, secret), small_file_mb=1)
+directory = connector.prepare_directory(uri, model_dir, wait=True)
+with open(os.path.join(model_dir, "model.safetensors"), "rb") as weights:
+    print(__import__("hashlib").sha256(weights.read()).hexdigest(), flush=True)
+sys.stdin.read()  # hold the cache until the test closes stdin
+connector.close()
+"""
+
+
+def test_each_node_prepares_a_model_into_its_own_shm(fleet: SimulatedFleet, tmp_path: Path) -> None:
+    """The connector on every node at once, each with its own copy in its own cache; nothing left after."""
+    weights = os.urandom(3 * MIB)
+    fleet.localoss.put_file("fleet-bucket", "model/model.safetensors", weights)
+    fleet.localoss.put_file("fleet-bucket", "model/config.json", b"{}")
+    server = fleet.localoss
+    # Nodes share the machine's file system (only /dev/shm is private): one model directory per node.
+    model_dirs = [tmp_path / f"node{rank}" / "model" for rank in range(NODES)]
+    procs = [
+        fleet.popen(
+            rank,
+            [
+                sys.executable,
+                "-c",
+                PREPARING_NODE,
+                fleet.endpoint,
+                server.access_key_id,
+                server.access_key_secret,
+                "oss://fleet-bucket/model/",
+                str(model_dirs[rank]),
+            ],
+            env=fleet.node_environment(rank),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for rank in range(NODES)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stderr is not None
+            line = proc.stdout.readline().decode().strip()
+            assert line == hashlib.sha256(weights).hexdigest(), proc.stderr.read().decode()[-3000:]
+        held = [fleet.shm_entries(rank) for rank in range(NODES)]
+        # The same object gives the same segment name on every node: one copy in each node's cache.
+        data_segments = [{name for name in names if name.startswith("ossmc-d-")} for names in held]
+        assert len(data_segments[0]) == 1 and data_segments == [data_segments[0]] * NODES
+        if fleet.isolated:
+            tables = [state_table_name(model_dir) for model_dir in model_dirs]
+            for rank in range(NODES):
+                assert [tables[r] in held[rank] for r in range(NODES)] == [r == rank for r in range(NODES)]
+            assert set(os.listdir("/dev/shm")).isdisjoint([*tables, *data_segments[0]])
+    finally:
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.close()
+        for proc in procs:
+            proc.wait(timeout=WAIT_S)
+    errors = [proc.stderr.read().decode()[-2000:] for proc in procs if proc.stderr is not None]
+    assert [proc.returncode for proc in procs] == [0] * NODES, errors
+    assert [fleet.shm_entries(rank) for rank in range(NODES)] == [[]] * NODES
+
+
+def test_a_node_link_cap_changes_while_the_fleet_runs(fleet: SimulatedFleet) -> None:
+    if not fleet.isolated:
+        with pytest.raises(FleetUnavailableError, match="needs the isolated fleet"):
+            fleet.set_node_link_mibps(1, 50)
+        return
+    try:
+        fleet.set_node_link_mibps(1, 50)  # a slow node
+        node = fleet.run(1, ["tc", "qdisc", "show"]).stdout.decode()
+        switch = fleet.in_namespace(fleet.switch_namespace, ["tc", "qdisc", "show"]).stdout
+        assert _tbf_rate_bits(node, fleet.node_interface(1)) == pytest.approx(50 * MIB * 8, rel=0.01)
+        assert _tbf_rate_bits(switch, fleet.node_port(1)) == pytest.approx(50 * MIB * 8, rel=0.01)
+        assert _tbf_rate_bits(switch, fleet.node_port(0)) == pytest.approx(
+            NODE_LINK_MIBPS * MIB * 8, rel=0.01
+        )
+        fleet.set_node_link_mibps(1, 0)
+        assert "tbf" not in fleet.run(1, ["tc", "qdisc", "show"]).stdout.decode()
+    finally:
+        fleet.set_node_link_mibps(1, NODE_LINK_MIBPS)
+
+
+def test_a_disconnected_node_is_unreachable_until_reconnected(fleet: SimulatedFleet) -> None:
+    if not fleet.isolated:
+        with pytest.raises(FleetUnavailableError, match="needs the isolated fleet"):
+            fleet.disconnect_node(1)
+        return
+    address, port = fleet.node_address(1), str(fleet.free_port())
+    receiver = fleet.popen(
+        1,
+        [sys.executable, NODE_PROGRAM, "receive", address, port],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert receiver.stdout is not None
+    assert json.loads(receiver.stdout.readline()) == {"listening": True}
+    send = [sys.executable, NODE_PROGRAM, "send", address, port, "1"]
+    try:
+        fleet.disconnect_node(1)
+        cut = fleet.run(0, send, env={"FLEET_NODE_TIMEOUT_S": "2"})
+        # Lost packets: the connect times out (or finds no route once the ARP entry expired), never refused.
+        assert cut.returncode != 0 and re.search(rb"TimeoutError|timed out|No route to host", cut.stderr)
+    finally:
+        fleet.reconnect_node(1)
+    sent = fleet.run(0, send)
+    assert sent.returncode == 0, sent.stderr
+    (received,) = _outputs([receiver])
+    assert received["bytes"] == MIB
+    assert received["sha256"] == hashlib.sha256(payload(1)).hexdigest()
