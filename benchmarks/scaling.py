@@ -21,10 +21,10 @@ path it replaced (``bodyReceiver`` "python"), in one run against a ``localoss`` 
    reads among them (``socket.recv_into``, or the kernel's ``recv_into``) are where a worker gives the GIL
    back and must take it again.
 4. **Projection to a 32-vCPU node**: the GIL-held CPU per GiB (process CPU minus the CPU spent inside
-   the calls that release the GIL: the receive kernel or the socket reads, and ``pwrite``) bounds the rate
-   at 1 / held GiB/s however many cores there are; the whole CPU per GiB bounds it at 32 / cpu GiB/s. The
-   projection is the smaller of the two, shown with its arithmetic next to the reference product's
-   15-20 GB/s claim.
+   the calls that release the GIL: the receive kernel or the socket reads, and the chunk-store kernel)
+   bounds the rate at 1 / held GiB/s however many cores there are; the whole CPU per GiB bounds it at
+   32 / cpu GiB/s. The projection is the smaller of the two, shown with its arithmetic next to the
+   reference product's 15-20 GB/s claim.
 
 Each measurement alternates the two paths in every repetition (medians). Run: ``python
 benchmarks/scaling.py [--size-mib 1024] [--reps 3] [--cap-mibps 400] [--no-write]``.
@@ -57,6 +57,7 @@ from _results import markdown_table, median, write_section
 from localoss_harness import LocalOss, start_localoss
 from prepare_transfer import BUCKET, PREFIX, make_files, run_bare, run_store, touched_buffers
 
+import ossmodelconnector.cache.shared_backing as backing_module
 import ossmodelconnector.oss.body as body_module
 from ossmodelconnector import OssModelConnector
 from ossmodelconnector.config import load_config
@@ -107,7 +108,8 @@ class NogilMeter:
     """CPU seconds spent inside the calls of the data path that release the GIL, summed over threads.
 
     Wraps the receive kernel as ``oss/body.py`` calls it, ``socket.socket.recv_into`` (the python
-    path's reads: ``SocketIO.readinto`` calls it) and ``os.pwrite`` (the store), timing each call with
+    path's reads: ``SocketIO.readinto`` calls it) and the chunk-store kernel as ``cache/shared_backing.py``
+    calls it (open, write lock, ``pwrite``, times, close of one chunk), timing each call with
     ``time.thread_time`` (this thread's CPU).
     """
 
@@ -129,9 +131,9 @@ class NogilMeter:
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        kernel, pwrite = body_module.recv_into, os.pwrite
+        kernel, store = body_module.recv_into, backing_module.store_chunk
         body_module.recv_into = self._timed(kernel)  # type: ignore[assignment]
-        os.pwrite = self._timed(pwrite)
+        backing_module.store_chunk = self._timed(store)  # type: ignore[assignment]
         real_sock_recv_into = socket.socket.recv_into
 
         timed_recv = self._timed(real_sock_recv_into)
@@ -140,7 +142,7 @@ class NogilMeter:
             yield
         finally:
             body_module.recv_into = kernel
-            os.pwrite = pwrite
+            backing_module.store_chunk = store
             socket.socket.recv_into = real_sock_recv_into  # type: ignore[method-assign]
 
 
@@ -490,9 +492,9 @@ def main() -> int:
         f"{call_table}\n\n"
         f"### Projection to a {NODE_VCPUS}-vCPU node\n\n"
         "GIL-held CPU per GiB = process CPU per GiB minus the CPU spent inside the calls that release the "
-        "GIL (the receive kernel or the socket reads, and `pwrite`), from loopback runs with those calls "
-        "timed by `time.thread_time`; an upper bound (it also counts the other threads' Python work, the "
-        "page faults of Python code and the timing itself). Threads can overlap everything but the "
+        "GIL (the receive kernel or the socket reads, and the chunk-store kernel), from loopback runs with "
+        "those calls timed by `time.thread_time`; an upper bound (it also counts the other threads' Python "
+        "work, the page faults of Python code and the timing itself). Threads can overlap everything but the "
         "GIL-held part, so the rate is bounded by 1 / (GIL-held s per GiB) on any number of cores, and by "
         f"{NODE_VCPUS} / (CPU-s per GiB) on this many vCPUs. Loopback CPU includes the TCP receive work a "
         "NIC would share, and none of the server's.\n\n"

@@ -31,6 +31,7 @@ __all__ = [
     "set_times",
     "symlink_atomically",
     "temporary_name",
+    "warn_times_refused",
     "write_json_atomically",
 ]
 
@@ -132,11 +133,16 @@ def set_times(
     try:
         os.utime(target, ns=(mtime_ns, mtime_ns), follow_symlinks=follow_symlinks)
     except OSError as exc:
-        log.warning(
-            "cannot set the modification time of %s to its object's Last-Modified (%s): it shows the time "
-            "of its writes, so caches keyed on it (a web UI's hash cache) will read it again",
-            name,
-            exc,
-        )
+        warn_times_refused(name, exc)
         return False
     return True
+
+
+def warn_times_refused(name: str, error: OSError) -> None:
+    """The WARNING for a file system that refused ``name``'s times (``error``); said once per file."""
+    log.warning(
+        "cannot set the modification time of %s to its object's Last-Modified (%s): it shows the time "
+        "of its writes, so caches keyed on it (a web UI's hash cache) will read it again",
+        name,
+        error,
+    )

@@ -1,5 +1,5 @@
 """What the reliability suite's cases share: the saved model, connectors with short budgets, tmpfs mounts,
-a rotating STS provider.
+a rotating STS provider, a thread whose file accesses are another user's.
 
 Every case runs against ``localoss`` in a real subprocess with seeded faults. Budgets are small (1 MiB
 chunks, short timeouts, millisecond backoff) so that a fault resolves in seconds; pytest-timeout only
@@ -10,15 +10,17 @@ are in ``reliability/conftest.py``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
+import pwd
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from localoss_harness import LocalOss
@@ -26,7 +28,10 @@ from localoss_harness import LocalOss
 from ossmodelconnector import OssModelConnector
 from ossmodelconnector.oss.credentials import Credentials
 
+T = TypeVar("T")
 MIB = 1 << 20
+FOREIGN_UID = 4242
+"""An owner that is neither root nor ``nobody`` (no account needed): files of someone else's."""
 MODEL_PREFIX = "models/tiny-qwen2/"
 FAST_RETRIES: dict[str, Any] = {"retry_base_delay_s": 0.001, "retry_max_delay_s": 0.02}
 
@@ -152,3 +157,40 @@ def as_other_user_command(command: list[str]) -> list[str]:
 def as_other_user(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """Run ``command`` as ``nobody`` (see :func:`as_other_user_command`) and check that it succeeded."""
     return subprocess.run(as_other_user_command(command), check=True, text=True, **kwargs)
+
+
+def as_other_file_user(function: Callable[[], T]) -> T:
+    """Run ``function`` in a thread whose file-system user and group are ``nobody``'s (root only).
+
+    Linux keeps the file-system ids per thread, and threads started from that one inherit them, so the
+    rest of the process stays root. Changing the file-system uid from 0 drops CAP_FOWNER and
+    CAP_DAC_OVERRIDE from the thread: a world-writable file of :data:`FOREIGN_UID`'s can then be opened
+    and written, but ``futimens`` with a time is refused (``EPERM``: owner or CAP_FOWNER only), which is
+    what a file system that keeps its own times answers.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    nobody = pwd.getpwnam("nobody")
+    results: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        libc.setfsgid(nobody.pw_gid)
+        libc.setfsuid(nobody.pw_uid)
+        try:
+            results.append(function())
+        except BaseException as exc:  # re-raised in the caller
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="as-other-file-user")
+    thread.start()
+    thread.join(60.0)
+    assert not thread.is_alive(), "the function run as another file user did not return"
+    if errors:
+        raise errors[0]
+    return results[0]
+
+
+def give_away(path: str | Path) -> None:
+    """Make ``path`` a world-writable file of :data:`FOREIGN_UID`'s (see :func:`as_other_file_user`)."""
+    os.chown(path, FOREIGN_UID, FOREIGN_UID)
+    os.chmod(path, 0o666)

@@ -16,6 +16,11 @@ Exposes:
         (increment returns the new value, wrapping at 2**32).
     recv_into(fd, dest, timeout_s, crc=0) -> (count, crc): receive from a socket until ``dest`` is full
         or the stream ends, CRC-64 folded per piece, GIL released (the twin takes it per read).
+    store_chunk(path, data, offset, device, inode, mtime_ns) -> (step, errno): open, identity check, write
+        lock, pwrite, futimens and close of one chunk store, GIL released once for all of it (the twin
+        takes it back after each call).
+    STORE_DONE, STORE_OPEN, STORE_STAT, STORE_IDENTITY, STORE_WRITE, STORE_TIMES, STORE_CLOSE: the steps
+        ``store_chunk`` reports (the same for both backends).
     BACKEND: ``"cython"`` or ``"python"`` (``"python"`` if any kernel fell back to its twin).
 
 Note that ``from ossmodelconnector._fast.crc64 import crc64`` below rebinds the package attribute
@@ -27,10 +32,26 @@ from __future__ import annotations
 
 import logging
 
+from ossmodelconnector._fast._reference import (
+    STORE_CLOSE,
+    STORE_DONE,
+    STORE_IDENTITY,
+    STORE_OPEN,
+    STORE_STAT,
+    STORE_TIMES,
+    STORE_WRITE,
+)
 from ossmodelconnector.environment import PUREPYTHON_ENV, environment_value
 
 __all__ = [
     "BACKEND",
+    "STORE_CLOSE",
+    "STORE_DONE",
+    "STORE_IDENTITY",
+    "STORE_OPEN",
+    "STORE_STAT",
+    "STORE_TIMES",
+    "STORE_WRITE",
     "atomic_increment_u32",
     "atomic_load_u32",
     "atomic_store_u32",
@@ -39,6 +60,7 @@ __all__ = [
     "futex_wait",
     "futex_wake",
     "recv_into",
+    "store_chunk",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,6 +79,7 @@ if environment_value(PUREPYTHON_ENV) not in ("", "0"):
         futex_wait,
         futex_wake,
         recv_into,
+        store_chunk,
     )
 
     BACKEND = "python"
@@ -109,5 +132,17 @@ else:
         log.warning(
             "ossmodelconnector's receive kernel is not importable (%s): bodies are received with the GIL "
             "taken per socket read; build it with `pip install --no-build-isolation -e .`",
+            exc,
+        )
+
+    try:
+        from ossmodelconnector._fast.store import store_chunk
+    except ImportError as exc:
+        from ossmodelconnector._fast._reference import store_chunk
+
+        BACKEND = "python"
+        log.warning(
+            "ossmodelconnector's chunk-store kernel is not importable (%s): chunks are stored with the GIL "
+            "taken back after every system call; build it with `pip install --no-build-isolation -e .`",
             exc,
         )

@@ -19,11 +19,16 @@ state table has one writer per word, except the demand ring, whose requests are 
 The ``recv_into`` twin has the kernel's contract (fill the span or stop at end of stream, CRC-64 per
 piece, the same errors and messages) but takes the GIL back after every ``poll`` and every read, like any
 Python socket code: what the kernel exists to avoid.
+
+The ``store_chunk`` twin makes the kernel's system calls one by one (``os.open``, ``os.fstat``,
+``fcntl``, ``os.pwrite``, ``os.utime``, ``os.close``), each a GIL release and re-acquisition.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import math
 import os
 import select
@@ -42,6 +47,13 @@ __all__ = [
     "FUTEX_POLL_MAX_S",
     "FUTEX_POLL_MIN_S",
     "RECEIVE_PIECE_BYTES",
+    "STORE_CLOSE",
+    "STORE_DONE",
+    "STORE_IDENTITY",
+    "STORE_OPEN",
+    "STORE_STAT",
+    "STORE_TIMES",
+    "STORE_WRITE",
     "as_bytes_view",
     "atomic_increment_u32",
     "atomic_load_u32",
@@ -49,7 +61,11 @@ __all__ = [
     "check_crc",
     "check_fd",
     "check_length",
+    "check_mtime_ns",
+    "check_path",
     "check_receive_dest",
+    "check_store_data",
+    "check_store_offset",
     "check_timeout",
     "check_u32",
     "check_word_buffer",
@@ -62,6 +78,7 @@ __all__ = [
     "receive_failed",
     "receive_timed_out",
     "recv_into",
+    "store_chunk",
 ]
 
 CRC64_POLY_REFLECTED = 0xC96C5795D7870F42
@@ -529,3 +546,155 @@ def recv_into(fd: int, dest: Buffer, timeout_s: float, crc: int = 0) -> tuple[in
             crc = crc64(piece[:count], crc)
             got += count
     return got, crc
+
+
+# --- store ------------------------------------------------------------------------------------------
+
+STORE_DONE = 0
+"""``store_chunk`` steps, as its first result says where it stopped: everything done."""
+STORE_OPEN = 1
+"""``open`` failed (the errno says why: ``ENOENT`` once the file was unlinked)."""
+STORE_STAT = 2
+"""``fstat`` failed."""
+STORE_IDENTITY = 3
+"""The file at the path is another one than (device, inode) named (errno 0): nothing was written."""
+STORE_WRITE = 4
+"""``pwrite`` failed (``ENOSPC``, ``EFBIG``...; errno 0: it wrote nothing); some bytes may be written."""
+STORE_TIMES = 5
+"""The bytes are stored, but the file system refused ``futimens`` (not a failure of the store)."""
+STORE_CLOSE = 6
+"""``close`` failed after everything else succeeded."""
+
+_STORE_FLAGS = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+# struct flock {short l_type, l_whence; off_t l_start, l_len; pid_t l_pid} (pid 0: what OFD locks need).
+_WRITE_LOCK = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+_OFD_SETLKW = getattr(fcntl, "F_OFD_SETLKW", 38)  # Linux >= 3.15; the constant since Python 3.9
+
+
+def check_path(path: object) -> bytes:
+    """``path`` as the encoded path the store opens (shared by both backends)."""
+    if not isinstance(path, bytes):
+        raise TypeError(f"path must be bytes (os.fsencode(path)), got {type(path).__name__}")
+    if not path or b"\0" in path:
+        raise ValueError(f"path {path!r} is empty or holds a NUL byte: pass the data file's encoded path")
+    return path
+
+
+def check_mtime_ns(value: object) -> int | None:
+    """``value`` as nanoseconds since the epoch that ``futimens`` accepts, or None (shared by both)."""
+    if value is None:
+        return None
+    try:
+        mtime_ns = index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"mtime_ns must be an int (nanoseconds) or None, got {type(value).__name__}"
+        ) from None
+    if not -(2**63) <= mtime_ns < 2**63:
+        raise ValueError(f"mtime_ns={mtime_ns} does not fit a 64-bit time: pass nanoseconds since the epoch")
+    return mtime_ns
+
+
+def check_store_data(data: object) -> memoryview:
+    """A one-dimensional byte view of the C-contiguous buffer ``data`` (shared by both backends)."""
+    try:
+        view = memoryview(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"data must be a buffer (bytes, bytearray, memoryview, mmap), got {type(data).__name__}"
+        ) from None
+    if not view.c_contiguous:
+        view.release()
+        raise ValueError("data is not C-contiguous: store a contiguous buffer")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def check_store_offset(offset: object, length: int) -> int:
+    """``offset`` as where ``length`` bytes go in a file, ending below ``2**63`` (shared by both)."""
+    try:
+        start = index(offset)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"offset must be an int byte offset, got {type(offset).__name__}") from None
+    if start < 0 or start + length >= 2**63:
+        raise ValueError(f"offset {start} + {length} bytes is outside a file: it must be in [0, 2**63)")
+    return start
+
+
+def store_chunk(
+    path: bytes, data: Buffer, offset: int, device: int, inode: int, mtime_ns: int | None
+) -> tuple[int, int]:
+    """Store ``data`` at ``offset`` of the existing file ``path``, if it is still the file (device, inode).
+
+    Opens the file write-only (``O_NOFOLLOW``, ``O_CLOEXEC``: never through a symlink), checks that it is
+    (device, inode), takes a write lock on it (an open-file-description lock, waited for in the kernel:
+    writers of one tmpfs file serialize on its inode lock anyway, and sleeping costs less CPU than
+    spinning on it; a file system without such locks is written unlocked), writes every byte (``pwrite``
+    until done, ``EINTR`` retried), sets both times to ``mtime_ns`` (a write moves them), and closes the
+    file, which drops the lock. With no ``data`` it only sets the times, without the lock.
+
+    Args:
+        path: the file's encoded path (``os.fsencode``).
+        data: the bytes, any C-contiguous buffer (empty: only set the times).
+        offset: where they go in the file.
+        device: ``st_dev`` the file must have.
+        inode: ``st_ino`` the file must have.
+        mtime_ns: access and modification time to set afterwards, in nanoseconds; None leaves them.
+
+    Returns:
+        ``(step, errno)``: ``(STORE_DONE, 0)`` when all went well, else the step that stopped it
+        (``STORE_OPEN`` ... ``STORE_CLOSE``) and its errno; after ``STORE_TIMES`` the bytes are stored.
+
+    Raises:
+        TypeError, ValueError: invalid arguments (I/O errors are returned, not raised).
+    """
+    encoded = check_path(path)
+    want = (check_length("device", device), check_length("inode", inode))
+    times = check_mtime_ns(mtime_ns)
+    with check_store_data(data) as view:
+        start = check_store_offset(offset, len(view))
+        try:
+            fd = os.open(encoded, _STORE_FLAGS)
+        except OSError as exc:
+            return STORE_OPEN, exc.errno or errno.EIO
+        try:
+            step, number = _store_open_file(fd, view, start, want, times)
+        finally:
+            try:
+                os.close(fd)
+            except OSError as exc:
+                # A failure before it says more; Linux closes the descriptor even on EINTR.
+                if step in (STORE_DONE, STORE_TIMES) and exc.errno != errno.EINTR:
+                    step, number = STORE_CLOSE, exc.errno or errno.EIO
+        return step, number
+
+
+def _store_open_file(
+    fd: int, view: memoryview, start: int, want: tuple[int, int], times: int | None
+) -> tuple[int, int]:
+    try:
+        info = os.fstat(fd)
+    except OSError as exc:
+        return STORE_STAT, exc.errno or errno.EIO
+    if (info.st_dev, info.st_ino) != want:
+        return STORE_IDENTITY, 0
+    if len(view):
+        # No such locks here: write unserialized, as correct and a little costlier.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, _OFD_SETLKW, _WRITE_LOCK)
+    done = 0
+    while done < len(view):
+        try:
+            wrote = os.pwrite(fd, view[done:], start + done)  # PEP 475 retries EINTR
+        except OSError as exc:
+            return STORE_WRITE, exc.errno or errno.EIO
+        if not wrote:
+            return STORE_WRITE, 0
+        done += wrote
+    if times is not None:
+        try:
+            os.utime(fd, ns=(times, times))
+        except OSError as exc:
+            return STORE_TIMES, exc.errno or errno.EIO
+    return STORE_DONE, 0

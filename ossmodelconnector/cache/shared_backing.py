@@ -12,21 +12,38 @@ on this kind of machine that made filling 1 GiB cost 0.80 CPU-seconds against 0.
 (benchmarks/prepare_transfer.py shows the effect on the whole transfer). Readers that map the file see the
 same page-cache pages, so nothing else changes for them.
 
+One chunk store is one call of the ``store_chunk`` kernel (``_fast/store.pyx``), which gives the GIL
+back once for all of it: open the file, check it is still the cache's (device, inode), take the file's
+write lock, ``pwrite`` the chunk, set the times, close. Made from Python, those six calls each gave the GIL
+back and waited to take it again (up to the 5 ms switch interval behind a thread that computes: a
+framework materializing tensors); the kernel reports which step failed and its errno, and the errors
+below are raised from that here.
+
 File times: every write of ours moves the data file's modification time (``pwrite``, and a punched-out
 chunk's ``MADV_REMOVE``), and caches keyed on it (the Stable Diffusion web UI's sha256 cache) would then
 hash the file again. Given ``mtime_ns`` (the object's ``Last-Modified``), the backing sets it back on the
-same descriptor right after each chunk is stored (:meth:`SharedBacking.fetch_through_file`) and after each
-chunk is released (:meth:`SharedBacking.restore_times`): a microsecond-scale ``futimens`` per chunk.
+same descriptor right after each chunk is stored, under the write lock
+(:meth:`SharedBacking.fetch_through_file`), and after each chunk is released
+(:meth:`SharedBacking.restore_times`, the same kernel with no bytes): a microsecond-scale ``futimens``
+per chunk.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
 import threading
 
-from ossmodelconnector.atomic_files import set_times
+from ossmodelconnector._fast import (
+    STORE_DONE,
+    STORE_IDENTITY,
+    STORE_OPEN,
+    STORE_TIMES,
+    store_chunk,
+)
+from ossmodelconnector.atomic_files import warn_times_refused
 from ossmodelconnector.cache.state_table import FileStatus, StateTable, TableStatus
 from ossmodelconnector.errors import CacheError, ClosedError
 from ossmodelconnector.objects import FetchInto
@@ -81,7 +98,8 @@ class SharedBacking:
         self.mtime_ns = mtime_ns
         """The data file's modification time, kept through every write and release (None: not kept)."""
         self._identity: tuple[int, int] | None = None
-        self._write_lock = threading.Lock()
+        self._encoded_path = b""
+        self._times_lock = threading.Lock()
         if path is not None and mapping is not None:
             try:
                 info = os.stat(path, follow_symlinks=False)
@@ -90,6 +108,7 @@ class SharedBacking:
             else:
                 self.path = path
                 self._identity = (info.st_dev, info.st_ino)
+                self._encoded_path = os.fsencode(path)
 
     def __repr__(self) -> str:
         return f"SharedBacking({self.table.name!r}, file {self.index}, {self.size} bytes)"
@@ -162,7 +181,9 @@ class SharedBacking:
         The file is opened for each chunk (a few microseconds against milliseconds of transfer), so no
         descriptor outlives the cache: once the cache is closed and its file unlinked, this fails
         instead of writing into memory nobody frees. The file must still be the one the cache made (same
-        device and inode), so a later cache that reused the name is never written.
+        device and inode), so a later cache that reused the name is never written. Writers of one file
+        take turns (a lock on the file, waited for without the GIL), and the file's times are set back
+        to :attr:`mtime_ns` before the next writer's turn.
 
         Args:
             fetch_into: fetches a byte range into a buffer and returns its CRC-64.
@@ -189,67 +210,61 @@ class SharedBacking:
         return crc
 
     def _write(self, offset: int, data: memoryview) -> None:
-        assert self.path is not None
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
+        assert self.path is not None and self._identity is not None
+        step, number = store_chunk(self._encoded_path, data, offset, *self._identity, self.mtime_ns)
+        if step == STORE_DONE:
+            return
+        if step == STORE_TIMES:  # the bytes are stored
+            self._times_refused(number)
+            return
+        if step == STORE_OPEN and number == errno.ENOENT:
+            raise ClosedError(f"{self}: its shared cache was closed (file gone); prepare the directory again")
+        if step == STORE_OPEN:
+            refused = _os_error(number, self.path)
+            raise CacheError(
+                f"{self}: cannot open {self.path} to store a chunk: {refused}; check that the cache "
+                "directory is still there and writable, or prepare the directory again"
+            ) from refused
+        if step == STORE_IDENTITY:
             raise ClosedError(
-                f"{self}: its shared cache was closed (file gone); prepare the directory again"
-            ) from None
-        except OSError as exc:
-            raise CacheError(
-                f"{self}: cannot open {self.path} to store a chunk: {exc}; check that the cache directory "
-                "is still there and writable, or prepare the directory again"
-            ) from exc
-        try:
-            info = os.fstat(fd)
-            if (info.st_dev, info.st_ino) != self._identity:
-                raise ClosedError(
-                    f"{self}: {self.path} is no longer this cache's file (the cache was closed and the name "
-                    "reused); prepare the directory again"
-                )
-            done = 0
-            # Writes to one tmpfs file serialize on its inode lock anyway; waiting here sleeps instead of
-            # spinning on it (measured: 2 threads writing one file used 0.84 CPU-s per GiB, against 0.49).
-            with self._write_lock:
-                while done < len(data):
-                    wrote = os.pwrite(fd, data[done:], offset + done)
-                    if not wrote:
-                        raise OSError(f"pwrite wrote nothing at {offset + done}")
-                    done += wrote
-                self._set_times(fd)  # under the lock: no write of another thread lands after it
-        except OSError as exc:
-            raise CacheError(
-                f"{self}: writing {len(data)} bytes at offset {offset} of {self.path} failed: {exc}; free "
-                "memory or space there (df), lower memoryLimitMB, or set cacheDir elsewhere"
-            ) from exc
-        finally:
-            os.close(fd)
+                f"{self}: {self.path} is no longer this cache's file (the cache was closed and the name "
+                "reused); prepare the directory again"
+            )
+        # STORE_STAT, STORE_WRITE (errno 0: pwrite wrote nothing), STORE_CLOSE
+        cause = _os_error(number) if number else OSError("pwrite wrote nothing")
+        raise CacheError(
+            f"{self}: writing {len(data)} bytes at offset {offset} of {self.path} failed: {cause}; free "
+            "memory or space there (df), lower memoryLimitMB, or set cacheDir elsewhere"
+        ) from cause
 
     def restore_times(self) -> None:
         """Set the data file's access and modification times back to :attr:`mtime_ns` (after a release
         punched pages out of it, which moves them). Nothing without a time or a file, or once the file
-        is gone or no longer this cache's; a failure is logged, never raised (the release stands)."""
-        if self.mtime_ns is None or self.path is None:
-            return
-        try:
-            # Write-only, as the stores: a read-only descriptor of ours would count as a reader's
-            # (directory/lazy/residency.in_use_by_readers).
-            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError as exc:
-            log.debug("%s: times not restored, cannot open %s: %s", self, self.path, exc)
-            return
-        try:
-            info = os.fstat(fd)
-            # No lock: a store running meanwhile sets the same time again once its write is done.
-            if (info.st_dev, info.st_ino) == self._identity:
-                self._set_times(fd)
-        except OSError as exc:
-            log.debug("%s: times not restored, cannot fstat %s: %s", self, self.path, exc)
-        finally:
-            os.close(fd)
+        is gone or no longer this cache's; a failure is logged, never raised (the release stands).
 
-    def _set_times(self, fd: int) -> None:
-        # A refused time is said once (a WARNING) and not tried again for this file.
-        if self.mtime_ns is not None and not set_times(fd, self.mtime_ns, name=f"{self}'s {self.path}"):
-            self.mtime_ns = None
+        The same kernel as a store, with no bytes: one GIL release; the file is opened write-only, as
+        for the stores (a read-only descriptor of ours would count as a reader's:
+        directory/lazy/residency.in_use_by_readers), and without the write lock (a store running
+        meanwhile sets the same time again once its write is done)."""
+        mtime_ns = self.mtime_ns
+        if mtime_ns is None or self._identity is None:
+            return
+        step, number = store_chunk(self._encoded_path, b"", 0, *self._identity, mtime_ns)
+        if step == STORE_TIMES:
+            self._times_refused(number)
+        elif step not in (STORE_DONE, STORE_IDENTITY):
+            log.debug("%s: times not restored on %s: %s", self, self.path, _os_error(number, self.path))
+
+    def _times_refused(self, number: int) -> None:
+        # Said once (a WARNING), and not tried again for this file; stores that ran at once may all see it.
+        with self._times_lock:
+            first, self.mtime_ns = self.mtime_ns is not None, None
+        if first:
+            warn_times_refused(f"{self}'s {self.path}", _os_error(number))
+
+
+def _os_error(number: int, path: str | None = None) -> OSError:
+    """The ``OSError`` Python would have raised for ``errno`` ``number`` (``FileNotFoundError``...)."""
+    if path is None:
+        return OSError(number, os.strerror(number))
+    return OSError(number, os.strerror(number), path)

@@ -28,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multiprocess_workers import mapping_rss
-from reliability_harness import as_other_user, can_mount, tmpfs
+from reliability_harness import as_other_file_user, as_other_user, can_mount, give_away, tmpfs
 
 from ossmodelconnector._fast import crc64
 from ossmodelconnector.cache.attached import AttachedCache
@@ -1175,25 +1175,39 @@ def test_the_manifest_tells_readers_elsewhere_each_files_time(
     assert {entry.last_modified for entry in read_manifest(older).files.values()} == {0.0}
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another file user")
 def test_a_file_system_refusing_times_costs_a_warning_never_a_chunk(
-    tmp_path: Path,
-    namespace: str,
-    caches: list[SharedCache],
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, namespace: str, caches: list[SharedCache], caplog: pytest.LogCaptureFixture
 ) -> None:
-    objects = make_objects([3 * CHUNK])
+    objects = make_objects([3 * CHUNK, 2 * CHUNK])
     infos = dated_infos(objects)
+    cache = SharedCache.create(tmp_path / "m", infos, namespace=namespace, chunk_size=CHUNK)
+    caches.append(cache)
+    for index in range(len(infos)):
+        give_away(cache.data_path(index))  # writable, but its times are refused (a real EPERM)
+    as_other_file_user(lambda: fill_through_files(cache, objects, infos, connections=2))
+    for index, info in enumerate(infos):
+        assert Path(cache.data_path(index)).read_bytes() == objects[info.key]
+        assert cache.table.file_status(index) == FileStatus.VERIFIED
+        assert cache.backing(index).mtime_ns is None  # not tried again
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert sum("Last-Modified" in message for message in warnings) == 2  # once per file
 
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise PermissionError(errno.EPERM, "Operation not permitted")  # a mount that keeps its own times
 
-    monkeypatch.setattr(os, "utime", refuse)
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another file user")
+def test_restoring_times_that_are_refused_warns_once_and_keeps_the_bytes(
+    tmp_path: Path, namespace: str, caches: list[SharedCache], caplog: pytest.LogCaptureFixture
+) -> None:
+    objects = make_objects([2 * CHUNK])
+    infos = dated_infos(objects)
     cache = SharedCache.create(tmp_path / "m", infos, namespace=namespace, chunk_size=CHUNK)
     caches.append(cache)
     fill_through_files(cache, objects, infos, connections=2)
+    backing = cache.backing(0)
+    give_away(cache.data_path(0))
+    as_other_file_user(backing.restore_times)
+    as_other_file_user(backing.restore_times)  # not tried again: no second warning
+    assert backing.mtime_ns is None
     assert Path(cache.data_path(0)).read_bytes() == objects[infos[0].key]
-    assert cache.table.file_status(0) == FileStatus.VERIFIED
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
-    assert sum("Last-Modified" in message for message in warnings) == 2  # at creation, then once per file
-    assert cache.backing(0).mtime_ns is None  # not tried again
+    assert sum("Last-Modified" in message for message in warnings) == 1
