@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ossmodelconnector import _fast
+from ossmodelconnector._fast import crc64
 from ossmodelconnector.cache.attached import AttachedCache
 from ossmodelconnector.cache.chunk_state import ChunkState
 from ossmodelconnector.cache.manifest import manifest_path, read_manifest
@@ -216,7 +216,7 @@ class PeerSource:
         """The CRC-64 of READY bytes ``[start, end)``, copied into ``dest`` unless it is the segment."""
         if own_address is None or _address(dest) != own_address + start:
             dest[: end - start] = self._attached.data(self.lister.index)[start:end]
-        return int(_fast.crc64(dest))
+        return int(crc64(dest))
 
     def _failed(self, exc: Exception, start: int, end: int) -> None:
         """A wait or a copy failed: stop waiting for good, or for this range only; raise when closed."""

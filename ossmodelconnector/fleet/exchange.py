@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ossmodelconnector import _fast
+from ossmodelconnector._fast import crc64
 from ossmodelconnector.errors import ClosedError
 from ossmodelconnector.fleet.plan import FleetPlan, Step
 from ossmodelconnector.fleet.rendezvous import FleetSettings
@@ -220,7 +220,7 @@ class FleetExchange:
         with segment[start:end] as delivered:
             if _address(dest) != _address(segment) + start:
                 dest[: end - start] = delivered
-            return int(_fast.crc64(delivered))
+            return int(crc64(delivered))
 
     def _fetch_own(self, position: int, fallback: FetchInto, start: int, end: int, dest: memoryview) -> int:
         try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from ossmodelconnector import _fast
+from ossmodelconnector._fast import crc64
 from ossmodelconnector.errors import ClosedError, ConnectorError
 from ossmodelconnector.fleet.exchange import FleetExchange, FleetState
 from ossmodelconnector.fleet.plan import FleetPlan
@@ -82,7 +82,7 @@ def _fetch_all(
         def fetch(start: int, end: int, dest: memoryview) -> int:
             node.asked_oss.append((file, start, end))
             dest[:] = data[file][start:end]
-            return int(_fast.crc64(dest))
+            return int(crc64(dest))
 
         return fetch
 
@@ -98,7 +98,7 @@ def _fetch_all(
             except BaseException as exc:
                 node.errors.append(exc)
                 return
-            assert crc == _fast.crc64(data[file][start:end])
+            assert crc == crc64(data[file][start:end])
 
     with ThreadPoolExecutor(8) as pool:
         for chunk in node.exchange.plan.chunks:
