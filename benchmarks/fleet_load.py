@@ -34,9 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _results import markdown_table, median, write_section
 from fleet_net import SimulatedFleet
-from fleet_node import make_model
+from fleet_node import fleet_keys, make_model, node_argv, node_env
 
-NODE_SCRIPT = Path(__file__).resolve().parent.parent / "tests" / "fleet_node.py"
 BUCKET = "fleet-bench"
 PREFIX = "model/"
 FLEET_PORT = 29711
@@ -49,30 +48,10 @@ def run_nodes(
     procs = []
     launched = time.time()
     for rank in ranks:
-        env = {
-            "OSS_ACCESS_KEY_ID": fleet.localoss.access_key_id,
-            "OSS_ACCESS_KEY_SECRET": fleet.localoss.access_key_secret,
-            "OSSMC_CACHE_DIR": fleet.cache_dir(rank),
-        }
+        env = node_env(fleet, rank, work, timeout_s=timeout_s if fleet_mode else None)
         if fleet_mode:
-            env |= {
-                "OSSMC_FLEET_ENABLED": "1",
-                "OSSMC_FLEET_NODES": str(len(ranks)),
-                "OSSMC_FLEET_RANK": str(rank),
-                "OSSMC_FLEET_MASTER_ADDR": fleet.master_addr,
-                "OSSMC_FLEET_PORT": str(FLEET_PORT),
-                "OSSMC_FLEET_TIMEOUT_S": str(timeout_s),
-            }
-        argv = [
-            sys.executable,
-            str(NODE_SCRIPT),
-            "--endpoint",
-            fleet.endpoint,
-            "--uri",
-            f"oss://{BUCKET}/{PREFIX}",
-        ]
-        argv += ["--model-dir", str(work / f"model{rank}"), "--report", str(work / f"report{rank}.json")]
-        argv += ["--cache-dir", fleet.cache_dir(rank), "--check-after", str(work / "check")]
+            env |= fleet_keys(fleet, rank, nodes=len(ranks), port=FLEET_PORT)
+        argv = node_argv(fleet, rank, work, f"oss://{BUCKET}/{PREFIX}", check_after=work / "check")
         procs.append(fleet.popen(rank, argv, env=env))
     # Every node hashes its tensors only once all are loaded: a check must not slow a node still loading.
     deadline = time.monotonic() + 600

@@ -6,7 +6,8 @@ node's namespaces (``tests/fleet_net.py``), with the fleet's ``OSSMC_FLEET_*`` v
 every tensor as safetensors loaded it from the prepared directory, when the load ended, the connector's
 figures (bytes from OSS, the fleet's share), and what is left in the cache directory after ``close()``.
 
-``make_model`` writes the model the nodes load: random safetensors shards, deterministic for a seed.
+``make_model`` writes the model the nodes load: random safetensors shards, deterministic for a seed;
+``node_env`` and ``node_argv`` are how the tests and the benchmark start a node.
 """
 
 from __future__ import annotations
@@ -20,9 +21,52 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from fleet_net import SimulatedFleet
+
+NODE_SCRIPT = Path(__file__).resolve()
+
+
+def node_env(fleet: SimulatedFleet, rank: int, work: Path, *, timeout_s: float | None) -> dict[str, str]:
+    """Node ``rank``'s environment: the OSS credentials, its own cache directory, a log and an audit file
+    in ``work``; in fleet mode (``timeout_s`` given) the switch and the exchange's timeout, nothing that
+    names the group (see ``fleet_keys`` and the scheduler's ``MASTER_ADDR``...)."""
+    env = {
+        "OSS_ACCESS_KEY_ID": fleet.localoss.access_key_id,
+        "OSS_ACCESS_KEY_SECRET": fleet.localoss.access_key_secret,
+        "OSSMC_CACHE_DIR": fleet.cache_dir(rank),
+        "OSSMC_LOG_PATH": str(work / f"node{rank}.log"),
+        "OSSMC_AUDIT_PATH": str(work / f"node{rank}.audit"),
+    }
+    if timeout_s is not None:
+        env |= {"OSSMC_FLEET_ENABLED": "1", "OSSMC_FLEET_TIMEOUT_S": str(timeout_s)}
+    return env
+
+
+def fleet_keys(fleet: SimulatedFleet, rank: int, *, nodes: int, port: int) -> dict[str, str]:
+    """The ``OSSMC_FLEET_*`` variables that name node ``rank``'s group of ``nodes`` on ``port``."""
+    return {
+        "OSSMC_FLEET_NODES": str(nodes),
+        "OSSMC_FLEET_RANK": str(rank),
+        "OSSMC_FLEET_MASTER_ADDR": fleet.master_addr,
+        "OSSMC_FLEET_PORT": str(port),
+    }
+
+
+def node_argv(
+    fleet: SimulatedFleet, rank: int, work: Path, uri: str, *, check_after: Path | None = None
+) -> list[str]:
+    """The command of this program for node ``rank``: its model directory and report in ``work``."""
+    argv = [sys.executable, str(NODE_SCRIPT), "--endpoint", fleet.endpoint, "--uri", uri]
+    argv += ["--model-dir", str(work / f"model{rank}"), "--report", str(work / f"report{rank}.json")]
+    argv += ["--cache-dir", fleet.cache_dir(rank)]
+    if check_after is not None:
+        argv += ["--check-after", str(check_after)]
+    return argv
 
 
 def make_model(folder: Path, *, shards: int, shard_mib: int, seed: int = 0) -> dict[str, str]:

@@ -197,7 +197,7 @@ class PeerSource:
             own_data: this process's mapping of the shared segment; a ``dest`` inside it already holds
                 the bytes once they are READY (nothing copied). Other destinations get a copy.
         """
-        own_address = _address(own_data) if own_data is not None else None
+        own_address = address(own_data) if own_data is not None else None
 
         def fetch_into(start: int, end: int, dest: memoryview) -> int:
             if self._gone is None:
@@ -214,7 +214,7 @@ class PeerSource:
 
     def _hand_over(self, start: int, end: int, dest: memoryview, own_address: int | None) -> int:
         """The CRC-64 of READY bytes ``[start, end)``, copied into ``dest`` unless it is the segment."""
-        if own_address is None or _address(dest) != own_address + start:
+        if own_address is None or address(dest) != own_address + start:
             dest[: end - start] = self._attached.data(self.lister.index)[start:end]
         return int(crc64(dest))
 
@@ -268,7 +268,10 @@ class PeerSource:
         )
 
 
-def _address(view: memoryview) -> int:
+def address(view: memoryview) -> int:
+    """Where ``view``'s first byte is in this process (0 when empty): a hand-over compares its
+    destination with the segment's own mapping, so bytes stored there already are not copied onto
+    themselves."""
     if len(view) == 0:
         return 0
     return int(np.frombuffer(view, dtype=np.uint8).ctypes.data)

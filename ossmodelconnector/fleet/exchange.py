@@ -36,9 +36,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import numpy as np
-
 from ossmodelconnector._fast import crc64
+from ossmodelconnector.cache.peer_source import address
 from ossmodelconnector.errors import ClosedError
 from ossmodelconnector.fleet.plan import FleetPlan, Step
 from ossmodelconnector.fleet.rendezvous import FleetSettings
@@ -218,7 +217,7 @@ class FleetExchange:
                 raise ClosedError(f"{self.name}: closed while its fleet exchange ran")
             segment = self._views[file]
         with segment[start:end] as delivered:
-            if _address(dest) != _address(segment) + start:
+            if address(dest) != address(segment) + start:
                 dest[: end - start] = delivered
             return int(crc64(delivered))
 
@@ -445,10 +444,6 @@ class FleetExchange:
             "formed_after_s": self._formed_s,
             "finished_after_s": self._finished_s,
         }
-
-
-def _address(view: memoryview) -> int:
-    return int(np.frombuffer(view, dtype=np.uint8).ctypes.data) if len(view) else 0
 
 
 _GROUP_MODULE = "ossmodelconnector.fleet.group"

@@ -65,6 +65,9 @@ class FleetPlan:
         ]
         self._position = {(chunk.file, chunk.chunk): k for k, chunk in enumerate(self.chunks)}
         self._owners, self.steps = _deal(self.chunks, chunk_size, nodes)
+        self._shares = [0] * nodes
+        for chunk, owner in zip(self.chunks, self._owners, strict=True):
+            self._shares[owner] += chunk.length
         if len(self._position) != len(self.chunks):
             raise ValueError("FleetPlan: the order names a chunk twice")
         described = {
@@ -103,7 +106,7 @@ class FleetPlan:
 
     def share(self, rank: int) -> int:
         """Bytes node ``rank`` fetches from OSS."""
-        return sum(chunk.length for k, chunk in enumerate(self.chunks) if self.owner(k) == rank)
+        return self._shares[rank]
 
 
 def _deal(chunks: Sequence[PlannedChunk], chunk_size: int, nodes: int) -> tuple[list[int], list[Step]]:

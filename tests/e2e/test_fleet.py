@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from fleet_net import SimulatedFleet
-from fleet_node import make_model
+from fleet_node import fleet_keys, make_model, node_argv, node_env
 
 from ossmodelconnector.oss.request_log import parse_audit_line
 
@@ -31,7 +31,6 @@ pytest.importorskip("torch.distributed")
 pytestmark = pytest.mark.timeout(300)
 
 REPO = Path(__file__).resolve().parents[2]
-NODE_SCRIPT = REPO / "tests" / "fleet_node.py"
 BUCKET = "fleet-models"
 PREFIX = "tiny/"
 FLEET_PORT = 29611
@@ -59,46 +58,9 @@ def fleet3(oss_root: tuple[Path, dict[str, str], int]) -> Iterator[SimulatedFlee
         yield fleet
 
 
-def _node_env(fleet: SimulatedFleet, rank: int, tmp: Path, **extra: str) -> dict[str, str]:
-    server = fleet.localoss
-    return {
-        **os.environ,
-        "OSS_ACCESS_KEY_ID": server.access_key_id,
-        "OSS_ACCESS_KEY_SECRET": server.access_key_secret,
-        "OSSMC_CACHE_DIR": fleet.cache_dir(rank),
-        "OSSMC_LOG_PATH": str(tmp / f"node{rank}.log"),
-        "OSSMC_AUDIT_PATH": str(tmp / f"node{rank}.audit"),
-        "OSSMC_FLEET_ENABLED": "1",
-        "OSSMC_FLEET_TIMEOUT_S": str(TIMEOUT_S),
-        **extra,
-    }
-
-
 def _start_node(fleet: SimulatedFleet, rank: int, tmp: Path) -> subprocess.Popen[bytes]:
-    env = _node_env(
-        fleet,
-        rank,
-        tmp,
-        OSSMC_FLEET_NODES="3",
-        OSSMC_FLEET_RANK=str(rank),
-        OSSMC_FLEET_MASTER_ADDR=fleet.master_addr,
-        OSSMC_FLEET_PORT=str(FLEET_PORT),
-    )
-    argv = [
-        sys.executable,
-        str(NODE_SCRIPT),
-        "--endpoint",
-        fleet.endpoint,
-        "--uri",
-        f"oss://{BUCKET}/{PREFIX}",
-        "--model-dir",
-        str(tmp / f"model{rank}"),
-        "--report",
-        str(tmp / f"report{rank}.json"),
-        "--cache-dir",
-        fleet.cache_dir(rank),
-    ]
-    return fleet.popen(rank, argv, env=env)
+    env = node_env(fleet, rank, tmp, timeout_s=TIMEOUT_S) | fleet_keys(fleet, rank, nodes=3, port=FLEET_PORT)
+    return fleet.popen(rank, node_argv(fleet, rank, tmp, f"oss://{BUCKET}/{PREFIX}"), env=env)
 
 
 def _finish(proc: subprocess.Popen[bytes], timeout_s: float = 200) -> None:
@@ -213,16 +175,13 @@ def test_the_no_code_wrapper_forms_the_fleet_from_environment_variables_only(
     for rank in range(3):
         model_dir = tmp_path / f"model{rank}"
         # What a scheduler sets, plus the one switch: no fleet.* keys, no config file.
-        env = _node_env(
-            fleet3,
-            rank,
-            tmp_path,
-            OSS_ENDPOINT=fleet3.endpoint,
-            MASTER_ADDR=fleet3.master_addr,
-            MASTER_PORT=str(FLEET_PORT - 1),
-            WORLD_SIZE="3",
-            RANK=str(rank),
-        )
+        env = node_env(fleet3, rank, tmp_path, timeout_s=TIMEOUT_S) | {
+            "OSS_ENDPOINT": fleet3.endpoint,
+            "MASTER_ADDR": fleet3.master_addr,
+            "MASTER_PORT": str(FLEET_PORT - 1),
+            "WORLD_SIZE": "3",
+            "RANK": str(rank),
+        }
         argv = [
             sys.executable,
             "-m",
