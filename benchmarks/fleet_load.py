@@ -69,7 +69,26 @@ def run_nodes(
         "oss_bytes": sum(report["oss_bytes"] for report in reports),
         "cpu_s": sum(report["cpu_s_at_loaded"] for report in reports),
         "reports": reports,
+        "launched": launched,
     }
+
+
+def describe_node(rank: int, report: dict[str, Any], launched: float) -> str:
+    """One node's timeline from the launch of the run (where its time went), for the log."""
+    started = report["loaded_at"] - report["loaded_s"] - launched  # the interpreter and imports
+    line = (
+        f"  node {rank}: started {started:.2f} s, prepared +{report['prepared_s']:.2f}, "
+        f"loaded +{report['loaded_s']:.2f}, CPU {report['cpu_s_at_loaded']:.2f} s"
+    )
+    fleet = report.get("fleet")
+    if fleet:
+        formed, ended = fleet["formed_after_s"] or 0.0, fleet["finished_after_s"] or 0.0
+        line += (
+            f"; group formed +{formed:.2f}, exchange ended +{ended:.2f} (in its steps "
+            f"{fleet['exchange_s']:.2f} s), from peers {fleet['bytes_from_peers'] >> 20} MiB, "
+            f"fell back {fleet['fallback_chunks']} chunks"
+        )
+    return line
 
 
 def main() -> int:
@@ -124,6 +143,8 @@ def main() -> int:
                             if fleet_mode and report["fleet"]["state"] != "done":
                                 print(f"warning: {name} node not done: {report['fleet']}", file=sys.stderr)
                         figures[name].append(result)
+                        for rank, report in zip(ranks, result["reports"], strict=True):
+                            print(describe_node(rank, report, result["launched"]), flush=True)
                         print(
                             f"{nodes} nodes, {name:11s} rep {rep}: {result['seconds']:.2f} s, "
                             f"{result['oss_bytes'] / model_bytes:.3f} x the model from OSS",

@@ -492,7 +492,7 @@ class PreparedDirectory:
         with scheduler.lock:
             for index, file in enumerate(large):
                 self._register_large(client, scheduler, cache, index, file, eager=True)
-            queue = order if self.fleet is None else self.fleet.plan.own_first(self.fleet.settings.rank)
+            queue = order if self.fleet is None else self.fleet.plan.fetch_order(self.fleet.settings.rank)
             scheduler.read_ahead_in_order([(self._handles[large[i].name], chunk) for i, chunk in queue])
         if self.fleet is not None:
             handles = [self._handles[file.name] for file in large]
