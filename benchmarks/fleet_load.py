@@ -15,12 +15,13 @@ node processes to the last node loaded. Every node's tensors are checked against
 after that moment; a mismatch aborts the benchmark. Reported as ratios within the same run: fleet time /
 alone time, independent time / fleet time, and bytes pulled from OSS / model bytes.
 
-    python benchmarks/fleet_load.py --size-mib 512 --nodes 2 4 --oss-cap-mibps 100 --link-mibps 400
+    python benchmarks/fleet_load.py --size-mib 512 --nodes 2 4 --oss-cap-mibps 50 100 --link-mibps 400
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -98,7 +99,11 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=512, help="model size (default %(default)s)")
     parser.add_argument("--nodes", type=int, nargs="+", default=[2, 4], help="fleet sizes (default 2 4)")
     parser.add_argument(
-        "--oss-cap-mibps", type=float, default=100, help="total OSS cap (default %(default)s)"
+        "--oss-cap-mibps",
+        type=float,
+        nargs="+",
+        default=[100],
+        help="total OSS caps, each a run of its own (default %(default)s)",
     )
     parser.add_argument(
         "--link-mibps", type=float, default=400, help="each node's link (default %(default)s)"
@@ -118,11 +123,9 @@ def main() -> int:
         )
         model_bytes = sum(p.stat().st_size for p in (root / BUCKET).rglob("*") if p.is_file())
         isolation = ""
-        for nodes in args.nodes:
+        for cap, nodes in itertools.product(args.oss_cap_mibps, args.nodes):
             figures: dict[str, list[dict[str, Any]]] = {"alone": [], "independent": [], "fleet": []}
-            with SimulatedFleet(
-                nodes, root, node_link_mibps=args.link_mibps, oss_cap_mibps=args.oss_cap_mibps
-            ) as fleet:
+            with SimulatedFleet(nodes, root, node_link_mibps=args.link_mibps, oss_cap_mibps=cap) as fleet:
                 isolation = "network namespaces" if fleet.isolated else f"loopback ({fleet.fallback_reason})"
                 for rep in range(args.reps):
                     for name, ranks, fleet_mode in (
@@ -130,7 +133,7 @@ def main() -> int:
                         ("independent", list(range(nodes)), False),
                         ("fleet", list(range(nodes)), True),
                     ):
-                        work = Path(tmp) / f"n{nodes}-{name}-{rep}"
+                        work = Path(tmp) / f"c{cap:g}-n{nodes}-{name}-{rep}"
                         work.mkdir()
                         result = run_nodes(
                             fleet, ranks, work, fleet_mode=fleet_mode, timeout_s=args.timeout_s
@@ -146,7 +149,7 @@ def main() -> int:
                         for rank, report in zip(ranks, result["reports"], strict=True):
                             print(describe_node(rank, report, result["launched"]), flush=True)
                         print(
-                            f"{nodes} nodes, {name:11s} rep {rep}: {result['seconds']:.2f} s, "
+                            f"cap {cap:g}, {nodes} nodes, {name:11s} rep {rep}: {result['seconds']:.2f} s, "
                             f"{result['oss_bytes'] / model_bytes:.3f} x the model from OSS",
                             flush=True,
                         )
@@ -160,6 +163,7 @@ def main() -> int:
             busy = median([r["cpu_s"] / r["seconds"] for r in figures["fleet"]])
             rows.append(
                 [
+                    f"{cap:g}",
                     str(nodes),
                     f"{alone:.2f}",
                     f"{independent:.2f}",
@@ -172,10 +176,11 @@ def main() -> int:
                 ]
             )
             summary.append(
-                f"{nodes} nodes: fleet / alone {fleet_s / alone:.2f}, independent / fleet "
-                f"{independent / fleet_s:.2f}, OSS bytes / model {pulled:.3f}"
+                f"OSS cap {cap:g} MiB/s, {nodes} nodes: fleet / alone {fleet_s / alone:.2f}, "
+                f"independent / fleet {independent / fleet_s:.2f}, OSS bytes / model {pulled:.3f}"
             )
     header = [
+        "OSS cap MiB/s",
         "nodes",
         "alone s",
         "independent s",
@@ -189,9 +194,10 @@ def main() -> int:
     table = markdown_table(header, rows)
     print(table)
     if not args.no_write:
+        caps = " and ".join(f"{cap:g}" for cap in args.oss_cap_mibps)
         body = (
             f"A {model_bytes / (1 << 20):.0f} MiB model ({shards} safetensors shards), OSS capped at "
-            f"{args.oss_cap_mibps:g} MiB/s for all nodes together, each node's link at "
+            f"{caps} MiB/s for all nodes together, each node's link at "
             f"{args.link_mibps:g} MiB/s; "
             f"nodes in {isolation}. Times are from launching the node processes to the last node with every "
             f"tensor in memory (median of {args.reps}); every node's tensors equal the source's (sha256).\n\n"

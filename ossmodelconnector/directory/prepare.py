@@ -492,11 +492,14 @@ class PreparedDirectory:
         with scheduler.lock:
             for index, file in enumerate(large):
                 self._register_large(client, scheduler, cache, index, file, eager=True)
-            queue = order if self.fleet is None else self.fleet.plan.fetch_order(self.fleet.settings.rank)
-            scheduler.read_ahead_in_order([(self._handles[large[i].name], chunk) for i, chunk in queue])
-        if self.fleet is not None:
+            if self.fleet is None:
+                scheduler.read_ahead_in_order([(self._handles[large[i].name], chunk) for i, chunk in order])
+        if self.fleet is not None:  # the exchange queues what this node fetches, as it goes
             handles = [self._handles[file.name] for file in large]
             self.fleet.on_delivered = lambda file, chunk: scheduler.boost(handles[file], [chunk])
+            self.fleet.queue_chunks = lambda chunks: scheduler.queue_read_ahead(
+                [(handles[file], chunk) for file, chunk in chunks]
+            )
             self.fleet.start()
         for file in large:
             with self._while_open():
@@ -544,6 +547,7 @@ class PreparedDirectory:
                 backing=cache.backing(index),
                 evictable=False,
                 first_chunk_first=eager,
+                read_ahead=self.fleet is None,  # a fleet's exchange queues what this node fetches
             )
             if eager:
                 self._handles[file.name] = handle  # recorded with the registration: close() undoes both
@@ -565,9 +569,10 @@ class PreparedDirectory:
             )
             return
         views = [cache.data_view(index) for index in range(len(infos))]
-        exchange = FleetExchange(
-            fleet, FleetPlan(infos, order, self._config.chunk_size, fleet.nodes), views, name=self.model_dir
-        )
+        plan = FleetPlan(infos, order, self._config.chunk_size, fleet.nodes)
+        # The fleet as a whole keeps about one node's connections busy on OSS (at least two per node).
+        window = max(2, -(-self._config.prefetch_connections // fleet.nodes))
+        exchange = FleetExchange(fleet, plan, views, name=self.model_dir, window=window)
         try:
             with self._while_open():
                 self.fleet = exchange

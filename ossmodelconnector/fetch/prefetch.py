@@ -167,6 +167,7 @@ class PrefetchScheduler:
         backing: SharedBacking | None = None,
         evictable: bool = True,
         first_chunk_first: bool = False,
+        read_ahead: bool = True,
     ) -> ObjectHandle:
         """Start fetching an object: every chunk is queued for read-ahead after those registered before.
 
@@ -182,6 +183,8 @@ class PrefetchScheduler:
             evictable: False to never release a READY chunk and keep the object out of the budget (for
                 files that readers map directly).
             first_chunk_first: queue chunk 0 ahead of the other chunks of every object (headers first).
+            read_ahead: False to queue no chunk but that first one: the caller queues them
+                (:meth:`queue_read_ahead`), and reads and boosts fetch the others.
 
         Returns:
             The handle to read through; close it (or the stream that owns it) to free the memory.
@@ -197,12 +200,14 @@ class PrefetchScheduler:
             )
             self._next_id += 1
             self._handles[handle.id] = handle
-            if backing is None and not first_chunk_first and self.read_ahead_delay_s > 0:
+            if read_ahead and backing is None and not first_chunk_first and self.read_ahead_delay_s > 0:
                 self._deferred.append((time.monotonic() + self.read_ahead_delay_s, handle))
             else:
                 for index in range(handle.buffer.count):
-                    tier = _HEADER if first_chunk_first and index == 0 else _AHEAD
-                    self._queue(handle, index, tier, start=False)
+                    if first_chunk_first and index == 0:
+                        self._queue(handle, index, _HEADER, start=False)
+                    elif read_ahead:
+                        self._queue(handle, index, _AHEAD, start=False)
             if handle.buffer.count:
                 self._ensure_workers()
                 self._work.notify_all()
@@ -383,6 +388,22 @@ class PrefetchScheduler:
                 job = (_AHEAD, group, position, handle.id, index)
                 heapq.heappush(self._heap, job)
                 self._queued[chunk_key] = job
+            self._work.notify_all()
+
+    def queue_read_ahead(self, chunks: Sequence[tuple[ObjectHandle, int]]) -> None:
+        """Queue EMPTY chunks for read-ahead, in this order, after the read-ahead queued before them (for
+        objects registered with ``read_ahead=False``). Chunks queued already keep their place.
+
+        Args:
+            chunks: ``(handle, chunk index)`` pairs.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            for handle, index in chunks:
+                if not handle.closed and handle.buffer.state(index) == ChunkState.EMPTY:
+                    self._queue(handle, index, _AHEAD, self._next_order(), start=False)
+            self._ensure_workers()
             self._work.notify_all()
 
     def fits_at_once(self, length: int) -> bool:

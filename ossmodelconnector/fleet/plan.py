@@ -93,23 +93,15 @@ class FleetPlan:
             return None
         return self._position.get((file, start // self.chunk_size))
 
-    def fetch_order(self, rank: int) -> list[tuple[int, int]]:
-        """``(file, chunk)`` pairs for node ``rank``'s fetch queue: the steps in order, and in each step its
-        own chunk before the peers' (which its workers only wait for, unless the exchange stops).
-
-        A node's W workers then hold about W/N of its own chunks at once, while the others wait for the
-        peers' chunks of the steps in between: its OSS fetches finish one step after another, as the
-        exchange sends them. Queued all at once (every own chunk first), they share the node's OSS
-        bandwidth and all finish near the end, and the whole exchange waits for the last byte
-        (``benchmarks/fleet_load.py``, 4 nodes, 16 workers each: 15.9 s against 12.7 s). A step's own
-        chunk before its peers' keeps this live with fewer workers than nodes: every owner reaches its
-        chunk of a step once the steps before it are through.
-        """
+    def fetch_order(self, rank: int) -> list[int]:
+        """Positions in the order node ``rank`` fetches them: the steps in order, and in each step its own
+        chunk before the peers' (which it fetches only once the exchange stopped short). Its own chunks
+        thus come one step after another, as the exchange sends them."""
         queue: list[int] = []
         for step in self.steps:
             queue += [k for k in step if self._owners[k] == rank]
             queue += [k for k in step if self._owners[k] != rank]
-        return [(self.chunks[k].file, self.chunks[k].chunk) for k in queue]
+        return queue
 
     def is_round(self, step: Step) -> bool:
         return len(step) > 1

@@ -688,6 +688,25 @@ def test_read_ahead_in_order_fetches_in_the_given_order(schedulers: Callable[...
     assert sorted(calls[6:]) == [("c", 0), ("c", 10)]
 
 
+def test_without_read_ahead_only_the_header_and_the_chunks_queued_later_are_fetched(
+    schedulers: Callable[..., PrefetchScheduler],
+) -> None:
+    # A fleet node's way: its exchange queues its own chunks as it goes; reads fetch the others.
+    obj = MemoryObject(payload(60))
+    scheduler = schedulers(connections=1)
+    handle = scheduler.register(
+        obj.info, obj.fetch_into, chunk_size=10, first_chunk_first=True, read_ahead=False
+    )
+    eventually(lambda: handle.buffer.state(0) == ChunkState.READY)
+    scheduler.queue_read_ahead([(handle, 4), (handle, 2), (handle, 0)])  # a READY chunk is not fetched again
+    eventually(lambda: len(obj.calls) == 3)
+    assert obj.calls == [(0, 10), (40, 50), (20, 30)]  # the header, then in the order given
+    assert [handle.buffer.state(i) for i in (1, 3, 5)] == [ChunkState.EMPTY] * 3  # nothing else read ahead
+    dest = bytearray(10)
+    assert handle.readinto(30, memoryview(dest), LIVENESS_LIMIT_S) == 10 and bytes(dest) == obj.data[30:40]
+    assert read_all(handle) == obj.data and sorted(obj.calls) == [(i * 10, i * 10 + 10) for i in range(6)]
+
+
 def test_a_read_right_after_register_has_every_chunk_delivered() -> None:
     obj = MemoryObject(payload(95))
     # A delay no test outlasts: the read below always comes first (by default it is 5 ms).

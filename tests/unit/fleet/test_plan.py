@@ -88,47 +88,18 @@ def test_the_digest_changes_with_anything_the_nodes_must_agree_on() -> None:
     sizes=st.lists(st.integers(1, 20 * MIB), min_size=1, max_size=4),
     chunk_mib=st.integers(1, 4),
     nodes=st.integers(1, 6),
-    workers=st.integers(1, 8),
 )
-def test_every_node_s_fetch_order_finishes_with_any_number_of_workers(
-    sizes: list[int], chunk_mib: int, nodes: int, workers: int
+def test_a_node_fetches_step_by_step_its_own_chunk_first(
+    sizes: list[int], chunk_mib: int, nodes: int
 ) -> None:
-    """Each node's workers take its queue in order; an own chunk is fetched at once, a peer's chunk
-    waits until the exchange has moved its step, which needs every owner's chunk of it (and the steps
-    before it). Whatever the worker count, the fleet never stalls, and each chunk is queued once."""
     chunk_size = chunk_mib * MIB
     plan = FleetPlan(_infos(sizes), _order(sizes, chunk_size), chunk_size, nodes)
-    position = {(chunk.file, chunk.chunk): k for k, chunk in enumerate(plan.chunks)}
-    queues = [[position[pair] for pair in plan.fetch_order(rank)] for rank in range(nodes)]
-    for rank, queue in enumerate(queues):
+    step_of = {k: s for s, step in enumerate(plan.steps) for k in step}
+    for rank in range(nodes):
+        queue = plan.fetch_order(rank)
         assert sorted(queue) == list(range(len(plan)))
-        step_of = {k: s for s, step in enumerate(plan.steps) for k in step}
         steps = [step_of[k] for k in queue]
-        assert steps == sorted(steps)  # the steps in order...
-        for s in range(len(plan.steps)):  # ...and in each, this node's chunk first
-            mine = [k for k in queue if step_of[k] == s]
-            owned = [plan.owner(k) == rank for k in mine]
+        assert steps == sorted(steps)  # the steps in the exchange's order...
+        for s in range(len(plan.steps)):  # ...and in each, this node's own chunk first
+            owned = [plan.owner(k) == rank for k in queue if step_of[k] == s]
             assert owned == sorted(owned, reverse=True)
-    fetched: set[int] = set()
-    moved = 0  # steps the exchange has moved
-    held: list[list[int]] = [[] for _ in range(nodes)]
-    taken = [0] * nodes
-    while moved < len(plan.steps) or any(held) or any(t < len(plan) for t in taken):
-        progress = False
-        for rank in range(nodes):
-            while len(held[rank]) < workers and taken[rank] < len(plan):
-                held[rank].append(queues[rank][taken[rank]])
-                taken[rank] += 1
-                progress = True
-            for k in list(held[rank]):
-                if plan.owner(k) == rank:
-                    fetched.add(k)
-                    held[rank].remove(k)
-                    progress = True
-                elif any(k in step for step in plan.steps[:moved]):
-                    held[rank].remove(k)
-                    progress = True
-        while moved < len(plan.steps) and all(k in fetched for k in plan.steps[moved]):
-            moved += 1
-            progress = True
-        assert progress, f"stalled: {nodes} nodes, {workers} workers, step {moved} of {len(plan.steps)}"
