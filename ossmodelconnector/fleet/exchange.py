@@ -286,6 +286,7 @@ class FleetExchange:
             batch = [k for k in self._order if not self._queued[k] and self._chunks[k] is _Chunk.PENDING]
             for position in batch:
                 self._queued[position] = True
+                self._own_out += self.plan.owner(position) == self.settings.rank
         self._queue(batch)
 
     def _queue(self, positions: list[int]) -> None:
