@@ -85,6 +85,7 @@ class FleetExchange:
         views: writable views of the large files' data segments, in the plan's file order; released by
             :meth:`close`.
         name: what the log calls it (the model directory).
+        window: how many of its own chunks the node fetches from OSS at once (see :meth:`_queue_own`).
         form_group: forms the group (``FleetGroup.form``); injected so that torch is imported only here.
     """
 
@@ -95,7 +96,7 @@ class FleetExchange:
         views: Sequence[memoryview],
         *,
         name: str,
-        window: int = 2,
+        window: int,
         form_group: Callable[[FleetSettings, bytes], _Group] | None = None,
     ) -> None:
         self.settings = settings
@@ -266,8 +267,9 @@ class FleetExchange:
         """Queue own chunks in the fetch order until ``window`` of them are out (queued, not settled).
 
         All at once, a node's own fetches would share its OSS bandwidth and all finish near the end, and
-        the whole exchange would wait for the last byte (``benchmarks/fleet_load.py``, 4 nodes: 15.9 s
-        against 12.7 s); a few at a time, they finish one step after another, as the exchange sends them.
+        the whole exchange would wait for the last byte (``benchmarks/fleet_load.py``, 4 nodes behind
+        50 MiB/s: 15.9 s, against 12.7 s a few at a time); a few at a time, they finish one step after
+        another, as the exchange sends them.
         """
         with self._cond:
             batch: list[int] = []
