@@ -333,7 +333,6 @@ def test_idle_files_are_released_by_the_timer_and_files_in_use_are_kept(
     _load_like_the_web_ui(model_dir / "A.safetensors")
     # A's pages are in the cache file (written with pwrite, so the cache's own mapping may hold none).
     assert os.stat(segment_a).st_blocks > 0
-    free_before = os.statvfs("/dev/shm").f_bfree
     with open(model_dir / "B.safetensors", "rb") as in_use:
         in_use.read(2 * MIB)  # reading it through: fetched whole, and in use while open
         released = threading.Event()
@@ -370,7 +369,6 @@ def test_idle_files_are_released_by_the_timer_and_files_in_use_are_kept(
         assert in_use.read() == FILES["B.safetensors"][2 * MIB :]
     assert os.stat(segment_a).st_blocks == 0
     assert mapping_rss(segment_a) == 0  # and the process's RSS no longer holds them
-    assert os.statvfs("/dev/shm").f_bfree >= free_before - 1  # other tests may allocate meanwhile
     messages = [record.getMessage() for record in caplog.records]
     assert any("released" in m and "A.safetensors" in m and "gc.idleSeconds=0.3" in m for m in messages)
     for _ in range(200):  # B, closed now, is released once idle too
