@@ -239,8 +239,14 @@ def prepare_directory(
                 sum(1 for file in files if file.large),
                 directory.placement or "none",
             )
-            if wait:
-                directory.wait()
+        except BaseException:
+            directory.close()
+            raise
+    # Waited for after the pool's threads were joined (leaving the block), not before: joined at the end
+    # they were a GIL round trip each between the last chunk and the return.
+    if wait:
+        try:
+            directory.wait()
         except BaseException:
             directory.close()
             raise
