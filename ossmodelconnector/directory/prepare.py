@@ -203,11 +203,11 @@ def prepare_directory(
             )
         try:
             reserve(directory.model_dir, directory)
+            if on_start is not None:
+                on_start(directory)
         except BaseException:
-            headers.close()
+            headers.close()  # the reads still running finish, and the peers are closed
             raise
-        if on_start is not None:
-            on_start(directory)
         try:
             if check.exists and not check.empty:
                 removed = clean_model_dir(check.path)
