@@ -62,6 +62,7 @@ __all__ = [
     "lstat_or_none",
     "ours_in_dev_shm",
     "own_prefix",
+    "own_start_time",
     "process_alive",
     "process_start_time",
     "process_state",
@@ -250,7 +251,7 @@ class ProcessIdentity:
             CacheError: ``/proc`` is not readable (the cache needs Linux's ``/proc``).
         """
         pid = os.getpid()
-        start = process_start_time(pid)
+        start = own_start_time()
         if start is None:
             raise CacheError(
                 f"cannot read /proc/{pid}/stat for this process's start time: the shared-memory cache needs "
@@ -275,6 +276,27 @@ def process_start_time(pid: int) -> int | None:
     if len(fields) < 20 or fields[0] == b"Z":
         return None
     return int(fields[19])
+
+
+_OWN_START: list[int] = []  # this process's start time once read; emptied in a forked child
+
+
+def own_start_time() -> int | None:
+    """This process's start time (:func:`process_start_time` of ``os.getpid()``), read once per process.
+
+    A prepare asks for it several times (the owner record, the state table's header); each read is an
+    open, reads and a close of ``/proc/<pid>/stat``, and behind a thread that computes every one of those
+    system calls may wait the GIL's switch interval (5 ms) to continue.
+    """
+    if not _OWN_START:
+        start = process_start_time(os.getpid())
+        if start is None:
+            return None
+        _OWN_START.append(start)
+    return _OWN_START[0]
+
+
+os.register_at_fork(after_in_child=_OWN_START.clear)
 
 
 def process_alive(pid: int, start_time: int) -> bool:

@@ -5,13 +5,14 @@
     parse oss://bucket/prefix/, check model_dir (dirsafety)             nothing touched yet
     fast_list(prefix) -> plan_entries: names checked, markers skipped   an empty prefix is an error
     HEAD every large file (a listing carries no CRC-64; the HEAD pins the version to verify)
+    their .safetensors headers read on the pool (for the read order) while this thread goes on:
     clean model_dir (never through a symlink), write .ossmodelconnector/owner.json
     SharedCache.create(large files) (recovers what a dead previous owner left)
     model_dir/<name> -> symlink to its data segment (full size, sparse), for every large file
     hooks.install()
     scheduler.register(..., backing=segment, evictable=False, first_chunk_first=True), in name order,
         all under the scheduler's lock: every file's first chunk (its header) is fetched before bodies,
-        then the bodies in the order frameworks read tensors (read_order.py; headers read after HEAD)
+        then the bodies in the order frameworks read tensors (read_order.py; the headers waited for here)
     registry.register_file(entry, handle, Last-Modified)              the hooks can find it
     small files: a thread pool, download_to_file (temporary name, then rename), CRC-checked
     return (wait=True: once every large file is READY and verified)
@@ -89,15 +90,12 @@ class PreparedFile:
         path: its absolute path.
         info: the object it mirrors (for a large file, as HEAD described it: with its CRC-64).
         large: streamed into the cache behind a symlink (True) or downloaded to disk (False).
-        tensors: for a large ``.safetensors`` file, its tensors' byte ranges, or None.
     """
 
     name: str
     path: str
     info: ObjectInfo
     large: bool
-    tensors: Mapping[str, tuple[int, int]] | None = None
-    """A large safetensors file's tensor byte ranges (read from its header), for the fetch order."""
 
     @property
     def size(self) -> int:
@@ -185,31 +183,17 @@ def prepare_directory(
         heads = _run_all(pool, [partial(client.head_object, bucket, entry.info.key) for entry in large])
         # Tensors are fetched in the order frameworks read them, which their headers tell (read_order.py).
         # A lazy directory reads no header now: nothing large is fetched before a reader opens the file.
-        headers: list[dict[str, tuple[int, int]] | None] = [None] * len(heads)
-        if not lazy:
-            # A shard another live directory is fetching already: its header comes from that copy.
-            waits = {"owner_check_s": config.owner_check_s, "wait_timeout_s": config.wait_timeout_s}
-            peers = PeerSource.for_objects(namespace, heads, config.cache_dir, **waits)
-            try:
-                headers = _run_all(
-                    pool,
-                    [
-                        partial(fetch_tensor_ranges, _peer_or(peer, client.make_fetch_into(info)), info)
-                        for info, peer in zip(heads, peers, strict=True)
-                    ],
-                )
-            finally:
-                for peer in peers:
-                    if peer is not None:
-                        peer.close()
+        # The headers are read on the pool while this thread sets the directory up; the order is needed
+        # only when the fetch starts (_start_large).
+        headers = _HeaderReads(pool, client, namespace, [] if lazy else heads, config)
         files = [
             PreparedFile(entry.name, os.path.join(check.path, entry.name), entry.info, large=False)
             for entry in entries
             if not _is_large(entry.info, config)
         ]
         files += [
-            PreparedFile(entry.name, os.path.join(check.path, entry.name), info, large=True, tensors=tensors)
-            for entry, info, tensors in zip(large, heads, headers, strict=True)
+            PreparedFile(entry.name, os.path.join(check.path, entry.name), info, large=True)
+            for entry, info in zip(large, heads, strict=True)
         ]
         files.sort(key=lambda file: file.name)
         directory = PreparedDirectory(check.path, uri, files, config, show_bar=show_bar, started=started)
@@ -217,15 +201,19 @@ def prepare_directory(
             directory.lazy_files = LazyFiles(
                 residency or Residency(scheduler, config.memory_limit_bytes), idle_s, check.path
             )
-        reserve(directory.model_dir, directory)
-        if on_start is not None:
-            on_start(directory)
+        try:
+            reserve(directory.model_dir, directory)
+            if on_start is not None:
+                on_start(directory)
+        except BaseException:
+            headers.close()  # the reads still running finish, and the peers are closed
+            raise
         try:
             if check.exists and not check.empty:
                 removed = clean_model_dir(check.path)
                 log.debug("%s: removed %d entries of the previous prepare", check.path, removed)
             claim_model_dir(check, {"uri": uri, "endpoint": namespace})
-            directory._start_large(client, scheduler, namespace, fleet)
+            directory._start_large(client, scheduler, namespace, fleet, headers.tensors)
             directory._download_small(client, pool)
             directory.progress.mark_ready()
             # Child processes (spawn, subprocess) attach, not prepare; a lazy directory's files are this
@@ -239,8 +227,15 @@ def prepare_directory(
                 sum(1 for file in files if file.large),
                 directory.placement or "none",
             )
-            if wait:
-                directory.wait()
+        except BaseException:
+            headers.close()
+            directory.close()
+            raise
+    # Waited for after the pool's threads were joined (leaving the block), not before: joined at the end
+    # they were a GIL round trip each between the last chunk and the return.
+    if wait:
+        try:
+            directory.wait()
         except BaseException:
             directory.close()
             raise
@@ -438,7 +433,12 @@ class PreparedDirectory:
     # --- building (prepare_directory) ---------------------------------------------------------------
 
     def _start_large(
-        self, client: OssClient, scheduler: PrefetchScheduler, namespace: str, fleet: FleetSettings | None
+        self,
+        client: OssClient,
+        scheduler: PrefetchScheduler,
+        namespace: str,
+        fleet: FleetSettings | None,
+        read_tensors: Callable[[], Mapping[str, Mapping[str, tuple[int, int]] | None]],
     ) -> None:
         large = [file for file in self.files if file.large]
         if not large:
@@ -484,8 +484,11 @@ class PreparedDirectory:
         # Fetching starts once every entry exists (a framework globbing the directory sees them all), and
         # with the scheduler's lock held throughout, so that the first chunk of every file is queued
         # before any worker starts on a body: transformers opens every shard before reading a tensor.
+        tensors = read_tensors()
         order = chunk_order(
-            [file.size for file in large], [file.tensors for file in large], self._config.chunk_size
+            [file.size for file in large],
+            [tensors.get(file.info.key) for file in large],
+            self._config.chunk_size,
         )
         if fleet is not None:
             self._join_fleet(fleet, cache, [file.info for file in large], order)
@@ -617,6 +620,57 @@ class PreparedDirectory:
 def _is_large(info: ObjectInfo, config: Config) -> bool:
     # An empty file is always small: a segment of 0 bytes cannot be mapped, and there is nothing to stream.
     return info.size > 0 and info.size >= config.small_file_bytes
+
+
+class _HeaderReads:
+    """The large ``.safetensors`` files' headers, read on ``pool`` (from a peer's copy where another live
+    directory fetches the same object) while the caller goes on; :meth:`tensors` waits for them.
+
+    Close it on every path (idempotent): it waits for the reads still running and closes the peers.
+    """
+
+    def __init__(
+        self,
+        pool: ThreadPoolExecutor,
+        client: OssClient,
+        namespace: str,
+        heads: Sequence[ObjectInfo],
+        config: Config,
+    ) -> None:
+        self._keys = [info.key for info in heads]
+        self._peers: list[PeerSource | None] = []
+        self._futures: list[Future[dict[str, tuple[int, int]] | None]] = []
+        if not heads:
+            return
+        waits = {"owner_check_s": config.owner_check_s, "wait_timeout_s": config.wait_timeout_s}
+        self._peers = PeerSource.for_objects(namespace, heads, config.cache_dir, **waits)
+        try:
+            for info, peer in zip(heads, self._peers, strict=True):
+                fetch = _peer_or(peer, client.make_fetch_into(info))
+                self._futures.append(pool.submit(fetch_tensor_ranges, fetch, info))
+        except BaseException:
+            self.close()
+            raise
+
+    def tensors(self) -> dict[str, dict[str, tuple[int, int]] | None]:
+        """Per object key, its tensors' byte ranges (None: not a safetensors file, or unreadable).
+
+        Raises:
+            Exception: what a read raised beyond the request errors ``fetch_tensor_ranges`` turns into None.
+        """
+        try:
+            return {key: future.result() for key, future in zip(self._keys, self._futures, strict=True)}
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for future in self._futures:
+            future.cancel()
+        wait_futures(self._futures)
+        peers, self._peers = self._peers, []
+        for peer in peers:
+            if peer is not None:
+                peer.close()
 
 
 def _peer_or(peer: PeerSource | None, fetch: FetchInto) -> FetchInto:

@@ -31,7 +31,7 @@ from typing import Any
 
 from ossmodelconnector.atomic_files import TEMPORARY_NAME_EXTRA_BYTES, write_json_atomically
 from ossmodelconnector.cache.manifest import OWN_DIR_NAME
-from ossmodelconnector.cache.segments import process_alive, process_start_time
+from ossmodelconnector.cache.segments import own_start_time, process_alive
 from ossmodelconnector.errors import UnsafePathError
 from ossmodelconnector.objects import ObjectInfo
 
@@ -430,7 +430,7 @@ def _owner_fields(record: Mapping[str, Any], *, active: bool) -> dict[str, Any]:
         "format": _OWNER_FORMAT,
         **record,
         "pid": pid,
-        "pid_start": process_start_time(pid),
+        "pid_start": own_start_time(),
         "active": active,
         "prepared_at": time.time(),
     }

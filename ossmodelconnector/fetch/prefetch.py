@@ -134,6 +134,7 @@ class PrefetchScheduler:
         self._generation = 0  # bumped at fork: a worker of an older generation exits
         self._threads: list[threading.Thread] = []
         self._thread_numbers = 0
+        self._starting = False  # a worker was started and has not yet started the next (_ensure_workers)
         self._handles: dict[int, ObjectHandle] = {}
         self._next_id = 0
         self._heap: list[_JobKey] = []
@@ -553,21 +554,31 @@ class PrefetchScheduler:
     # --- workers -------------------------------------------------------------------------------------
 
     def _ensure_workers(self) -> None:
-        if self._closed:
+        # One worker at a time, each started by the one before it (in _worker): Thread.start() waits for
+        # the new thread to run, one GIL hand-off each way, and behind a thread that computes each costs
+        # up to the switch interval (5 ms). Starting all of them here put ``connections`` of those
+        # round trips before the first request; a chain puts one, and the rest overlap the transfer.
+        if self._closed or self._starting:
             return
         self._threads = [thread for thread in self._threads if thread.is_alive()]
-        while len(self._threads) < self.connections:
-            self._thread_numbers += 1
-            thread = threading.Thread(
-                target=self._worker,
-                args=(self._generation,),
-                name=f"ossmodelconnector-prefetch-{self._thread_numbers}",
-                daemon=True,
-            )
-            thread.start()
-            self._threads.append(thread)
+        if len(self._threads) >= self.connections:
+            return
+        self._thread_numbers += 1
+        thread = threading.Thread(
+            target=self._worker,
+            args=(self._generation,),
+            name=f"ossmodelconnector-prefetch-{self._thread_numbers}",
+            daemon=True,
+        )
+        thread.start()
+        self._threads.append(thread)
+        self._starting = True
 
     def _worker(self, generation: int) -> None:
+        with self._lock:
+            if self._generation == generation:
+                self._starting = False
+                self._ensure_workers()  # the next one in the chain
         while True:
             with self._lock:
                 job = None
@@ -618,6 +629,7 @@ class PrefetchScheduler:
         self._pid = os.getpid()
         self._generation += 1
         self._threads = []
+        self._starting = False
         for handle in self._handles.values():
             handle.buffer.rebind_lock(self._lock)
             handle.buffer.detach_after_fork()  # the shared state table is the parent's to change

@@ -34,6 +34,7 @@ from ossmodelconnector.cache.manifest import OWN_DIR_NAME
 from ossmodelconnector.cache.segments import state_table_name
 from ossmodelconnector.directory.safety import read_owner
 from ossmodelconnector.oss.credentials import Credentials
+from ossmodelconnector.oss.request_log import parse_audit_line
 
 MIB = 1 << 20
 PREFIX = "models/tiny/"
@@ -544,3 +545,48 @@ def test_progress_bar_and_one_summary_line(
         f"oss://{model_bucket}/{PREFIX}", tmp_path / "quiet", wait=True, progress=False
     )
     assert "B/s" not in capfd.readouterr().err
+
+
+def test_the_bodies_come_in_the_order_the_header_names_the_tensors(
+    localoss: LocalOss, bucket: str, tmp_path: Path
+) -> None:
+    # The file holds layers.0, 1, 10, 11, 2 ... 9 (safetensors sorts names as text); frameworks read them
+    # as 0, 1, 2 ... 11. The header is read on the prepare's pool while the directory is set up; the
+    # fetch order must still come from it: layers.9 (late in the file) before layers.10 (early).
+    tensors = {f"layers.{i}": np.full(MIB // 4, i, dtype=np.float32) for i in range(12)}
+    data = save(tensors)
+    localoss.put_file(bucket, "ordered/model.safetensors", data)
+    config = tmp_path / "ordered.json"
+    audit = tmp_path / "audit.log"
+    config.write_text(
+        json.dumps(
+            {
+                "smallFileMB": 1,
+                "chunkSizeMB": 1,
+                "prefetch": {"vcpus": 1, "workers": 1},  # one request at a time: the log shows the order
+                "auditPath": str(audit),
+            }
+        )
+    )
+    creds = Credentials(localoss.access_key_id, localoss.access_key_secret)
+    with OssModelConnector(localoss.endpoint, cred_provider=creds, config_path=str(config)) as connector:
+        model_dir = tmp_path / "model"
+        connector.prepare_directory(f"oss://{bucket}/ordered/", model_dir, wait=True)
+        assert _read_raw(str(model_dir / "model.safetensors")) == data
+        with open(audit, encoding="utf-8") as lines:
+            records = [parse_audit_line(line) for line in lines]
+    length = int.from_bytes(data[:8], "little")
+    described = json.loads(data[8 : 8 + length])
+    # The chunk holding a tensor's last byte (its first chunk may be shared with the tensor before it).
+    last = {name: (8 + length + described[name]["data_offsets"][1] - 1) // MIB for name in tensors}
+    assert last["layers.10"] < last["layers.9"]  # the premise: the file order is not the reading order
+    chunks = [
+        record.range[0] // MIB
+        for record in records
+        if record.method == "GET"
+        and record.range is not None
+        and record.range[0] % MIB == 0
+        and record.range[1] == min(record.range[0] + MIB, len(data))
+    ]
+    assert sorted(chunks) == list(range(-(-len(data) // MIB)))  # every chunk fetched, once
+    assert chunks.index(last["layers.9"]) < chunks.index(last["layers.10"])

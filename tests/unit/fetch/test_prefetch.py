@@ -418,9 +418,30 @@ def test_close_joins_idle_workers() -> None:
     scheduler = PrefetchScheduler(connections=4)
     handle = scheduler.register(obj.info, obj.fetch_into, chunk_size=10)
     assert read_all(handle) == obj.data
-    assert len(set(prefetch_threads()) - before) == 4
+    # Each worker starts the next (one Thread.start() hand-off before the first fetch, not four).
+    eventually(lambda: len(set(prefetch_threads()) - before) == 4)
     scheduler.close()
     assert not (set(prefetch_threads()) - before)
+
+
+def test_every_worker_fetches_at_once() -> None:
+    # The workers start one after another; all of them are up and fetching together, none left out.
+    connections = 6
+    together = threading.Barrier(connections, timeout=LIVENESS_LIMIT_S)
+    inside: set[str] = set()
+
+    def meet(number: int, start: int, end: int) -> None:
+        inside.add(threading.current_thread().name)
+        together.wait()  # breaks (failing the fetch, and the read below) unless all are inside at once
+
+    obj = MemoryObject(
+        payload(60),
+        hook=lambda number, start, end: meet(number, start, end) if number < connections else None,
+    )
+    with PrefetchScheduler(connections=connections) as scheduler:
+        handle = scheduler.register(obj.info, obj.fetch_into, chunk_size=10)
+        assert read_all(handle) == obj.data
+    assert len(inside) == connections
 
 
 def test_unregistering_cancels_queued_chunks_and_frees_memory(
